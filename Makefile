@@ -1,0 +1,54 @@
+# Two commands on a fresh Debian machine (Python >= 3.11):
+#   make demo   install, then run the retrain flow on the demo shop (default profile)
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Keep Prefect, DVC and MLflow state inside the project.
+export PREFECT_HOME ?= $(CURDIR)/.onevision/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.onevision/dvc-site-cache
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo demo-small test test-fast lint ui-mlflow ui-prefect clean
+
+install: $(VENV)/.installed $(FMNIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Demo product photos: Fashion-MNIST from Debian (needs root or sudo once).
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist
+
+demo: install
+	$(BIN)/onevision retrain --profile default
+
+demo-small: install
+	$(BIN)/onevision retrain --profile small
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m 'not slow'
+
+lint: install
+	$(BIN)/ruff check onevision tasks flows tests benchmarks
+
+ui-mlflow:
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+ui-prefect:
+	$(BIN)/prefect server start --host 127.0.0.1
+
+clean:
+	rm -rf data metrics reports plots models mlflow.db mlartifacts .onevision

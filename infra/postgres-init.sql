@@ -1,0 +1,3 @@
+-- One server, one database per service.
+CREATE DATABASE mlflow;
+CREATE DATABASE prefect;

@@ -1,0 +1,261 @@
+"""The `onevision` command line.
+
+Heavy libraries (torch, prefect, mlflow, evidently) are imported inside the
+commands that need them, so `onevision --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onevision.config import PARAMS_FILE, ConfigError, describe_fields, load_config
+
+app = typer.Typer(
+    help="OneVision: train, evaluate, promote and monitor a generative vision-search model.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Build, import and validate datasets.", no_args_is_help=True)
+stage_app = typer.Typer(help="Run single pipeline stages (what dvc.yaml calls).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration in params.yaml.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(stage_app, name="stage")
+app.add_typer(config_app, name="config")
+
+RootOpt = Annotated[
+    Path, typer.Option("--root", help="Project root holding params.yaml and dvc.yaml.", file_okay=False)
+]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable; value read as YAML)."),
+]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load(root: Path, profile: str | None, overrides: list[str] | None):
+    try:
+        return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+@app.command()
+def retrain(
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Stop after this stage (default: run every stage).")
+    ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote/--no-promote", help="Afterwards register the model and run the promotion gates; it then waits for a reviewer (docs/reviewers.md)."),
+    ] = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """Run the retrain flow (Prefect) over the DVC stages, tracked in MLflow.
+
+    The profile and --set overrides are written to params.yaml (as `dvc exp run
+    --set-param` does) so DVC sees them and `dvc repro` alone reproduces the run.
+    Unchanged stages are skipped.
+    """
+    _setup_logging()
+    root = root.resolve()
+    _load(root, profile, overrides)  # fail fast on config errors, before Prefect starts
+    from onevision.pipeline import apply_local_state_env, stages_until
+
+    try:
+        stages_until(until)
+    except ConfigError as exc:
+        _fail(str(exc))
+    apply_local_state_env(root)
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        outcomes = retrain_flow(root=str(root), profile=profile, overrides=overrides or [], until=until, promote=promote)
+    except Exception as exc:  # the flow already logged the traceback
+        _fail(f"retrain failed: {exc}", code=1)
+    typer.echo("\nstage            status     seconds")
+    for o in outcomes:
+        typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}")
+    typer.echo("\nMLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db   DVC: dvc metrics show")
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@stage_app.command("run")
+def stage_run(
+    name: Annotated[str, typer.Argument(help="Stage name, e.g. prepare, validate, split.")],
+    root: RootOpt = Path("."),
+) -> None:
+    """Run one stage with the effective config of params.yaml (DVC's command for each stage)."""
+    _setup_logging()
+    from onevision.stages import STAGES, run_stage
+
+    if name not in STAGES:
+        _fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    cfg = _load(root, None, None)
+    try:
+        metrics = run_stage(name, cfg, root)
+    except Exception as exc:
+        from onevision.data.validation import ValidationFailed
+
+        if isinstance(exc, ValidationFailed):
+            typer.echo(str(exc), err=True)
+            _fail(f"stage '{name}' failed: data validation did not pass (report: reports/validate.md)", code=1)
+        raise
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+@stage_app.command("list")
+def stage_list() -> None:
+    """List the pipeline stages in order."""
+    from onevision.pipeline import PIPELINE
+
+    for name in PIPELINE:
+        typer.echo(name)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(profile: ProfileOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Print the effective configuration (params.yaml ⊕ profile ⊕ overrides) as JSON."""
+    typer.echo(json.dumps(_load(root, profile, overrides).to_dict(), indent=2))
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """List every parameter with its type, default and meaning."""
+    for key, type_name, default, doc in describe_fields():
+        typer.echo(f"{key:<32} {type_name:<22} default={default!r}\n    {doc}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("build-demo")
+def data_build_demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Parquet tables.")],
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Build the Fashion-MNIST demo shop (items, views, users, queries, impressions, interactions)."""
+    _setup_logging()
+    cfg = _load(root, profile, overrides)
+    from onevision.data.demo import build_demo
+    from onevision.data.tables import write_tables
+
+    tables = build_demo(cfg)
+    for name, path in write_tables(tables, out).items():
+        typer.echo(f"{name:<14} {len(tables[name]):>8} rows  {path}")
+
+
+@data_app.command("import")
+def data_import(
+    catalog: Annotated[Path, typer.Option("--catalog", help="CSV: item_id, image_paths (';'-separated), category, brand, price.", exists=True, dir_okay=False)],
+    images: Annotated[Path, typer.Option("--images", help="Folder holding the photos; paths in the CSVs are relative to it.", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Parquet tables.")],
+    queries: Annotated[Path | None, typer.Option("--queries", help="Optional query log CSV.", exists=True, dir_okay=False)] = None,
+    image_size: Annotated[int, typer.Option(help="Resize photos to this square side.")] = 64,
+    channels: Annotated[int, typer.Option(help="1 grayscale or 3 RGB.")] = 3,
+) -> None:
+    """Import a catalog of your own product photos into the canonical tables (photos are not modified)."""
+    _setup_logging()
+    from onevision.data.importer import import_catalog
+    from onevision.data.tables import write_tables
+
+    if channels not in (1, 3):
+        _fail("--channels must be 1 or 3")
+    try:
+        tables = import_catalog(catalog, images, queries_csv=queries, image_size=image_size, image_channels=channels)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for name, path in write_tables(tables, out).items():
+        typer.echo(f"{name:<14} {len(tables[name]):>8} rows  {path}")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="Folder of Parquet tables (items.parquet, views.parquet, ...).", exists=True, file_okay=False)],
+    image_root: Annotated[Path | None, typer.Option(help="Folder that image_path columns are relative to.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Expected image side (default: data.image_size).")] = None,
+    channels: Annotated[int | None, typer.Option(help="Expected channels 1|3 (default: data.image_channels).")] = None,
+    max_bad_fraction: Annotated[float | None, typer.Option(help="Fail above this quarantined share per table (default: validate.max_bad_fraction).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the markdown report here.")] = None,
+    profile: ProfileOpt = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Validate a dataset folder. Exit 0 when clean, 1 with the report otherwise. Never modifies the input."""
+    _setup_logging()
+    cfg = _load(root, profile, None) if (root / PARAMS_FILE).exists() else None
+    from onevision.config import Config
+
+    cfg = cfg or Config()
+    from onevision.data.validation import validate_folder
+
+    try:
+        result = validate_folder(
+            path,
+            image_root=image_root,
+            image_size=image_size or cfg.data.image_size,
+            image_channels=channels or cfg.data.image_channels,
+            check_images=cfg.validate_.check_images,
+            max_bad_fraction=cfg.validate_.max_bad_fraction if max_bad_fraction is None else max_bad_fraction,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    text = result.report_markdown()
+    if report:
+        report.write_text(text)
+    clean = result.passed and len(result.quarantine) == 0
+    typer.echo(text, err=not clean)
+    if not clean:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- feature commands
+# Each feature package keeps its commands in its own cli module (heavy imports inside the commands).
+from onevision.evaluation.cli import evaluate_command  # noqa: E402
+from onevision.monitoring.cli import drift_command  # noqa: E402
+from onevision.registry.cli import commands as registry_commands  # noqa: E402
+from onevision.serving.cli import commands as serving_commands  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
+app.command("drift")(drift_command)
+app.add_typer(registry_commands)  # promote, approve, reject, rollback, models, audit
+app.add_typer(serving_commands)  # search
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

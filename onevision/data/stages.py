@@ -1,0 +1,91 @@
+"""Data stages: prepare -> validate -> split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from onevision import paths
+from onevision.config import Config
+from onevision.stages import write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def prepare(cfg: Config, root: Path) -> dict[str, Any]:
+    """Build the canonical dataset (demo shop or a user's catalog import) under data/prepared."""
+    from onevision.data.tables import write_tables
+
+    t0 = time.perf_counter()
+    if cfg.data.source == "demo":
+        from onevision.data.demo import build_demo
+
+        tables = build_demo(cfg)
+    else:
+        from onevision.data.importer import import_catalog
+
+        tables = import_catalog(
+            cfg.data.import_catalog_csv,
+            cfg.data.import_dir,
+            queries_csv=cfg.data.import_queries_csv,
+            image_size=cfg.data.image_size,
+            image_channels=cfg.data.image_channels,
+        )
+    out = root / paths.PREPARED
+    write_tables(tables, out)
+    metrics: dict[str, Any] = {f"rows_{name}": int(len(frame)) for name, frame in tables.items()}
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("prepare: wrote %s tables to %s in %.1f s", len(tables), out, metrics["seconds"])
+    return metrics
+
+
+def validate(cfg: Config, root: Path) -> dict[str, Any]:
+    """Validate every table; bad rows go to quarantine; fail past the bad-fraction threshold."""
+    from onevision.data.tables import read_tables, write_tables
+    from onevision.data.validation import ValidationFailed, validate_tables
+
+    t0 = time.perf_counter()
+    tables = read_tables(root / paths.PREPARED)
+    result = validate_tables(
+        tables,
+        image_root=cfg.data.import_dir,
+        image_size=cfg.data.image_size,
+        image_channels=cfg.data.image_channels,
+        check_images=cfg.validate_.check_images,
+        max_bad_fraction=cfg.validate_.max_bad_fraction,
+    )
+    report = root / paths.REPORTS / "validate.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(result.report_markdown())
+    quarantine_dir = root / paths.QUARANTINE
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    result.quarantine.to_parquet(quarantine_dir / "quarantine.parquet", index=False)
+    metrics = result.to_metrics()
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    write_metrics(root, "validate", metrics)  # written even when the stage fails
+    if not result.passed:
+        raise ValidationFailed(result)
+    write_tables(result.clean, root / paths.VALIDATED)
+    log.info("validate: passed, %d rows quarantined (report: %s)", len(result.quarantine), report)
+    return metrics
+
+
+def split(cfg: Config, root: Path) -> dict[str, Any]:
+    """Assign every validated query to train / val / test without leakage."""
+    import pandas as pd
+
+    from onevision.data.split import ASSIGNMENT_FILE, SPLITS, check_no_leakage, split_queries
+
+    queries = pd.read_parquet(root / paths.VALIDATED / "queries.parquet", columns=["query_id", "user_id", "ts"])
+    assignment = split_queries(queries, cfg.split, cfg.seed)
+    facts = check_no_leakage(assignment, cfg.split.strategy)
+    out = root / paths.SPLITS
+    out.mkdir(parents=True, exist_ok=True)
+    assignment.to_parquet(out / ASSIGNMENT_FILE, index=False)
+    counts = assignment["split"].value_counts()
+    metrics: dict[str, Any] = {f"queries_{s}": int(counts.get(s, 0)) for s in SPLITS}
+    metrics.update({f"users_{s}": int(assignment.loc[assignment["split"] == s, "user_id"].nunique()) for s in SPLITS})
+    metrics.update(facts)
+    return metrics

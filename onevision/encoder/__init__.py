@@ -1,0 +1,1 @@
+"""Aligned image encoder (stage ``align_encoder``): see ``onevision.encoder.api``."""

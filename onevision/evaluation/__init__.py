@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, the system registry, the harness and its report (stage ``evaluate``)."""

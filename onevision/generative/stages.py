@@ -1,0 +1,469 @@
+"""Stages ``pretrain -> sft -> dpo``: the generative retriever, aligned stage by stage.
+
+Each stage is ``fn(cfg, root) -> metrics`` (onevision.stages) and writes its own
+checkpoint under ``models/generative/<stage>/``, a loss-curve plot
+``plots/<stage>.png`` and a short ``reports/<stage>.md``. They read:
+
+* ``data/validated/*.parquet`` and ``data/splits/assignment.parquet``;
+* ``models/encoder/`` (the aligned encoder, frozen: images become visual tokens
+  + a global embedding once per stage);
+* ``data/sids/sid_table.parquet`` (VRQ semantic IDs; ``models/vrq/`` for the
+  codebook sizes when the tokenizer is there).
+
+Only TRAIN-split queries and their logs are trained on; every stage ends with a
+probe on VAL queries: constrained beam search, HR@10 / MRR of the photographed
+item, simulated clicks and orders (UserSimulator, when ``user_tastes`` exists)
+and the share of the user's favourite brands in the top 10.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from onevision import paths
+from onevision.config import Config
+from onevision.generative.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from onevision.generative.data import (
+    anonymous_examples,
+    context_rows,
+    histories_before,
+    interaction_events,
+    latest_history,
+    personalised_examples,
+    preference_pairs,
+    target_examples,
+)
+from onevision.generative.decode import beam_search, catalog_log_probs
+from onevision.generative.model import GeneratorConfig, SIDGenerator
+from onevision.generative.train import (
+    ContextRows,
+    ImageBank,
+    SIDExamples,
+    evaluate_preferences,
+    reference_log_probs,
+    token_kl,
+    train_dpo,
+    train_sid_model,
+)
+from onevision.generative.trie import SIDTrie, sid_columns
+
+log = logging.getLogger(__name__)
+
+PROBE_K = 10
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_sids(root: Path) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """The SID table and per-level codebook sizes: the tokenizer's for its levels (when saved),
+    max code + 1 for the disambiguation level (and wherever the tokenizer is absent)."""
+    from onevision.vrq.api import VRQ_DIR, VRQTokenizer, load_sid_table
+
+    table = load_sid_table(root)
+    cols = sid_columns(table)
+    sizes = [int(table[c].max()) + 1 for c in cols]
+    if (Path(root) / VRQ_DIR).exists():
+        declared = [int(v) for v in VRQTokenizer.load(Path(root) / VRQ_DIR).codebook_sizes]
+        for level, size in enumerate(declared[: len(sizes)]):
+            sizes[level] = max(sizes[level], size)
+    return table, tuple(sizes)
+
+
+@dataclass
+class QuerySet:
+    """Queries of one split with their model contexts."""
+
+    frame: pd.DataFrame  # query_id, user_id, item_id, ts (+ image columns dropped after encoding)
+    rows: ContextRows
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass
+class GenerativeData:
+    """Everything the generative stages read, encoded once."""
+
+    trie: SIDTrie
+    bank: ImageBank
+    user_ids: np.ndarray  # sorted; model row = index + 1
+    views: pd.DataFrame  # item_id, bank_row
+    train: QuerySet
+    val: QuerySet
+    events: pd.DataFrame  # TRAIN-split events (interaction_events)
+    impressions: pd.DataFrame
+    items: pd.DataFrame
+    user_tastes: pd.DataFrame | None
+    token_dim: int
+    n_visual_tokens: int
+    embed_dim: int
+
+
+def _encode_images(encoder, frames: list[pd.DataFrame], cfg: Config, with_embedding: bool) -> tuple[ImageBank, list[np.ndarray]]:
+    """Decode + encode the images of several frames into one bank (float16); returns each frame's bank rows."""
+    from onevision.encoder.api import decode_image_column
+
+    visual, image, rows, start = [], [], [], 0
+    for frame in frames:
+        pixels = decode_image_column(frame, cfg.data.import_dir, cfg.data.image_channels)
+        visual.append(torch.from_numpy(encoder.visual_tokens(pixels)).half())  # (n, T, D)
+        if with_embedding:
+            image.append(torch.from_numpy(encoder.embed(pixels)).half())  # (n, E)
+        rows.append(np.arange(start, start + len(frame)))
+        start += len(frame)
+    return ImageBank(torch.cat(visual), torch.cat(image) if with_embedding else None), rows
+
+
+def load_generative_data(cfg: Config, root: Path, *, catalog_views: bool) -> GenerativeData:
+    """Read tables, split, SIDs and encoder; encode the images the stage needs; build user histories."""
+    from onevision.data.split import ASSIGNMENT_FILE
+    from onevision.encoder.api import ENCODER_DIR, ImageEncoder
+
+    t0 = time.perf_counter()
+    root = Path(root)
+    g = cfg.generative
+    validated = root / paths.VALIDATED
+    sid_table, sizes = load_sids(root)
+    trie = SIDTrie.from_sid_table(sid_table, sizes)
+    items = pd.read_parquet(validated / "items.parquet")
+    users = pd.read_parquet(validated / "users.parquet", columns=["user_id"])
+    tastes_path = validated / "user_tastes.parquet"
+    user_tastes = pd.read_parquet(tastes_path) if tastes_path.exists() else None
+    queries = pd.read_parquet(validated / "queries.parquet")
+    assignment = pd.read_parquet(root / paths.SPLITS / ASSIGNMENT_FILE, columns=["query_id", "split"])
+    queries = queries.merge(assignment, on="query_id", how="inner", validate="one_to_one").sort_values("query_id", kind="stable")
+    queries = queries[queries["item_id"].isin(sid_table["item_id"])]
+    train_q = queries[queries["split"] == "train"].reset_index(drop=True)
+    val_q = queries[queries["split"] == "val"].reset_index(drop=True)
+    if g.decode.probe_queries and len(val_q) > g.decode.probe_queries:
+        val_q = val_q.sample(g.decode.probe_queries, random_state=cfg.seed).sort_values("query_id", kind="stable").reset_index(drop=True)
+    views = pd.read_parquet(validated / "views.parquet") if catalog_views else pd.DataFrame(columns=["item_id", "image", "image_path"])
+    views = views[views["item_id"].isin(sid_table["item_id"])].reset_index(drop=True)
+
+    encoder = ImageEncoder.load(root / ENCODER_DIR)
+    use_emb = g.model.use_image_embedding
+    bank, (view_rows, train_rows, val_rows) = _encode_images(encoder, [views, train_q, val_q], cfg, use_emb)
+    log.info("encoded %d images (%d views, %d train, %d val queries) in %.1f s", len(bank), len(views), len(train_q), len(val_q), time.perf_counter() - t0)
+
+    interactions = pd.read_parquet(validated / "interactions.parquet")
+    events = interaction_events(interactions, train_q)  # TRAIN behaviour only
+    user_ids = np.sort(users["user_id"].to_numpy(np.int64))
+
+    def query_set(frame: pd.DataFrame, bank_rows: np.ndarray) -> QuerySet:
+        u = frame["user_id"].to_numpy(np.int64)
+        pos = np.clip(np.searchsorted(user_ids, u), 0, max(len(user_ids) - 1, 0))
+        user_rows = np.where(user_ids[pos] == u, pos + 1, 0) if len(user_ids) else np.zeros(len(u), np.int64)
+        hist_items, hist_actions = histories_before(events, u, frame["ts"].astype("int64").to_numpy(), g.model.history_len)
+        rows = context_rows(bank_rows, user_rows, hist_items, hist_actions, trie)
+        return QuerySet(frame.drop(columns=[c for c in ("image", "image_path") if c in frame.columns]), rows)
+
+    impressions = pd.read_parquet(validated / "impressions.parquet")
+    return GenerativeData(
+        trie=trie,
+        bank=bank,
+        user_ids=user_ids,
+        views=pd.DataFrame({"item_id": views["item_id"].to_numpy(np.int64), "bank_row": view_rows}),
+        train=query_set(train_q, train_rows),
+        val=query_set(val_q, val_rows),
+        events=events,
+        impressions=impressions[impressions["query_id"].isin(train_q["query_id"]) | impressions["query_id"].isin(val_q["query_id"])],
+        items=items,
+        user_tastes=user_tastes,
+        token_dim=encoder.token_dim,
+        n_visual_tokens=encoder.num_tokens,
+        embed_dim=encoder.dim if use_emb else 0,
+    )
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def favorite_brand_share(ranked: np.ndarray, user_ids: np.ndarray, items: pd.DataFrame, user_tastes: pd.DataFrame) -> float:
+    """Mean share of the top-K items whose brand is one of the user's favourites (empty slots count as misses)."""
+    brand = dict(zip(items["item_id"].to_numpy(), items["brand"].astype(str), strict=True))
+    favs = {int(u): set(f) for u, f in zip(user_tastes["user_id"], user_tastes["favorite_brands"], strict=True)}
+    shares = [np.mean([brand.get(int(i)) in favs.get(int(u), set()) for i in row]) for u, row in zip(user_ids, ranked, strict=True)]
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def generate(model: SIDGenerator, bank: ImageBank, rows: ContextRows, trie: SIDTrie, *, k: int, beam_width: int, batch_size: int) -> tuple[np.ndarray, float]:
+    """Constrained beam search over all ``rows`` in batches -> (item_ids (Q, k), invalid-SID rate)."""
+    ids, invalid, generated = [], 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        idx = torch.arange(start, min(len(rows), start + batch_size))
+        res = beam_search(model, rows.context(bank, idx), trie, beam_width=beam_width, k=k)
+        ids.append(res.item_ids.numpy())
+        n = int(torch.isfinite(res.scores).sum())
+        invalid, generated = invalid + res.invalid_rate * n, generated + n
+    return np.concatenate(ids), invalid / max(generated, 1)
+
+
+def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: bool = False) -> dict[str, float]:
+    """VAL-query probe: exact-item HR@10 / MRR, simulated clicks and orders, favourite-brand share, decode time.
+
+    ``anonymous``: without user and history (the pretrain model's only context; for the others, the
+    personalisation gain is the difference to the personalised probe).
+    """
+    from onevision.evaluation.metrics import hit_rate_at_k, reciprocal_rank
+
+    val = data.val
+    if not len(val):
+        return {}
+    rows = val.rows
+    if anonymous:
+        rows = ContextRows.anonymous(rows.image_idx, rows.history.shape[1], data.trie.n_levels)
+    t0 = time.perf_counter()
+    ranked, invalid = generate(model, data.bank, rows, data.trie, k=PROBE_K, beam_width=cfg.generative.decode.beam_width, batch_size=cfg.generative.decode.batch_size)
+    seconds = time.perf_counter() - t0
+    target = val.frame["item_id"].to_numpy(np.int64)
+    users = val.frame["user_id"].to_numpy(np.int64)
+    out = {
+        "hr_at_10": float(hit_rate_at_k(ranked, target, PROBE_K).mean()),
+        "mrr_at_10": float(reciprocal_rank(ranked, target, PROBE_K).mean()),
+        "invalid_sid_rate": invalid,
+        "decode_ms_per_query": 1000 * seconds / len(val),
+        "n_queries": len(val),
+    }
+    if data.user_tastes is not None:
+        from onevision.data.simulator import UserSimulator
+
+        sim = UserSimulator.from_tables(data.items, data.user_tastes, seed=cfg.seed)
+        score = sim.score(users, target, ranked)
+        out["sim_clicks_per_query"] = score["clicks_per_query"]
+        out["sim_orders_per_query"] = score["orders_per_query"]
+        out["favorite_brand_share_at_10"] = favorite_brand_share(ranked, users, data.items, data.user_tastes)
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    panels = [[k for k in keys if k in history[0] and "accuracy" not in k], [k for k in keys if k in history[0] and "accuracy" in k]]
+    panels = [p for p in panels if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for key in panel:
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def by_epoch(history: list[dict], key: str) -> dict[str, float]:
+    """Per-epoch values as ``{"01": v, ...}`` (numeric leaves: MLflow logs them; dvc shows them)."""
+    return {f"{h['epoch']:02d}": round(float(h[key]), 5) for h in history if key in h}
+
+
+def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
+    path = Path(root) / paths.REPORTS / f"{stage}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    lines = [f"# Stage `{stage}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(flat.items())]
+    for name in ("probe", "probe_anonymous", "val"):
+        if name in metrics:
+            lines += ["", f"## {name}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics[name].items())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _setup(cfg: Config, stage: str) -> None:
+    if cfg.generative.threads:
+        torch.set_num_threads(cfg.generative.threads)
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, sum(map(ord, stage))]).generate_state(1)[0]))
+
+
+def _finish(root: Path, stage: str, cfg: Config, model: SIDGenerator, data: GenerativeData, history: list[dict], metrics: dict, user_history: pd.DataFrame | None, curve_keys: list[str]) -> dict:
+    """Probe on VAL, save the checkpoint, plot the curves, write the report.
+
+    ``user_history`` None (pretrain): the model has seen no user context, so the checkpoint knows no
+    users and serves everyone anonymously; otherwise the probe runs both personalised and anonymous.
+    """
+    personalised = user_history is not None
+    metrics["probe"] = probe(model, data, cfg, anonymous=not personalised)
+    if personalised:
+        metrics["probe_anonymous"] = probe(model, data, cfg, anonymous=True)
+    user_ids = data.user_ids if personalised else np.zeros(0, np.int64)
+    facts = {"stage": stage, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+    save_checkpoint(checkpoint_dir(root, stage), model, user_ids, user_history, facts=facts)
+    plot_curves(history, curve_keys, Path(root) / paths.PLOTS / f"{stage}.png", f"generative {stage}")
+    write_report(root, stage, metrics)
+    log.info("%s: %s", stage, json.dumps(metrics["probe"]))
+    return metrics
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def build_model(cfg: Config, data: GenerativeData) -> SIDGenerator:
+    m = cfg.generative.model
+    return SIDGenerator(
+        GeneratorConfig(
+            codebook_sizes=data.trie.codebook_sizes,
+            token_dim=data.token_dim,
+            n_visual_tokens=data.n_visual_tokens,
+            visual_grid=m.visual_grid,
+            embed_dim=data.embed_dim,
+            n_users=len(data.user_ids),
+            history_len=m.history_len,
+            d_model=m.d_model,
+            n_heads=m.n_heads,
+            n_enc_layers=m.n_enc_layers,
+            n_dec_layers=m.n_dec_layers,
+            mlp_ratio=m.mlp_ratio,
+            dropout=m.dropout,
+        )
+    )
+
+
+def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
+    """Visual prior: catalog view -> its item's SID and TRAIN query photo -> its item's SID (anonymous context)."""
+    t0 = time.perf_counter()
+    _setup(cfg, "pretrain")
+    p, H = cfg.generative.pretrain, cfg.generative.model.history_len
+    data = load_generative_data(cfg, root, catalog_views=p.catalog_views)
+    parts = []
+    if p.catalog_views:
+        parts.append(anonymous_examples(data.views["bank_row"].to_numpy(), data.views["item_id"].to_numpy(), data.trie, H))
+    if p.train_queries:
+        parts.append(anonymous_examples(data.train.rows.image_idx.numpy(), data.train.frame["item_id"].to_numpy(), data.trie, H))
+    if not parts:
+        raise ValueError("generative.pretrain needs catalog_views or train_queries (both are off)")
+    examples = SIDExamples.concat(parts)
+    val = anonymous_examples(data.val.rows.image_idx.numpy(), data.val.frame["item_id"].to_numpy(), data.trie, H)
+    model = build_model(cfg, data)
+    t1 = time.perf_counter()
+    history = train_sid_model(model, data.bank, examples, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=cfg.seed, val=val)
+    metrics = {
+        "n_examples": len(examples),
+        "n_parameters": model.num_parameters(),
+        "sid_levels": data.trie.n_levels,
+        "train_loss": round(history[-1]["loss"], 5),
+        "val_loss": round(history[-1].get("val_loss", float("nan")), 5),
+        "train_loss_by_epoch": by_epoch(history, "loss"),
+        "val_loss_by_epoch": by_epoch(history, "val_loss"),
+        "train_seconds": round(time.perf_counter() - t1, 2),
+    }
+    metrics = _finish(root, "pretrain", cfg, model, data, history, metrics, None, ["loss", "val_loss"])
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics
+
+
+def sft(cfg: Config, root: Path) -> dict[str, Any]:
+    """Personalised SFT on TRAIN logs: (query, user, history) -> clicked/ordered SIDs; visual-prior replay."""
+    t0 = time.perf_counter()
+    _setup(cfg, "sft")
+    s, H = cfg.generative.sft, cfg.generative.model.history_len
+    data = load_generative_data(cfg, root, catalog_views=False)
+    model = load_checkpoint(checkpoint_dir(root, "pretrain")).model
+    if model.cfg.n_users != len(data.user_ids):
+        raise ValueError(f"pretrain checkpoint has {model.cfg.n_users} user rows, the users table {len(data.user_ids)}: rerun pretrain")
+    train_ids, val_ids = data.train.frame["query_id"].to_numpy(), data.val.frame["query_id"].to_numpy()
+    parts = [personalised_examples(data.train.rows, train_ids, data.events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)]
+    if s.replay_weight > 0:  # the photographed item, now with its user's context
+        parts.append(target_examples(data.train.rows, data.train.frame["item_id"].to_numpy(), data.trie, s.replay_weight))
+    examples = SIDExamples.concat(parts)
+    val_events = interaction_events(pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet"), data.val.frame)
+    val = personalised_examples(data.val.rows, val_ids, val_events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)
+    t1 = time.perf_counter()
+    history = train_sid_model(
+        model, data.bank, examples, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+        anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val,
+    )
+    metrics = {
+        "n_examples": len(examples),
+        "n_logged_examples": len(parts[0]),
+        "train_loss": round(history[-1]["loss"], 5),
+        "val_loss": round(history[-1].get("val_loss", float("nan")), 5),
+        "train_loss_by_epoch": by_epoch(history, "loss"),
+        "val_loss_by_epoch": by_epoch(history, "val_loss"),
+        "train_seconds": round(time.perf_counter() - t1, 2),
+    }
+    metrics = _finish(root, "sft", cfg, model, data, history, metrics, latest_history(data.events, H), ["loss", "val_loss"])
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics
+
+
+def catalog_kl(policy: SIDGenerator, reference: SIDGenerator, data: GenerativeData, n_queries: int) -> float:
+    """Exact KL(pi || pi_ref) over the catalog (both renormalised over existing SIDs) on VAL contexts."""
+    n = min(n_queries, len(data.val))
+    if n == 0:
+        return float("nan")
+    ctx = data.val.rows.context(data.bank, torch.arange(n))
+    lp = torch.log_softmax(catalog_log_probs(policy, ctx, data.trie.sids), dim=1)  # (n, N)
+    lr = torch.log_softmax(catalog_log_probs(reference, ctx, data.trie.sids), dim=1)
+    return float((lp.exp() * (lp - lr)).sum(1).mean())
+
+
+def dpo(cfg: Config, root: Path) -> dict[str, Any]:
+    """DPO on TRAIN log preferences (ordered > clicked > skipped) against the frozen SFT model."""
+    t0 = time.perf_counter()
+    _setup(cfg, "dpo")
+    d = cfg.generative.dpo
+    data = load_generative_data(cfg, root, catalog_views=False)
+    ckpt = load_checkpoint(checkpoint_dir(root, "sft"))
+    policy, reference = ckpt.model, load_checkpoint(checkpoint_dir(root, "sft")).model
+    interactions = pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet")
+    val_events = interaction_events(interactions, data.val.frame)
+
+    def pairs_of(qs: QuerySet, events: pd.DataFrame, seed: int):
+        return preference_pairs(
+            qs.rows, qs.frame["query_id"].to_numpy(), data.impressions, events, data.trie,
+            pair_types=d.pairs, skip_positions=d.skip_positions, max_pairs_per_query=d.max_pairs_per_query, seed=seed,
+        )
+
+    train_pairs, val_pairs = pairs_of(data.train, data.events, cfg.seed), pairs_of(data.val, val_events, cfg.seed + 1)
+    if not len(train_pairs):
+        raise ValueError("no preference pairs in the TRAIN logs; check generative.dpo.pairs and the interactions table")
+    t1 = time.perf_counter()
+    history = train_dpo(
+        policy, reference, data.bank, train_pairs, beta=d.beta, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
+        sft_weight=d.sft_weight, seed=cfg.seed, val=val_pairs,
+    )
+    train_seconds = time.perf_counter() - t1
+    val_metrics: dict[str, float] = {}
+    if len(val_pairs):
+        ref_val = reference_log_probs(reference, data.bank, val_pairs)
+        val_metrics = evaluate_preferences(policy, data.bank, val_pairs, ref_val, d.beta)
+        val_metrics["token_kl_to_reference"] = token_kl(policy, reference, data.bank, val_pairs.rows, val_pairs.chosen)
+    kl_queries = max(4, min(64, 200_000 // data.trie.n_items))
+    metrics = {
+        "n_pairs": len(train_pairs),
+        "n_val_pairs": len(val_pairs),
+        "beta": d.beta,
+        "train_loss": round(history[-1]["loss"], 5),
+        "train_preference_accuracy": round(history[-1]["preference_accuracy"], 5),
+        "preference_accuracy": round(val_metrics.get("preference_accuracy", float("nan")), 5),
+        "catalog_kl_to_reference": round(catalog_kl(policy, reference, data, kl_queries), 5),
+        "train_loss_by_epoch": by_epoch(history, "loss"),
+        "val_loss_by_epoch": by_epoch(history, "val_loss"),
+        "val_preference_accuracy_by_epoch": by_epoch(history, "val_preference_accuracy"),
+        "train_seconds": round(train_seconds, 2),
+        "val": val_metrics,
+    }
+    keys = ["loss", "val_loss", "preference_accuracy", "val_preference_accuracy"]
+    metrics = _finish(root, "dpo", cfg, policy, data, history, metrics, ckpt.user_history, keys)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics

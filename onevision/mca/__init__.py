@@ -1,0 +1,1 @@
+"""The MCA baseline cascade (stage ``mca``): faiss recall -> linear pre-ranker -> GBDT ranker."""

@@ -1,0 +1,77 @@
+"""`onevision drift`: check current query traffic for drift, or run a drill.
+
+Light at import (typer only): the monitor, Evidently and torch load inside the
+command, so `onevision --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR, EXIT_INSUFFICIENT = 0, 1, 2, 3
+SHIFT_HELP = "Drill: check a simulated shifted window instead: category-mix, lighting, blur or new-brand."
+
+
+def drift_command(
+    current: Annotated[
+        Path | None,
+        typer.Option("--current", help="Query log to check: Parquet file or folder with queries.parquet (default: drift.current_path, else the test split)."),
+    ] = None,
+    window: Annotated[str | None, typer.Option("--window", help="Check only the latest span of the log, e.g. 24h, 7d (default: drift.window).")] = None,
+    simulate_shift: Annotated[str | None, typer.Option("--simulate-shift", help=SHIFT_HELP)] = None,
+    drill_rows: Annotated[int, typer.Option("--drill-rows", help="Queries in a drill window.", min=10)] = 2000,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the drill window (default: derived from the config seed).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the report files (default: reports/drift/<run_id>/).")] = None,
+    publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Log an MLflow run, upload to storage, send the webhook alert.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable).")] = None,
+    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml.", file_okay=False)] = Path("."),
+) -> None:
+    """Compare current query traffic with the champion's training window (Evidently report + JSON summary).
+
+    Exit 0: no drift; 1: drift (an alarm fired); 3: too few queries for a verdict; 2: bad input.
+    The report lands in reports/drift/<run_id>/ (report.html, summary.json, summary.md); see docs/oncall.md.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from onevision.config import PARAMS_FILE, ConfigError, load_config
+    from onevision.monitoring.drills import SHIFT_KINDS
+
+    def fail(message: str) -> None:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+    if simulate_shift is not None and simulate_shift not in SHIFT_KINDS:
+        fail(f"unknown --simulate-shift {simulate_shift!r}; kinds: {', '.join(SHIFT_KINDS)}")
+    if simulate_shift is not None and (current is not None or window is not None):
+        fail("--simulate-shift builds its own window; drop --current/--window")
+    root = root.resolve()
+    try:
+        cfg = load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+    from onevision.monitoring import monitor
+    from onevision.pipeline import apply_local_state_env
+
+    apply_local_state_env(root)  # MLflow's SQLite store inside the project, like `onevision retrain`
+    try:
+        frame, label = monitor.current_traffic(cfg, root, current, window, simulate_shift, drill_rows, seed)
+        summary = monitor.run_drift_check(cfg, root, frame, current_label=label, out_dir=out)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if publish and summary["status"] != monitor.STATUS_INSUFFICIENT:
+        monitor.log_to_mlflow(cfg, root, summary, {"drill": simulate_shift or "", "source": "cli"})
+        monitor.upload_reports(cfg, summary)
+        if summary["drift_detected"] and cfg.drift.webhook_url:
+            try:
+                monitor.send_alert(cfg.drift.webhook_url, summary, cfg.drift.webhook_timeout_s)
+            except monitor.AlertError as exc:
+                typer.secho(f"warning: alert not delivered: {exc}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else monitor.summary_markdown(summary))
+    code = {monitor.STATUS_OK: EXIT_OK, monitor.STATUS_DRIFT: EXIT_DRIFT, monitor.STATUS_INSUFFICIENT: EXIT_INSUFFICIENT}
+    raise typer.Exit(code[summary["status"]])

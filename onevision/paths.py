@@ -1,0 +1,22 @@
+"""Where each stage reads and writes, relative to the project root.
+
+`dvc.yaml` declares the same paths as deps/outs; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data")
+PREPARED = DATA / "prepared"  # stage prepare: canonical tables, never modified afterwards
+VALIDATED = DATA / "validated"  # stage validate: rows that passed every rule
+QUARANTINE = DATA / "quarantine"  # stage validate: rejected rows with the failing rule
+SPLITS = DATA / "splits"  # stage split: train/ val/ test/ query tables
+METRICS = Path("metrics")  # one <stage>.json per stage
+REPORTS = Path("reports")  # human-readable reports (markdown, HTML)
+PLOTS = Path("plots")
+MODELS = Path("models")
+
+
+def metrics_file(stage: str) -> Path:
+    return METRICS / f"{stage}.json"

@@ -1,0 +1,190 @@
+"""Run pipeline stages through DVC and record them in MLflow.
+
+DVC decides whether a stage must run (its deps, params and outs against
+``dvc.lock``), so ``dvc repro`` alone and the Prefect flow give the same
+outputs and skip the same work. This module is what the flow's tasks call;
+it does not import Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from onevision import paths
+from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, load_config, overrides_to_tree
+from onevision.stages import STAGE_PARAMS, STAGES
+
+log = logging.getLogger(__name__)
+
+# Pipeline order; later stages are appended here as they are built.
+PIPELINE: tuple[str, ...] = tuple(STAGES)
+
+
+def stages_until(until: str | None) -> list[str]:
+    """Stages from the first through ``until`` (all when None)."""
+    if until is None:
+        return list(PIPELINE)
+    if until not in PIPELINE:
+        raise ConfigError(f"unknown stage '{until}' for --until; stages: {', '.join(PIPELINE)}")
+    return list(PIPELINE[: PIPELINE.index(until) + 1])
+
+
+def local_state_env(root: Path) -> dict[str, str]:
+    """Defaults that keep Prefect, DVC and MLflow state inside the project (never ~ or /var/tmp)."""
+    state = (root / ".onevision").resolve()
+    return {
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DVC_SITE_CACHE_DIR": str(state / "dvc-site-cache"),
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{(root / 'mlflow.db').resolve()}",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "onevision",
+    }
+
+
+def apply_local_state_env(root: Path) -> None:
+    for key, value in local_state_env(root).items():
+        os.environ.setdefault(key, value)
+    # Prefect refuses to start when its home folder cannot be created lazily.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def write_run_params(root: Path, profile: str | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Record this run's profile and overrides in params.yaml, as `dvc exp run --set-param` does.
+
+    DVC reads params.yaml for change detection, so what the run uses must be
+    written there; comments and layout are preserved. Returns what changed.
+    """
+    path = root / PARAMS_FILE
+    # Validate before touching the file: a bad --set must not leave a broken params.yaml.
+    load_config(path, profile=profile, overrides=overrides)
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load(path.read_text())
+    changes: dict[str, Any] = {}
+    if profile is not None and doc.get("profile") != profile:
+        changes["profile"] = (doc.get("profile"), profile)
+        doc["profile"] = profile
+    tree = overrides_to_tree(overrides)
+    if "seed" in tree:  # a top-level value, not a section: written in place
+        seed = tree.pop("seed")
+        if doc.get("seed") != seed:
+            changes["seed"] = (doc.get("seed"), seed)
+            doc["seed"] = seed
+    current = doc.get("overrides") or {}
+    new_overrides = complete_overrides(tree if overrides else _plain(current))
+    if _plain(current) != new_overrides:
+        changes["overrides"] = (_plain(current), new_overrides)
+        doc["overrides"] = new_overrides
+    if changes:
+        with path.open("w") as fh:
+            yaml.dump(doc, fh)
+    return changes
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented maps as plain dicts, for comparison."""
+    return {k: _plain(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+
+def _dvc_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The dvc command of this interpreter's environment, with its bin dir on PATH
+    so that stage commands (`onevision stage run ...`) resolve to the same install."""
+    bin_dir = Path(sys.executable).parent
+    exe = bin_dir / "dvc"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return [str(exe) if exe.exists() else "dvc", *args], env
+
+
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd, env = _dvc_command(*args)
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+
+
+def stage_is_current(root: Path, stage: str) -> bool:
+    """True when dvc.lock matches the stage's deps, params and outs (DVC would skip it)."""
+    proc = _dvc(root, "status", "--json", stage)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc status {stage} failed:\n{proc.stderr.strip() or proc.stdout.strip()}")
+    status = json.loads(proc.stdout or "{}")
+    return stage not in status
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    skipped: bool
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message carries its output's tail."""
+
+
+def reproduce_stage(root: Path, stage: str) -> None:
+    """`dvc repro --single-item STAGE`, streaming DVC's output to the log."""
+    cmd, env = _dvc_command("repro", "--single-item", stage)
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line:
+            log.info("[%s] %s", stage, line)
+            tail = (tail + [line])[-40:]
+    if proc.wait() != 0:
+        raise StageFailed(f"stage '{stage}' failed (dvc repro exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def read_stage_metrics(root: Path, stage: str) -> dict[str, Any]:
+    path = root / paths.metrics_file(stage)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | None = None) -> StageOutcome:
+    """Run one stage through DVC (or skip it when unchanged) and log a nested MLflow run."""
+    from onevision.tracking import dvc_lock_hashes, git_revision
+
+    cfg = load_config(root / PARAMS_FILE)
+    run_id = None
+    if tracker is not None and parent_run_id is not None:
+        run_id = tracker.start_child(parent_run_id, stage, {"git_revision": git_revision(root)})
+        tracker.log_params(run_id, {s: cfg.section(s) for s in STAGE_PARAMS.get(stage, ())})
+    t0 = time.perf_counter()
+    try:
+        skipped = stage_is_current(root, stage)
+        if skipped:
+            log.info("stage '%s' unchanged (dvc.lock matches its deps, params and outs): skipped", stage)
+        else:
+            log.info("stage '%s' changed: running it through dvc repro", stage)
+            reproduce_stage(root, stage)
+    except Exception as exc:
+        if run_id is not None:
+            tracker.set_tags(run_id, {"error": str(exc)[:4000]})
+            report = root / paths.REPORTS / f"{stage}.md"
+            tracker.log_artifact(run_id, report, "reports")
+            tracker.finish(run_id, "FAILED")
+        raise
+    seconds = time.perf_counter() - t0
+    metrics = read_stage_metrics(root, stage)
+    if run_id is not None:
+        lock_hash = dvc_lock_hashes(root).get(stage, "")
+        tracker.set_tags(run_id, {"skipped": str(skipped).lower(), "dvc.deps_hash": lock_hash})
+        tracker.log_metrics(run_id, {**metrics, "wall_seconds": seconds})
+        tracker.log_artifact(run_id, root / paths.metrics_file(stage), "metrics")
+        tracker.log_artifact(run_id, root / paths.REPORTS / f"{stage}.md", "reports")
+        tracker.finish(run_id)
+    return StageOutcome(stage, skipped, seconds, metrics, run_id)

@@ -1,0 +1,168 @@
+"""`onevision promote | approve | reject | rollback | models | audit`: promotion from the command line.
+
+Registered in onevision/cli.py with ``app.add_typer(commands)`` (no group name,
+so they are top-level commands). Heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+commands = typer.Typer()
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)]
+ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Your name; must be listed in registry.reviewers.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
+VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onevision models`).")]
+
+
+def _cfg(root: Path):
+    from onevision.cli import _load
+
+    return _load(root, None, None)
+
+
+def _echo_record(record: dict) -> None:
+    typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+def _resume_paused_flow(cfg, root: Path, version: str, reviewer: str, decision: str, reason: str) -> None:
+    """A promotion flow paused for this version: resume it with the same decision so it can finish."""
+    from onevision.registry.promotion import open_registry
+
+    mv = open_registry(cfg, root).version(version)
+    flow_run_id = mv.tags.get("prefect.flow_run_id")
+    if mv.tags.get("approval_channel") != "prefect-pause" or not flow_run_id:
+        return
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        typer.echo(f"note: promotion flow run {flow_run_id} is paused on a Prefect server; set PREFECT_API_URL to resume it "
+                   "from here, or resume it in the UI (it will find the decision made).")
+        return
+    try:
+        resume_flow_run(UUID(flow_run_id), run_input={"reviewer": reviewer, "decision": decision, "reason": reason})
+        typer.echo(f"resumed paused promotion flow run {flow_run_id}")
+    except Exception as exc:  # already resumed, timed out, server down: the registry decision stands
+        typer.echo(f"note: could not resume flow run {flow_run_id} ({exc}); the decision is recorded in the registry")
+
+
+def _decide(decision: str, version: str, reviewer: str, reason: str, root: Path) -> None:
+    from onevision.cli import _fail
+    from onevision.registry.model_registry import PromotionError
+    from onevision.registry.promotion import decide
+
+    cfg = _cfg(root)
+    try:
+        record = decide(cfg, root, version, reviewer, decision, reason)
+    except PromotionError as exc:
+        _fail(str(exc))
+    _echo_record(record)
+    _resume_paused_flow(cfg, root, record["version"], record["by"], decision, reason)
+
+
+@commands.command()
+def approve(version: VersionArg, reviewer: ReviewerOpt, reason: ReasonOpt, root: RootOpt = Path(".")) -> None:
+    """Approve a candidate that passed its gates: it becomes `champion`, the former champion `previous-champion`."""
+    _decide("approve", version, reviewer, reason, root)
+
+
+@commands.command()
+def reject(version: VersionArg, reviewer: ReviewerOpt, reason: ReasonOpt, root: RootOpt = Path(".")) -> None:
+    """Reject a candidate; the champion stays as it is."""
+    _decide("reject", version, reviewer, reason, root)
+
+
+@commands.command()
+def rollback(
+    reason: ReasonOpt,
+    by: Annotated[str | None, typer.Option("--by", help="Who rolls back (default: your login name).")] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Restore `previous-champion` as `champion` in one step (audited)."""
+    from onevision.cli import _fail
+    from onevision.registry.model_registry import PromotionError
+    from onevision.registry.promotion import rollback as do_rollback
+
+    try:
+        record = do_rollback(_cfg(root), root, reason, by or getpass.getuser())
+    except PromotionError as exc:
+        _fail(str(exc))
+    _echo_record(record)
+
+
+@commands.command()
+def models(root: RootOpt = Path(".")) -> None:
+    """List the registered model's versions: aliases, status, gates, who decided."""
+    from onevision.registry.promotion import open_registry, summary
+
+    cfg = _cfg(root)
+    registry = open_registry(cfg, root)
+    rows = summary(registry)
+    typer.echo(f"{registry.name} ({registry.tracking_uri})")
+    typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
+    for row in rows:
+        typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
+    if not rows:
+        typer.echo("(no versions yet: run `onevision promote`)")
+
+
+@commands.command()
+def audit(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list.")] = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """Print the promotion audit log: approvals, rejections, rollbacks (who, when, why, gate values)."""
+    from onevision.registry.promotion import open_registry
+
+    records = open_registry(_cfg(root), root).audit_log()
+    if as_json:
+        typer.echo(json.dumps(records, indent=2, sort_keys=True, default=str))
+        return
+    for r in records:
+        extra = f" (previous champion {r['previous_champion']})" if r.get("previous_champion") else ""
+        extra += f" (rolled back {r['rolled_back']})" if r.get("rolled_back") else ""
+        typer.echo(f"{r['at']}  {r['action']:<8} v{r['version']}{extra}  by {r['by']}: {r['reason']}")
+    if not records:
+        typer.echo("(no audit records yet)")
+
+
+@commands.command()
+def promote(
+    approval: Annotated[
+        str | None, typer.Option("--approval", help="pause | registry | auto (default: registry.approval in params.yaml).")
+    ] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Run the promotion flow: register the project's model as `challenger`, check the gates, wait for a reviewer."""
+    from onevision.cli import _fail, _setup_logging
+
+    _setup_logging()
+    root = root.resolve()
+    _cfg(root)  # config errors before Prefect starts
+    if approval not in (None, "auto", "pause", "registry"):
+        _fail(f"--approval must be pause, registry or auto, got {approval!r}")
+    import os
+
+    from onevision.pipeline import apply_local_state_env
+
+    apply_local_state_env(root)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
+    from flows.promote import promotion
+
+    try:
+        outcome = promotion(root=str(root), approval=approval)
+    except Exception as exc:
+        _fail(f"promotion failed: {exc}", code=1)
+    typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
+    typer.echo(f"gate report: {root / 'reports/gate_report.md'}")
+    if not outcome.get("gates_passed"):
+        raise typer.Exit(1)

@@ -1,0 +1,162 @@
+"""The MLflow model registry as promotion sees it: versions, aliases, status tags and the audit log.
+
+Promotion state lives in the registry only (any process, any shell reads the
+same truth): aliases ``champion``, ``previous-champion`` and ``challenger``,
+and per version a ``status`` tag. The audit log is one registered-model tag
+per record, ``audit.<UTC timestamp>.<random>`` holding a JSON object, so
+records never overwrite each other and sort by time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+CHALLENGER = "challenger"
+
+# Values of a version's `status` tag.
+AWAITING = "awaiting-approval"
+GATES_FAILED = "gates-failed"
+REJECTED = "rejected"
+STATUS_CHAMPION = "champion"
+STATUS_PREVIOUS = "previous-champion"
+RETIRED = "retired"
+ROLLED_BACK = "rolled-back"
+SUPERSEDED = "superseded"
+REGISTERED = "registered"  # gates not checked yet
+
+AUDIT_PREFIX = "audit."
+METRICS_TAG = "metrics"  # JSON {metric name: value} of the gated metrics
+
+
+class PromotionError(RuntimeError):
+    """A registry action was refused; the message says why and what to do."""
+
+
+@contextmanager
+def scoped_tracking_uri(uri: str | None = None) -> Iterator[None]:
+    """Use ``uri`` as MLflow's global tracking/registry URI inside the block, then put the previous one back.
+
+    ``mlflow.set_tracking_uri`` (also called by onevision.tracking.Tracker) changes a
+    process-global and exports $MLFLOW_TRACKING_URI, which ``tracking_uri()``
+    prefers: without this, one project's registry would leak into the next
+    command or test in the same process.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous_env, previous = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    try:
+        if uri is not None:
+            mlflow.set_tracking_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def version_id(mv) -> str | None:
+    """A ModelVersion's number as a string (stores return int or str), None for no version."""
+    return None if mv is None else str(mv.version)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ModelRegistry:
+    """One registered model (``registry.model_name``) through an MlflowClient."""
+
+    def __init__(self, name: str, tracking_uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.name = name
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ------------------------------------------------------------------ model and versions
+    def ensure_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self.client.create_registered_model(self.name, description="OneVision generative vision search; promotion by aliases.")
+
+    def version(self, version: str | int):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException:
+            raise PromotionError(f"model '{self.name}' has no version {version}") from None
+
+    def by_alias(self, alias: str):
+        """The version an alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException:
+            return None
+
+    def versions(self) -> list:
+        """Every version, newest first, with aliases (search_model_versions leaves them empty)."""
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return sorted((self.version(v.version) for v in found), key=lambda v: int(v.version), reverse=True)
+
+    def aliases(self) -> dict[str, str]:
+        found = {alias: version_id(self.by_alias(alias)) for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
+        return {alias: v for alias, v in found.items() if v is not None}
+
+    # ------------------------------------------------------------------ aliases and tags
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def delete_alias(self, alias: str) -> None:
+        if self.by_alias(alias) is not None:
+            self.client.delete_registered_model_alias(self.name, alias)
+
+    def set_tags(self, version: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, str(value))
+
+    def set_status(self, version: str, status: str) -> None:
+        self.set_tags(version, {"status": status})
+
+    @staticmethod
+    def status(mv) -> str:
+        return mv.tags.get("status", REGISTERED)
+
+    @staticmethod
+    def metrics_of(mv) -> dict[str, float] | None:
+        raw = mv.tags.get(METRICS_TAG)
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ audit log
+    def append_audit(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = {"at": now_iso(), **record}
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 1_000_000_000:09d}"
+        self.client.set_registered_model_tag(self.name, f"{AUDIT_PREFIX}{stamp}.{secrets.token_hex(3)}", json.dumps(record, sort_keys=True, default=str))
+        return record
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """Every audit record, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(self.name).tags
+        except MlflowException:
+            return []
+        return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT_PREFIX))]

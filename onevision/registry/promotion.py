@@ -1,0 +1,301 @@
+"""Promotion: register a candidate, check its gates, approve or reject it, roll back.
+
+The only code that moves the ``champion`` alias is :func:`_move_champion`,
+called by :func:`approve` (after the gates passed and a listed reviewer said
+yes) and :func:`rollback`. Every decision appends an audit record (who, when,
+why, gate values) to the registered model; ``onevision audit`` prints them.
+
+Lifecycle of a version (its ``status`` tag)::
+
+    registered -> gates-failed                      (challenger alias removed)
+               -> awaiting-approval (challenger) -> champion -> previous-champion -> retired
+                                                 -> rejected             \\-> rolled-back
+                                                 -> superseded (a newer candidate arrived)
+
+No Prefect here: the promotion flow (flows/promote.py) and the CLI both call
+these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from onevision import paths
+from onevision.config import Config
+from onevision.registry.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates
+from onevision.registry.model_registry import (
+    AWAITING,
+    CHALLENGER,
+    CHAMPION,
+    GATES_FAILED,
+    METRICS_TAG,
+    PREVIOUS,
+    REGISTERED,
+    REJECTED,
+    RETIRED,
+    ROLLED_BACK,
+    STATUS_CHAMPION,
+    STATUS_PREVIOUS,
+    SUPERSEDED,
+    ModelRegistry,
+    PromotionError,
+    now_iso,
+    scoped_tracking_uri,
+    version_id,
+)
+
+log = logging.getLogger(__name__)
+
+GATE_REPORT = paths.REPORTS / "gate_report.md"
+GATE_PLOT = paths.PLOTS / "gate_report.png"
+
+
+class ReviewerNotAllowed(PromotionError):
+    """The named reviewer is not in registry.reviewers."""
+
+
+@dataclass
+class Candidate:
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
+    from onevision.tracking import tracking_uri
+
+    return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
+
+
+def tag_safe(name: str) -> str:
+    """A metric or gate name as an MLflow tag key (letters, digits, _ - . / space :)."""
+    name = name.replace("@", "_at_")
+    return "".join(c if c.isalnum() or c in "_-./ :" else "_" for c in name)
+
+
+# --------------------------------------------------------------------------- register
+
+
+def register_candidate(
+    cfg: Config, root: str | Path, *, parent_run_id: str | None = None, flow_run_id: str | None = None, approval_channel: str = "registry"
+) -> Candidate:
+    """Bundle project ``root``, log it as a pyfunc model and register it as a new version with alias ``challenger``.
+
+    A still-undecided older challenger is marked ``superseded`` (it can no longer be approved).
+    """
+    import mlflow
+
+    from onevision.serving.bundle import build_bundle
+    from onevision.serving.pyfunc import log_bundle_model
+    from onevision.tracking import Tracker, git_revision
+
+    root = Path(root).resolve()
+    with scoped_tracking_uri():
+        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri)
+        registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
+        tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = tracker.client.create_run(tracker.experiment_id, run_name="promotion", tags=tags).info.run_id
+        try:
+            with tempfile.TemporaryDirectory(prefix="onevision-bundle-") as tmp:
+                bundle = build_bundle(cfg, root, Path(tmp) / "bundle")
+                with mlflow.start_run(run_id=run_id):
+                    info = log_bundle_model(bundle)
+            registry.ensure_model()
+            mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
+        except BaseException:
+            tracker.finish(run_id, "FAILED")
+            raise
+    version = str(mv.version)
+    old = registry.by_alias(CHALLENGER)
+    if old is not None and version_id(old) != version and registry.status(old) == AWAITING:
+        registry.set_status(version_id(old), SUPERSEDED)
+    registry.set_tags(version, {
+        "run_id": run_id,
+        "source.root": str(root),
+        "source.git_revision": tags["git_revision"],
+        "source.profile": cfg.profile,
+        "retriever": cfg.serving.retriever,
+        "approval_channel": approval_channel,
+        **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}),
+    })
+    registry.set_alias(CHALLENGER, version)
+    log.info("registered %s version %s (run %s) as %s", registry.name, version, run_id, CHALLENGER)
+    return Candidate(version, run_id, info.model_uri)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
+    """Evaluate the gates for ``version``, record values as version tags, attach the report; failing -> gates-failed."""
+    root = Path(root).resolve()
+    registry = open_registry(cfg, root)
+    mv = registry.version(version)
+    if registry.status(mv) != REGISTERED:
+        raise PromotionError(f"version {version} was already gated (status: {registry.status(mv)})")
+    champion = registry.by_alias(CHAMPION)
+    inputs = collect_gate_inputs(cfg, root, registry.metrics_of(champion) if champion else None, version_id(champion))
+    report = evaluate_gates(inputs, cfg.registry.gates)
+
+    from onevision.registry.report import markdown_report, plot_report
+
+    plot = plot_report(root / GATE_PLOT, inputs, cfg.registry.gates, report)
+    text = markdown_report(registry.name, version, report, inputs, cfg.registry.gates, plot_name=f"gate_report/{plot.name}")
+    (root / GATE_REPORT).parent.mkdir(parents=True, exist_ok=True)
+    (root / GATE_REPORT).write_text(text)
+    (root / GATE_REPORT.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    run_id = mv.tags.get("run_id") or mv.run_id
+    for path in (root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot):
+        registry.client.log_artifact(run_id, str(path), "gate_report")
+
+    tags: dict[str, Any] = {}
+    for r in report.results:
+        key = f"gate.{tag_safe(r.name)}"
+        tags[f"{key}.passed"] = str(r.passed).lower()
+        tags[f"{key}.value"] = "" if r.value is None else f"{r.value:.6g}"
+        if r.threshold is not None:
+            tags[f"{key}.threshold"] = f"{r.threshold:.6g}"
+    metrics = candidate_metrics(inputs, cfg.registry.gates)
+    tags.update({f"metric.{tag_safe(k)}": f"{v:.6g}" for k, v in metrics.items()})
+    tags[METRICS_TAG] = json.dumps(metrics, sort_keys=True)
+    tags["gates.passed"] = str(report.passed).lower()
+    tags["gates.failed"] = ",".join(r.name for r in report.failed)
+    tags["gate_report"] = f"runs:/{run_id}/gate_report/{GATE_REPORT.name}"
+    registry.set_tags(version, tags)
+    registry.client.update_model_version(registry.name, version, description=text)
+    if report.passed:
+        registry.set_status(version, AWAITING)
+    else:
+        registry.set_status(version, GATES_FAILED)
+        if version_id(registry.by_alias(CHALLENGER)) == str(version):
+            registry.delete_alias(CHALLENGER)
+        log.warning("version %s failed %d gates: %s", version, len(report.failed), "; ".join(f"{r.name}: {r.reason}" for r in report.failed))
+    return report
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def authorize_reviewer(cfg: Config, reviewer: str) -> str:
+    reviewer = (reviewer or "").strip()
+    if not cfg.registry.reviewers:
+        raise ReviewerNotAllowed("no reviewers are configured: list who may approve in registry.reviewers (params.yaml)")
+    if reviewer not in cfg.registry.reviewers:
+        raise ReviewerNotAllowed(f"'{reviewer}' is not a reviewer (registry.reviewers: {', '.join(cfg.registry.reviewers)})")
+    return reviewer
+
+
+def _awaiting(registry: ModelRegistry, version: str):
+    mv = registry.version(version)
+    status = registry.status(mv)
+    if status != AWAITING or mv.tags.get("gates.passed") != "true":
+        hint = " (its gates failed; see its gate report)" if status == GATES_FAILED else ""
+        raise PromotionError(f"version {version} is not awaiting approval (status: {status}){hint}")
+    return mv
+
+
+def _gate_values(mv) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mv.tags.items():
+        if key.startswith("gate.") and key.endswith(".value"):
+            name = key[len("gate."):-len(".value")]
+            out[name] = {"value": value, "passed": mv.tags.get(f"gate.{name}.passed") == "true"}
+    return out
+
+
+def _move_champion(registry: ModelRegistry, version: str) -> str | None:
+    """Point ``champion`` at ``version``; the former champion becomes ``previous-champion``. The one place champion moves."""
+    version = str(version)
+    old, old_previous = version_id(registry.by_alias(CHAMPION)), version_id(registry.by_alias(PREVIOUS))
+    if old is not None and old != version:
+        registry.set_alias(PREVIOUS, old)
+        registry.set_status(old, STATUS_PREVIOUS)
+        if old_previous is not None and old_previous not in (old, version):
+            registry.set_status(old_previous, RETIRED)
+    registry.set_alias(CHAMPION, version)
+    registry.set_status(version, STATUS_CHAMPION)
+    return old
+
+
+def approve(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str) -> dict[str, Any]:
+    """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record."""
+    reviewer = authorize_reviewer(cfg, reviewer)
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    registry = open_registry(cfg, root)
+    mv = _awaiting(registry, str(version))
+    version = version_id(mv)
+    previous = _move_champion(registry, version)
+    if version_id(registry.by_alias(CHALLENGER)) == version:
+        registry.delete_alias(CHALLENGER)
+    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason})
+    record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "reason": reason,
+              "gates": _gate_values(mv), "metrics": registry.metrics_of(mv)}
+    log.info("version %s approved by %s: now %s (previous: %s)", version, reviewer, CHAMPION, previous)
+    return registry.append_audit(record)
+
+
+def reject(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str) -> dict[str, Any]:
+    """A listed reviewer rejects a candidate; the champion is untouched. Returns the audit record."""
+    reviewer = authorize_reviewer(cfg, reviewer)
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    registry = open_registry(cfg, root)
+    mv = _awaiting(registry, str(version))
+    version = version_id(mv)
+    registry.set_status(version, REJECTED)
+    if version_id(registry.by_alias(CHALLENGER)) == version:
+        registry.delete_alias(CHALLENGER)
+    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
+    record = {"action": "reject", "version": version, "champion": version_id(registry.by_alias(CHAMPION)), "by": reviewer,
+              "reason": reason, "gates": _gate_values(mv)}
+    return registry.append_audit(record)
+
+
+def decide(cfg: Config, root: str | Path, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str) -> dict[str, Any]:
+    if decision == "approve":
+        return approve(cfg, root, version, reviewer, reason)
+    if decision == "reject":
+        return reject(cfg, root, version, reviewer, reason)
+    raise PromotionError(f"decision must be approve or reject, got {decision!r}")
+
+
+def rollback(cfg: Config, root: str | Path, reason: str, by: str) -> dict[str, Any]:
+    """Restore ``previous-champion`` as champion in one step; the rolled-back version is marked and the alias cleared."""
+    if not reason.strip():
+        raise PromotionError("a reason is required")
+    registry = open_registry(cfg, root)
+    previous, current = version_id(registry.by_alias(PREVIOUS)), version_id(registry.by_alias(CHAMPION))
+    if previous is None:
+        raise PromotionError(f"model '{registry.name}' has no {PREVIOUS} to roll back to")
+    _move_champion(registry, previous)
+    # One step back only: a second rollback must not bring the bad version back.
+    registry.delete_alias(PREVIOUS)
+    if current is not None and current != previous:
+        registry.set_status(current, ROLLED_BACK)
+        registry.set_tags(current, {"rolled_back_by": by, "rolled_back_at": now_iso(), "rollback_reason": reason})
+    record = {"action": "rollback", "version": previous, "rolled_back": current, "by": by, "reason": reason}
+    log.warning("rollback by %s: champion %s -> %s (%s)", by, current, previous, reason)
+    return registry.append_audit(record)
+
+
+def summary(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """One row per version: aliases, status, gates, decision (for `onevision models`)."""
+    rows = []
+    for mv in registry.versions():
+        rows.append({
+            "version": version_id(mv),
+            "aliases": ",".join(sorted(mv.aliases)),
+            "status": registry.status(mv),
+            "gates": {"true": "passed", "false": "failed"}.get(mv.tags.get("gates.passed", ""), "–"),
+            "decided_by": mv.tags.get("decided_by", ""),
+            "created": mv.creation_timestamp,
+        })
+    return rows

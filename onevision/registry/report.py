@@ -1,0 +1,86 @@
+"""The gate report a reviewer reads: markdown (version description + artifact) and a plot.
+
+The plot puts the candidate next to the champion and the baseline (MCA) for
+each compared metric, with the bar it had to clear drawn as a line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onevision.config import GatesConfig
+from onevision.registry.gates import GateInputs, GateReport, candidate_metric, lookup
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def compared_metrics(gates: GatesConfig) -> list[tuple[str, str]]:
+    """(metric key, label) of the side-by-side table and plot."""
+    return [(k, k) for k in gates.quality_metrics] + [(gates.orders_metric, "orders / 1k (sim.)"), (gates.latency_metric, "latency p95 (ms)")]
+
+
+def markdown_report(model_name: str, version: str, report: GateReport, inputs: GateInputs, gates: GatesConfig, plot_name: str | None = None) -> str:
+    verdict = "**PASSED**: waiting for a reviewer" if report.passed else f"**FAILED** ({len(report.failed)} of {len(report.results)} gates): cannot be approved"
+    lines = [f"# Gate report: `{model_name}` version {version}", "", f"Verdict: {verdict}.", ""]
+    lines += ["| gate | result | candidate | threshold | why |", "|---|---|---|---|---|"]
+    for r in report.results:
+        lines.append(f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reason} |")
+    champion = f"champion v{inputs.champion_version}" if inputs.champion_version else "champion (none)"
+    lines += ["", f"## Candidate vs {champion} vs {gates.baseline_system}", "",
+              f"| metric | candidate (`{gates.candidate_system}`) | {champion} | {gates.baseline_system} |", "|---|---|---|---|"]
+    for key, label in compared_metrics(gates):
+        lines.append(f"| {label} | {_fmt(candidate_metric(inputs, key))} | {_fmt(lookup(inputs.champion, key))} | {_fmt(lookup(inputs.baseline, key))} |")
+    if plot_name:
+        lines += ["", f"Plot: `{plot_name}` (attached to this version's run)."]
+    lines += ["", "Tolerances are relative: a gate against a reference r passes when candidate >= r x (1 - tolerance).", ""]
+    if report.passed:
+        lines += ["## Decide", "", "```", f"onevision approve {version} --reviewer NAME --reason TEXT",
+                  f"onevision reject {version} --reviewer NAME --reason TEXT", "```", ""]
+    return "\n".join(lines)
+
+
+def plot_report(path: Path, inputs: GateInputs, gates: GatesConfig, report: GateReport) -> Path:
+    """One panel per compared metric: candidate, champion and baseline bars, the gate's threshold as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = {r.name: r.threshold for r in report.results}
+    metrics = compared_metrics(gates)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    names = ["candidate", f"champion v{inputs.champion_version}" if inputs.champion_version else "champion", gates.baseline_system]
+    colors = ["tab:blue", "tab:green", "tab:grey"]
+    for ax, (key, label) in zip(axes[0], metrics, strict=True):
+        values = [candidate_metric(inputs, key), lookup(inputs.champion, key), lookup(inputs.baseline, key)]
+        heights = [float(v) if isinstance(v, (int, float)) else 0.0 for v in values]
+        bars = ax.bar(range(3), heights, color=colors)
+        for bar, v in zip(bars, values, strict=True):
+            ax.annotate(_fmt(v) if v is not None else "n/a", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        label_key = "orders" if key == gates.orders_metric else key
+        lines = [("latency_p95", "budget", "tab:red")] if key == gates.latency_metric else [
+            (f"baseline.{label_key}", f"{gates.baseline_system} gate", "tab:red"), (f"champion.{label_key}", "champion gate", "tab:green")]
+        drawn = False
+        for gate, text, color in lines:
+            if thresholds.get(gate) is not None:
+                ax.axhline(thresholds[gate], color=color, ls="--", lw=1, label=text)
+                drawn = True
+        if drawn:
+            ax.legend(fontsize=7, loc="lower center")
+        ax.set_xticks(range(3), names, rotation=20, fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Gate report: " + ("passed" if report.passed else "FAILED"))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,82 @@
+"""`onevision search`: one query against the champion (or any model URI, or a local project).
+
+Registered in onevision/cli.py with ``app.add_typer(commands)``. Heavy imports stay inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+commands = typer.Typer()
+
+
+def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | None):
+    """A pyfunc-like object with predict(frame, params): a local project's artifacts, or a registry/model URI."""
+    if project is not None:
+        from onevision.config import PARAMS_FILE, load_config
+        from onevision.serving.bundle import manifest_for
+        from onevision.serving.pyfunc import OneVisionModel
+
+        project_cfg = load_config(project / PARAMS_FILE) if (project / PARAMS_FILE).exists() else cfg
+        model = OneVisionModel.from_directory(project, manifest_for(project_cfg))
+        return model, str(project)
+    import mlflow
+
+    from onevision.registry.model_registry import scoped_tracking_uri
+    from onevision.tracking import tracking_uri
+
+    uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
+    with scoped_tracking_uri(tracking_uri(root.resolve(), cfg.tracking.tracking_uri)):
+        return mlflow.pyfunc.load_model(uri), uri
+
+
+@commands.command()
+def search(
+    image: Annotated[Path, typer.Option("--image", help="Query photo (PNG or JPEG).", exists=True, dir_okay=False)],
+    user: Annotated[int, typer.Option("--user", help="Shopper id; -1 or an unknown id: anonymous.")] = -1,
+    k: Annotated[int, typer.Option("--k", "-k", help="Results to return.")] = 10,
+    model: Annotated[str | None, typer.Option("--model", help="MLflow model URI (default: models:/<registry.model_name>@champion).")] = None,
+    project: Annotated[
+        Path | None, typer.Option("--project", help="Serve a local trained project root instead of the registry.", file_okay=False, exists=True)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
+) -> None:
+    """Search the catalog with a photo: top-k item ids with scores."""
+    from onevision.cli import _fail, _load
+
+    cfg = _load(root, None, None)
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from onevision.serving.queries import InvalidQuery
+
+    try:
+        predictor, source = load_search_model(cfg, root, model, project)
+    except (MlflowException, FileNotFoundError, ValueError) as exc:
+        _fail(f"cannot load the model: {exc}")
+    frame = pd.DataFrame({"image": [image.read_bytes()], "user_id": [user]})
+    try:
+        if hasattr(predictor, "search"):  # a local project: the same checks, without MLflow
+            from onevision.serving.queries import parse_k
+
+            result = predictor.search(frame, parse_k({"k": k}, predictor.spec))
+        else:
+            result = predictor.predict(frame, params={"k": k})
+    except InvalidQuery as exc:
+        _fail(f"bad request: {exc}")
+    except MlflowException as exc:
+        _fail(exc.message)
+    row = result.iloc[0]
+    hits = [{"rank": i + 1, "item_id": int(item), "score": float(score)} for i, (item, score) in enumerate(zip(row["item_ids"], row["scores"], strict=True))]
+    if as_json:
+        typer.echo(json.dumps({"model": source, "user_id": user, "results": hits}, indent=2))
+        return
+    typer.echo(f"model: {source}   user: {user if user >= 0 else 'anonymous'}")
+    typer.echo(f"{'rank':>4}  {'item_id':>10}  {'score':>10}")
+    for hit in hits:
+        typer.echo(f"{hit['rank']:>4}  {hit['item_id']:>10}  {hit['score']:>10.4f}")

@@ -1,0 +1,76 @@
+"""The stage registry: name -> function, in pipeline order.
+
+Each stage is one function ``fn(cfg: Config, root: Path) -> dict`` living in
+the package it belongs to (``onevision.data.stages.prepare``, ...). It reads
+its inputs and the effective config, writes its outputs under ``root`` and
+returns a small metrics dict, written to ``metrics/<stage>.json``. DVC runs a
+stage as ``onevision stage run NAME``; the Prefect retrain flow runs them in
+``PIPELINE`` order. Stages know nothing of Prefect or MLflow.
+
+To add a stage: write its function, add it to ``STAGES`` and ``STAGE_PARAMS``
+below (functions are named as "module:function" so the CLI imports only what
+it runs), and add the same stage to dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onevision import paths
+from onevision.config import Config
+
+StageFn = Callable[[Config, Path], dict[str, Any]]
+
+# Pipeline order (later stages are appended as they are built).
+STAGES: dict[str, str] = {
+    "prepare": "onevision.data.stages:prepare",
+    "validate": "onevision.data.stages:validate",
+    "split": "onevision.data.stages:split",
+    "align_encoder": "onevision.encoder.stage:align_encoder",
+    "vrq": "onevision.vrq.stage:vrq",
+    # order: ... align_encoder, vrq, mca, pretrain, sft, dpo, evaluate, ...
+    "mca": "onevision.mca.train:mca",
+    "pretrain": "onevision.generative.stages:pretrain",
+    "sft": "onevision.generative.stages:sft",
+    "dpo": "onevision.generative.stages:dpo",
+    "evaluate": "onevision.evaluation.stage:evaluate",
+}
+
+# Sections of params.yaml each stage depends on (besides seed/profile/profiles/overrides);
+# dvc.yaml lists the same, and the flow logs them as the stage run's params.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data",),
+    "validate": ("data", "validate"),
+    "split": ("split",),
+    "align_encoder": ("data", "encoder"),
+    "vrq": ("vrq",),
+    "mca": ("data", "mca"),
+    "pretrain": ("data", "generative"),
+    "sft": ("data", "generative"),
+    "dpo": ("data", "generative"),
+    "evaluate": ("data", "mca", "evaluate", "generative"),
+}
+
+
+def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    path = Path(root) / paths.metrics_file(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def stage_function(name: str) -> StageFn:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    module, func = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
+    """Run one stage and write its metrics JSON."""
+    metrics = stage_function(name)(cfg, Path(root))
+    return write_metrics(Path(root), name, metrics)

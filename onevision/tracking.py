@@ -1,0 +1,128 @@
+"""MLflow tracking: one parent run per flow run, one nested run per stage.
+
+Uses ``MlflowClient`` with explicit run ids rather than the fluent API's
+active-run stack, so stage runs can be logged from Prefect worker threads.
+Tags tie every number to exact code and data: the git revision and the hash
+of each stage's dependencies as recorded in ``dvc.lock``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# MLflow's limit on a param value's length.
+_MAX_PARAM_LEN = 6000
+
+
+def tracking_uri(root: Path, configured: str | None = None) -> str:
+    """The configured URI, else $MLFLOW_TRACKING_URI, else SQLite in the project root."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def git_revision(root: Path) -> str:
+    """HEAD's commit, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (subprocess.SubprocessError, FileNotFoundError):
+        return "unknown"
+
+
+def dvc_lock_hashes(root: Path) -> dict[str, str]:
+    """Per stage: a short hash over the md5s of its deps (and params) in dvc.lock."""
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    out = {}
+    for stage, entry in (data.get("stages") or {}).items():
+        deps = {d["path"]: d.get("md5") or d.get("hash") for d in entry.get("deps", [])}
+        blob = json.dumps({"deps": deps, "params": entry.get("params", {})}, sort_keys=True, default=str)
+        out[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return out
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (for params and metrics)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return out
+    return {prefix: value}
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient for the retrain flow's run tree."""
+
+    def __init__(self, root: Path, experiment: str, uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.root = Path(root)
+        self.uri = tracking_uri(self.root, uri)
+        # An explicit client, not mlflow.set_tracking_uri: that would export the URI process-wide.
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifact_root = None
+            if self.uri.startswith("sqlite:"):
+                artifact_root = (self.root / "mlartifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_child(self, parent_id: str, stage: str, tags: dict[str, str]) -> str:
+        tags = {"mlflow.parentRunId": parent_id, "stage": stage, **tags}
+        return self.client.create_run(self.experiment_id, run_name=stage, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten("", params)
+        batch = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        flat = flatten("", metrics)
+        # Numbers (bools count as 0/1); strings and lists belong in params or artifacts.
+        batch = [Metric(k, float(v), now, step) for k, v in sorted(flat.items()) if isinstance(v, (int, float))]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i : i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.exists():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over onevision/ functions (no ML logic here)."""

@@ -1,0 +1,19 @@
+"""One Prefect task per pipeline stage run: DVC decides, MLflow records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from onevision.pipeline import execute_stage
+from onevision.tracking import Tracker
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+def run_stage(root: str, stage: str, experiment: str, tracking_uri: str, parent_run_id: str) -> dict:
+    """Run (or skip, when DVC finds it unchanged) one stage; log its nested MLflow run."""
+    tracker = Tracker(Path(root), experiment, tracking_uri)
+    return asdict(execute_stage(Path(root), stage, tracker, parent_run_id))

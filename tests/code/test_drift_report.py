@@ -1,0 +1,143 @@
+"""The drift check end to end on a synthetic project: both directions, the report files, the CLI exit codes.
+
+The synthetic project (onevision.monitoring.testing) has no encoder, so the
+monitor runs on its documented pixel fallback. Evidently's import (~4 s) and
+one report per test (~1-3 s) make this module slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from onevision.config import load_config
+from onevision.monitoring.drills import simulate_shift
+from onevision.monitoring.monitor import build_baseline, run_drift_check
+from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return build_synthetic_project(tmp_path_factory.mktemp("drift") / "proj")
+
+
+@pytest.fixture(scope="module")
+def cfg(project):
+    return load_config(project / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def baseline(cfg, project):
+    return build_baseline(cfg, project)
+
+
+@pytest.fixture(scope="module")
+def items(project) -> pd.DataFrame:
+    return pd.read_parquet(project / "data/validated/items.parquet")
+
+
+def check(cfg, project, baseline, window, tmp_path):
+    return run_drift_check(cfg, project, window, current_label="test", baseline=baseline, out_dir=tmp_path / "run")
+
+
+def test_clean_window_raises_no_alarm_and_writes_the_report(cfg, project, baseline, tmp_path):
+    summary = check(cfg, project, baseline, synthetic_window(project, 400, seed=11), tmp_path)
+    assert summary["status"] == "ok" and not summary["drift_detected"] and summary["alarms"] == []
+    assert summary["embedding_source"].startswith("fallback:pixels")
+    assert summary["checks"]["generated_sid"]["status"].startswith("skipped: no model")
+    for name in ("image_embedding", "image_stats", "category", "brand", "price", "region", "data_quality"):
+        c = summary["checks"][name]
+        assert c["status"] == "ok" and c["score"] < c["threshold"], name
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["run_id"] == summary["run_id"]
+    html = (run / "report.html").read_text()
+    assert len(html) > 100_000 and "Drift in column 'brightness'" in html and "Drift in column 'pc00'" in html
+    assert json.loads((run / "evidently.json").read_text())["metrics"]
+    assert "no drift" in (run / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [("lighting", {"image_stats", "image_embedding"}), ("blur", {"image_stats"}), ("new-brand", {"brand", "price"}), ("category-mix", {"category"})],
+)
+def test_each_shift_raises_its_alarm(cfg, project, baseline, items, tmp_path, kind, expected):
+    base = synthetic_window(project, 1200 if kind == "category-mix" else 400, seed=21)
+    summary = check(cfg, project, baseline, simulate_shift(kind, base, items, seed=3), tmp_path)
+    assert summary["drift_detected"] and summary["status"] == "drift"
+    assert expected <= set(summary["alarms"]), summary["alarms"]
+    if kind == "new-brand":
+        assert summary["checks"]["image_embedding"]["status"] == "ok"  # same photos: only the product columns move
+
+
+def test_broken_queries_raise_the_data_quality_alarm(cfg, project, baseline, tmp_path):
+    window = synthetic_window(project, 300, seed=31)
+    window.loc[:29, "image"] = b"\x89PNG broken"
+    window.loc[30:44, "user_id"] = 10_000  # unknown users
+    summary = check(cfg, project, baseline, window, tmp_path)
+    dq = summary["checks"]["data_quality"]
+    assert dq["status"] == "drift" and dq["score"] == pytest.approx(45 / 300)
+    assert dq["details"]["issues"] == {"image_undecodable": 30, "user_unknown": 15}
+    assert "data_quality" in summary["alarms"]
+
+
+def test_precomputed_sid_prefixes_drive_the_sid_check(cfg, project, tmp_path):
+    reference = pd.read_parquet(project / "data/validated/queries.parquet").iloc[:800]
+    reference = reference.assign(sid_prefix=[str(i % 8) for i in range(len(reference))])
+    baseline = build_baseline(cfg, project, reference=reference)
+    same = synthetic_window(project, 400, seed=41).assign(sid_prefix=[str(i % 8) for i in range(400)])
+    moved = same.assign(sid_prefix=[str(i % 3) for i in range(400)])  # traffic collapses onto 3 catalog regions
+    ok = check(cfg, project, baseline, same, tmp_path)
+    assert ok["sid_source"] == "precomputed sid_prefix columns" and ok["checks"]["generated_sid"]["status"] == "ok"
+    drifted = check(cfg, project, baseline, moved, tmp_path)
+    assert drifted["checks"]["generated_sid"]["status"] == "drift"
+
+
+def test_too_few_queries_give_no_verdict(cfg, project, baseline, tmp_path):
+    summary = check(cfg, project, baseline, synthetic_window(project, 20, seed=51), tmp_path)
+    assert summary["status"] == "insufficient_data" and not summary["drift_detected"]
+    assert not (tmp_path / "run" / "report.html").exists() and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_cli_exit_codes(project, items, tmp_path, monkeypatch):
+    from onevision.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    clean = synthetic_window(project, 300, seed=61)
+    clean.to_parquet(tmp_path / "clean.parquet")
+    simulate_shift("lighting", clean, items, seed=1).to_parquet(tmp_path / "dark.parquet")
+    runner = CliRunner()
+    base = ["drift", "--root", str(project), "--no-publish"]
+    ok = runner.invoke(app, [*base, "--current", str(tmp_path / "clean.parquet"), "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "no drift" in ok.output
+    bad = runner.invoke(app, [*base, "--current", str(tmp_path / "dark.parquet"), "--out", str(tmp_path / "b"), "--json"])
+    assert bad.exit_code == 1, bad.output
+    assert "image_stats" in json.loads(bad.output[bad.output.index("{") :])["alarms"]
+    assert runner.invoke(app, [*base, "--simulate-shift", "earthquake"]).exit_code == 2
+    assert runner.invoke(app, [*base, "--current", str(tmp_path / "missing.parquet")]).exit_code == 2
+    few = runner.invoke(app, [*base, "--current", str(tmp_path / "clean.parquet"), "--window", "1h", "--out", str(tmp_path / "c")])
+    assert few.exit_code == 3, few.output
+
+
+def test_mlflow_run_holds_scores_and_report(cfg, project, baseline, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from onevision.monitoring.monitor import log_to_mlflow
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = check(cfg, project, baseline, synthetic_window(project, 300, seed=71), tmp_path)
+    run_id = log_to_mlflow(cfg, project, summary)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "onevision-drift"
+    assert run.data.tags["status"] == "ok" and run.data.metrics["drift_detected"] == 0.0
+    assert "image_embedding.score" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run_id, "drift")} >= {"drift/report.html", "drift/summary.json"}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["artifacts"]["mlflow_run_id"] == run_id

@@ -1,0 +1,90 @@
+"""Pipeline plumbing: run params written to params.yaml, stage selection, lock hashes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onevision.config import ConfigError, load_config, section_names
+from onevision.pipeline import PIPELINE, stages_until, write_run_params
+from onevision.stages import STAGE_PARAMS, STAGES
+from onevision.tracking import dvc_lock_hashes, flatten
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path):
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_profile_and_overrides_are_written_keeping_comments(project):
+    changes = write_run_params(project, "small", ["data.n_users=50"])
+    assert changes["profile"] == ("default", "small")
+    text = (project / "params.yaml").read_text()
+    assert "# OneVision parameters" in text  # comments survive the round trip
+    doc = yaml.safe_load(text)
+    assert doc["profile"] == "small" and doc["overrides"]["data"] == {"n_users": 50}
+    assert doc["overrides"]["split"] == {}  # every section keeps its slot (dvc.yaml names them)
+    cfg = load_config(project / "params.yaml")
+    assert (cfg.profile, cfg.data.n_items, cfg.data.n_users) == ("small", 2000, 50)
+    # nothing to change: file untouched
+    assert write_run_params(project, "small", ["data.n_users=50"]) == {}
+
+
+def test_invalid_override_leaves_params_untouched(project):
+    before = (project / "params.yaml").read_text()
+    with pytest.raises(ConfigError):
+        write_run_params(project, None, ["data.n_users=-3"])
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_stages_until():
+    assert stages_until(None) == list(PIPELINE)
+    assert stages_until("validate") == ["prepare", "validate"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        stages_until("deploy")
+
+
+def test_every_stage_is_in_dvc_yaml_with_its_params():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == list(STAGES)
+    for name, stage in dvc.items():
+        assert stage["cmd"] == f"onevision stage run {name}"
+        meta = {"seed", "profile", "profiles"}
+        params = set(stage["params"])
+        assert meta <= params, name
+        # a stage may depend on a sub-section (e.g. generative.pretrain) of a section it logs
+        sections = {s.split(".")[0] for s in params - meta if not s.startswith("overrides.")}
+        assert sections == set(STAGE_PARAMS[name]), name
+        assert {s for s in params if s.startswith("overrides.")} == {f"overrides.{s}" for s in sections}, name
+
+
+def test_params_yaml_has_an_override_slot_per_section():
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(doc["overrides"]) == set(section_names())
+
+
+def test_lock_hashes_change_with_deps(tmp_path):
+    lock = {"schema": "2.0", "stages": {"prepare": {"cmd": "x", "deps": [{"path": "a.py", "md5": "1"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    first = dvc_lock_hashes(tmp_path)["prepare"]
+    lock["stages"]["prepare"]["deps"][0]["md5"] = "2"
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert dvc_lock_hashes(tmp_path)["prepare"] != first
+    assert dvc_lock_hashes(tmp_path / "missing") == {}
+
+
+def test_flatten():
+    assert flatten("", {"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_seed_override_is_written_in_place(project):
+    changes = write_run_params(project, None, ["seed=7"])
+    assert changes["seed"] == (0, 7)
+    doc = yaml.safe_load((project / "params.yaml").read_text())
+    assert doc["seed"] == 7 and "seed" not in doc["overrides"]

@@ -1,0 +1,74 @@
+"""Fixtures for integration tests: a throwaway project checkout and a shared Prefect server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config.
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore")
+PROJECT_DIRS = ("onevision", "tasks", "flows")
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def make_project(dest: Path) -> Path:
+    """Copy the project into ``dest`` as a fresh git + DVC repository with a local remote."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO / name, dest / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    bin_dir = Path(sys.executable).parent
+    _run(["git", "init", "-q", "-b", "main"], dest)
+    _run([str(bin_dir / "dvc"), "init", "-q"], dest)
+    shutil.copy2(REPO / ".dvc" / "config", dest / ".dvc" / "config")
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def isolated_state(tmp_path_factory):
+    """Point Prefect, DVC and MLflow state at a temp folder for the whole session."""
+    state = tmp_path_factory.mktemp("state")
+    env = {
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DVC_SITE_CACHE_DIR": str(state / "dvc-site"),
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "onevision",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield state
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def prefect_server(isolated_state):
+    """One temporary Prefect server for the session (start-up costs ~15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory, isolated_state) -> Path:
+    """A project checkout shared by the integration tests that run the small profile."""
+    return make_project(tmp_path_factory.mktemp("project") / "onevision")

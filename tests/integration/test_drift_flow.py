@@ -1,0 +1,126 @@
+"""The drift_monitor flow end to end: Prefect state, webhook, MLflow run, S3 upload, markdown artifact."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pandas as pd
+import pytest
+
+from onevision.monitoring.drills import simulate_shift
+from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BUCKET = "onevision-reports"
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real HTTP S3 endpoint on loopback (moto server), with the reports bucket."""
+    import os
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, isolated_state):
+    root = build_synthetic_project(tmp_path_factory.mktemp("drift-flow") / "proj")
+    items = pd.read_parquet(root / "data/validated/items.parquet")
+    clean = synthetic_window(root, 300, seed=5)
+    clean.to_parquet(root / "clean.parquet")
+    simulate_shift("lighting", clean, items, seed=1).to_parquet(root / "dark.parquet")
+    return root
+
+
+def _overrides(webhook_url: str, endpoint: str) -> list[str]:
+    return [f"drift.webhook_url={webhook_url}", f"storage.bucket={BUCKET}", f"storage.endpoint_url={endpoint}", "storage.prefix=team"]
+
+
+def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, prefect_server, webhook, s3_endpoint):
+    import boto3
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import Artifact
+
+    from flows.drift import drift_monitor
+
+    url, received = webhook
+    received.clear()
+    state = drift_monitor(root=str(project), current=str(project / "dark.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
+    assert state.is_failed() and "image_stats" in state.message
+
+    summary = json.loads(max((project / "reports/drift").glob("*/summary.json")).read_text())
+    assert summary["drift_detected"] and "image_stats" in summary["alarms"]
+    # webhook
+    (alert,) = received
+    assert alert["run_id"] == summary["run_id"] and {a["check"] for a in alert["alarms"]} >= {"image_stats"}
+    assert alert["report"].startswith(f"s3://{BUCKET}/team/drift/{summary['run_id']}/")
+    # object store
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert {f"team/drift/{summary['run_id']}/{name}" for name in ("report.html", "summary.json", "summary.md", "evidently.json")} <= keys
+    # MLflow
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(summary["artifacts"]["mlflow_run_id"])
+    assert run.data.tags["status"] == "drift" and run.data.metrics["image_stats.alarm"] == 1.0
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    # the markdown summary on the flow run
+    artifact = Artifact.get("drift-summary")
+    assert artifact is not None and "DRIFT" in artifact.data and "image_stats" in artifact.data
+
+
+def test_clean_traffic_completes_without_alert(project, prefect_server, webhook, s3_endpoint):
+    from flows.drift import drift_monitor
+
+    url, received = webhook
+    received.clear()
+    state = drift_monitor(root=str(project), current=str(project / "clean.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["status"] == "ok" and not summary["drift_detected"]
+    assert received == []
+
+
+def test_alerting_without_failing_when_configured(project, prefect_server, webhook, s3_endpoint):
+    from flows.drift import drift_monitor
+
+    url, _ = webhook
+    overrides = [*_overrides(url, s3_endpoint), "drift.fail_on_drift=false"]
+    state = drift_monitor(root=str(project), current=str(project / "dark.parquet"), overrides=overrides, publish=False, return_state=True)
+    assert state.is_completed() and state.name == "Drifted"

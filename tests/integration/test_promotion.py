@@ -1,0 +1,255 @@
+"""Gated promotion on a real MLflow registry (temp SQLite): gates, reviewers, approve/reject, rollback, serving the champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from onevision.cli import app
+from onevision.config import load_config
+from onevision.data.images import encode_png
+from onevision.registry.model_registry import (
+    AWAITING,
+    CHALLENGER,
+    CHAMPION,
+    GATES_FAILED,
+    PREVIOUS,
+    REJECTED,
+    ROLLED_BACK,
+    PromotionError,
+)
+from onevision.registry.promotion import approve, check_gates, open_registry, register_candidate
+
+from .promotion_project import GOOD_METRICS, item_images, make_tiny_project, write_metrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, isolated_state) -> Path:
+    return make_tiny_project(tmp_path_factory.mktemp("promotion") / "project")
+
+
+def registry(project: Path):
+    return open_registry(load_config(project / "params.yaml"), project)
+
+
+def new_candidate(project: Path, evaluate: dict | None = None):
+    """Register the project's model with these metrics and check its gates -> (version, report)."""
+    write_metrics(project, evaluate=evaluate)
+    cfg = load_config(project / "params.yaml")
+    version = register_candidate(cfg, project).version
+    return version, check_gates(cfg, project, version)
+
+
+def better(delta: float) -> dict:
+    return {"knn": {**GOOD_METRICS["knn"], "hr@10": GOOD_METRICS["knn"]["hr@10"] + delta}, "mca": GOOD_METRICS["mca"]}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def first_champion(project):
+    """Version 1 approved by a reviewer from a second process (`onevision approve` in a subprocess)."""
+    version, report = new_candidate(project)
+    assert report.passed, [(r.name, r.reason) for r in report.failed]
+    reg = registry(project)
+    assert reg.status(reg.version(version)) == AWAITING and reg.aliases() == {CHALLENGER: version}
+    proc = subprocess.run(
+        [str(BIN / "onevision"), "approve", version, "--reviewer", "alice", "--reason", "beats MCA on every gate", "--root", str(project)],
+        capture_output=True, text=True, env=env(), timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return version
+
+
+def test_approve_from_another_process_moves_champion_and_audits(project, first_champion):
+    reg = registry(project)
+    assert reg.aliases() == {CHAMPION: first_champion}  # challenger cleared, no previous champion yet
+    mv = reg.version(first_champion)
+    assert reg.status(mv) == "champion" and mv.tags["decided_by"] == "alice"
+    assert mv.tags["gate.baseline.hr_at_10.value"] == "0.62" and mv.tags["gates.passed"] == "true"
+    assert json.loads(mv.tags["metrics"])["hr@10"] == pytest.approx(0.62)
+    record = reg.audit_log()[-1]
+    assert record["action"] == "approve" and record["version"] == first_champion and record["by"] == "alice"
+    assert record["reason"] == "beats MCA on every gate" and record["at"].endswith("Z")
+    assert record["gates"]["baseline.hr_at_10"] == {"value": "0.62", "passed": True}
+    result = runner.invoke(app, ["audit", "--root", str(project)])
+    assert result.exit_code == 0 and f"approve  v{first_champion}" in result.output and "alice" in result.output
+
+
+def test_failing_gate_blocks_promotion(project, first_champion):
+    version, report = new_candidate(project, evaluate={"knn": {**GOOD_METRICS["knn"], "hr@10": 0.30}, "mca": GOOD_METRICS["mca"]})
+    assert not report.passed
+    assert {r.name for r in report.failed} == {"baseline.hr@10", "champion.hr@10"}
+    reg = registry(project)
+    mv = reg.version(version)
+    assert reg.status(mv) == GATES_FAILED and mv.tags["gate.baseline.hr_at_10.passed"] == "false"
+    assert mv.tags["gate.baseline.hr_at_10.value"] == "0.3" and "FAIL" in mv.description
+    assert CHALLENGER not in reg.aliases()
+    with pytest.raises(PromotionError, match="not awaiting approval .*gates failed"):
+        approve(load_config(project / "params.yaml"), project, version, "alice", "ship it anyway")
+    assert reg.aliases()[CHAMPION] == first_champion
+    assert (project / "reports/gate_report.md").exists() and (project / "plots/gate_report.png").exists()
+    artifacts = {f.path for f in reg.client.list_artifacts(mv.tags["run_id"], "gate_report")}
+    assert {"gate_report/gate_report.md", "gate_report/gate_report.png"} <= artifacts
+
+
+def test_unknown_reviewer_refused_and_reject_leaves_champion(project, first_champion):
+    version, report = new_candidate(project, evaluate=better(0.01))
+    assert report.passed
+    result = runner.invoke(app, ["approve", version, "--reviewer", "mallory", "--reason", "trust me", "--root", str(project)])
+    assert result.exit_code == 2 and "'mallory' is not a reviewer" in result.output
+    reg = registry(project)
+    assert reg.status(reg.version(version)) == AWAITING and reg.aliases()[CHAMPION] == first_champion
+    result = runner.invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert reg.status(reg.version(version)) == REJECTED
+    assert reg.aliases() == {CHAMPION: first_champion}
+    rec = reg.audit_log()[-1]
+    assert (rec["action"], rec["version"], rec["champion"], rec["by"], rec["reason"]) == ("reject", version, first_champion, "bob", "orders flat")
+    result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "changed my mind", "--root", str(project)])
+    assert result.exit_code == 2 and "not awaiting approval (status: rejected)" in result.output
+
+
+def test_rollback_restores_the_previous_champion(project, first_champion):
+    before = registry(project).aliases()[CHAMPION]
+    version, report = new_candidate(project, evaluate=better(0.02))
+    assert report.passed
+    gates = {r.name: r for r in report.results}
+    assert gates["champion.hr@10"].threshold == pytest.approx(0.62 * 0.98)  # read from the champion's tags
+    approve(load_config(project / "params.yaml"), project, version, "bob", "better than champion")
+    reg = registry(project)
+    assert reg.aliases() == {CHAMPION: version, PREVIOUS: before}
+    result = runner.invoke(app, ["rollback", "--reason", "conversion dropped in production", "--by", "oncall", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert reg.aliases() == {CHAMPION: before}
+    assert reg.status(reg.version(version)) == ROLLED_BACK and reg.status(reg.version(before)) == "champion"
+    assert reg.audit_log()[-1]["action"] == "rollback" and reg.audit_log()[-1]["rolled_back"] == version
+    result = runner.invoke(app, ["rollback", "--reason", "again", "--root", str(project)])
+    assert result.exit_code == 2 and "no previous-champion" in result.output
+    result = runner.invoke(app, ["models", "--root", str(project)])
+    assert result.exit_code == 0 and "rolled-back" in result.output and "gates-failed" in result.output
+
+
+def test_champion_loads_and_predicts(project, first_champion):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from onevision.registry.model_registry import scoped_tracking_uri
+
+    with scoped_tracking_uri(f"sqlite:///{project / 'mlflow.db'}"):  # no leak into later tests
+        model = mlflow.pyfunc.load_model("models:/onevision@champion")
+    images = item_images()
+    out = model.predict(pd.DataFrame({"image": [encode_png(images[5]), encode_png(images[9])], "user_id": [3, -1]}), params={"k": 4})
+    assert [row[0] for row in out["item_ids"]] == [105, 109]
+    assert all(len(row) == 4 for row in out["item_ids"]) and out["scores"][0][0] >= out["scores"][0][1]
+    with pytest.raises(MlflowException, match="bad request: row 0: image does not decode"):
+        model.predict(pd.DataFrame({"image": [b"not an image"]}))
+
+
+def test_search_cli(project, first_champion, tmp_path):
+    query = tmp_path / "query.png"
+    query.write_bytes(encode_png(item_images()[12]))
+    result = runner.invoke(app, ["search", "--image", str(query), "-k", "3", "--json", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)["results"]
+    assert hits[0]["item_id"] == 112 and len(hits) == 3
+    local = runner.invoke(app, ["search", "--image", str(query), "--project", str(project), "--root", str(project)])
+    assert local.exit_code == 0 and "112" in local.output.splitlines()[2]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(encode_png(item_images()[0][:10]))
+    result = runner.invoke(app, ["search", "--image", str(bad), "--root", str(project)])
+    assert result.exit_code == 2 and "model expects 28x28 images, got 28x10" in result.output
+
+
+# --------------------------------------------------------------------------- REST
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture
+def scoring_server(project, first_champion, tmp_path):
+    """`mlflow models serve` of the champion on a free loopback port; always stopped."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/onevision@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env={**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "scoring server did not answer /ping"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def test_rest_scoring_server_answers_and_rejects_bad_requests(scoring_server):
+    from onevision.serving.pyfunc import rest_payload
+
+    images = item_images()
+    status, body = post(f"{scoring_server}/invocations", rest_payload([encode_png(images[7]), encode_png(images[3])], [5, -1], k=3))
+    assert status == 200, body
+    assert [p["item_ids"][0] for p in body["predictions"]] == [107, 103] and len(body["predictions"][0]["scores"]) == 3
+    status, body = post(f"{scoring_server}/invocations", {"dataframe_split": {"columns": ["image"], "data": [[rest_payload([encode_png(images[1])])["dataframe_records"][0]["image"]]]}})
+    assert status == 200 and body["predictions"][0]["item_ids"][0] == 101 and len(body["predictions"][0]["item_ids"]) == 10
+    bad_requests = [
+        (rest_payload([b"GIF89a not really"]), "image does not decode"),
+        (rest_payload([encode_png(images[0][:14])]), "model expects 28x28 images, got 28x14"),
+        (rest_payload([encode_png(images[0])], k=1000), "k must be between 1 and 100"),
+        ({"dataframe_records": [{"user_id": 3}]}, "missing inputs ['image']"),
+    ]
+    for payload, message in bad_requests:
+        status, body = post(f"{scoring_server}/invocations", payload)
+        assert status == 400, (message, body)
+        assert message in body["message"], body["message"][-500:]
+    with urllib.request.urlopen(f"{scoring_server}/ping", timeout=5) as resp:  # still serving after bad requests
+        assert resp.status == 200

@@ -1,0 +1,128 @@
+"""The promotion flow on a Prefect server: paused for a reviewer's typed input, resumed from another thread."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from typer.testing import CliRunner
+
+from onevision.cli import app
+from onevision.config import load_config
+from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
+from onevision.registry.promotion import open_registry
+
+from .promotion_project import make_tiny_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def project(tmp_path, isolated_state) -> Path:
+    return make_tiny_project(tmp_path / "project")
+
+
+def registry(project: Path):
+    return open_registry(load_config(project / "params.yaml"), project)
+
+
+def wait_for(predicate, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def flow_state(flow_run_id: UUID):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+def start_promotion(project: Path) -> tuple[threading.Thread, dict]:
+    """Run the promotion flow (approval=pause) in a thread, as a long-running flow process would."""
+    from flows.promote import promotion
+
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["outcome"] = promotion(root=str(project), approval="pause")
+        except BaseException as exc:  # surfaced by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def paused_run(project: Path) -> tuple[str, UUID]:
+    """(version, flow run id) once the flow has registered its candidate and paused."""
+
+    def ready():
+        mv = registry(project).by_alias(CHALLENGER)
+        if mv is None or "prefect.flow_run_id" not in mv.tags:
+            return None
+        run_id = UUID(mv.tags["prefect.flow_run_id"])
+        state = flow_state(run_id)
+        return (str(mv.version), run_id) if state and state.is_paused() else None
+
+    return wait_for(ready, "the promotion flow to pause for a reviewer")
+
+
+def test_paused_flow_is_resumed_with_typed_input(project, prefect_server):
+    from prefect.flow_runs import resume_flow_run
+
+    thread, result = start_promotion(project)
+    version, run_id = paused_run(project)
+    assert registry(project).status(registry(project).version(version)) == AWAITING
+    first_key = flow_state(run_id).state_details.pause_key
+
+    # Input the form's schema refuses: the server rejects it and the run stays paused.
+    for bad in ({"reviewer": "alice", "decision": "maybe", "reason": "x"}, {"reviewer": "alice", "decision": "approve"}):
+        with pytest.raises(RuntimeError, match="Cannot resume"):
+            resume_flow_run(run_id, run_input=bad)
+        assert flow_state(run_id).is_paused()
+
+    # Well-formed input from someone who is not a reviewer: refused by the flow, which pauses again.
+    resume_flow_run(run_id, run_input={"reviewer": "mallory", "decision": "approve", "reason": "trust me"})
+    wait_for(lambda: (s := flow_state(run_id)).is_paused() and s.state_details.pause_key != first_key, "the flow to pause again")
+    assert thread.is_alive() and CHAMPION not in registry(project).aliases()
+
+    resume_flow_run(run_id, run_input={"reviewer": "alice", "decision": "approve", "reason": "every gate green"})
+    thread.join(timeout=120)
+    assert "error" not in result, result.get("error")
+    assert result["outcome"] == {**result["outcome"], "version": version, "gates_passed": True, "status": "champion", "reviewer": "alice"}
+    reg = registry(project)
+    assert reg.aliases() == {CHAMPION: version}
+    record = reg.audit_log()[-1]
+    assert (record["action"], record["by"], record["reason"]) == ("approve", "alice", "every gate green")
+    assert flow_state(run_id).is_completed()
+
+
+def test_cli_decision_resumes_the_paused_flow(project, prefect_server):
+    thread, result = start_promotion(project)
+    version, run_id = paused_run(project)
+    out = CliRunner().invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)])
+    assert out.exit_code == 0, out.output
+    assert f"resumed paused promotion flow run {run_id}" in out.output
+    thread.join(timeout=120)
+    assert result["outcome"]["status"] == "rejected"
+    assert CHAMPION not in registry(project).aliases()
+    assert flow_state(run_id).is_completed()
+
+
+def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
+    from flows.promote import promotion
+
+    outcome = promotion(root=str(project), approval="registry")
+    assert outcome["status"] == AWAITING and outcome["gates_passed"]
+    assert registry(project).aliases() == {CHALLENGER: outcome["version"]}
