@@ -45,8 +45,7 @@ class PromotionError(RuntimeError):
 def scoped_tracking_uri(uri: str | None = None) -> Iterator[None]:
     """Use ``uri`` as MLflow's global tracking/registry URI inside the block, then put the previous one back.
 
-    ``mlflow.set_tracking_uri`` (also called by onevision.tracking.Tracker) changes a
-    process-global and exports $MLFLOW_TRACKING_URI, which ``tracking_uri()``
+    ``mlflow.set_tracking_uri`` changes a process-global and exports $MLFLOW_TRACKING_URI, which ``tracking_uri()``
     prefers: without this, one project's registry would leak into the next
     command or test in the same process.
     """

@@ -92,10 +92,11 @@ def register_candidate(
 
     from onevision.serving.bundle import build_bundle
     from onevision.serving.pyfunc import log_bundle_model
-    from onevision.tracking import Tracker, git_revision
+    from onevision.tracking import Tracker, git_revision, tracking_uri
 
     root = Path(root).resolve()
-    with scoped_tracking_uri():
+    # log_model/register_model are fluent APIs: point them at this project's store.
+    with scoped_tracking_uri(tracking_uri(root, cfg.tracking.tracking_uri)):
         tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri)
         registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
