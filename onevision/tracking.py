@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+# Stage metrics carry per-epoch curves as history.eNN.KEY (nested dicts, flattened).
+_HISTORY = re.compile(r"^(?:(?P<prefix>.*)\.)?history\.e(?P<step>\d+)\.(?P<key>.+)$")
+
+
+def metric_key(name: str) -> str:
+    """A metric, param or tag name MLflow accepts (letters, digits, ``_ - . / space :``): ``hr@10`` -> ``hr_at_10``."""
+    name = name.replace("@", "_at_")
+    return "".join(c if c.isalnum() or c in "_-./ :" else "_" for c in name)
+
+
 class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
@@ -100,7 +111,7 @@ class Tracker:
         from mlflow.entities import Param
 
         flat = flatten("", params)
-        batch = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
+        batch = [Param(metric_key(k), str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
         for i in range(0, len(batch), 100):
             self.client.log_batch(run_id, params=batch[i : i + 100])
 
@@ -112,7 +123,16 @@ class Tracker:
         now = int(time.time() * 1000)
         flat = flatten("", metrics)
         # Numbers (bools count as 0/1); strings and lists belong in params or artifacts.
-        batch = [Metric(k, float(v), now, step) for k, v in sorted(flat.items()) if isinstance(v, (int, float))]
+        batch = []
+        for key, value in sorted(flat.items()):
+            if not isinstance(value, (int, float)):
+                continue
+            curve = _HISTORY.match(key)
+            if curve:  # one MLflow curve per KEY, stepped by epoch
+                name = f"{curve['prefix']}.{curve['key']}" if curve["prefix"] else curve["key"]
+                batch.append(Metric(metric_key(f"curve.{name}"), float(value), now, int(curve["step"])))
+            else:
+                batch.append(Metric(metric_key(key), float(value), now, step))
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i : i + 500])
 

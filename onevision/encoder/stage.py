@@ -94,17 +94,6 @@ def plot_history(history: list[dict], path: Path, title: str = "align_encoder") 
     return path
 
 
-def _log_epoch_to_active_mlflow_run(row: dict) -> None:
-    """Per-epoch curves into the caller's MLflow run, only when one is active (never starts one)."""
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
-        return
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_metrics({f"align_encoder.{k}": float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-
-
 def align_encoder(cfg: Config, root: Path) -> dict[str, Any]:
     """Train the aligned encoder; write it, the fused item embeddings, a plot and a report."""
     t0 = time.perf_counter()
@@ -115,7 +104,6 @@ def align_encoder(cfg: Config, root: Path) -> dict[str, Any]:
              data.n_items, len(data.view_owner), len(data.train_owner), len(data.val_owner), load_s)
     encoder, history = train_encoder(
         data, cfg.encoder, seed=cfg.seed, image_size=cfg.data.image_size, channels=cfg.data.image_channels,
-        on_epoch=_log_epoch_to_active_mlflow_run,
     )
     train_s = time.perf_counter() - t0 - load_s
     view_emb = encoder.embed(data.view_images)

@@ -271,9 +271,10 @@ def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) ->
     return path
 
 
-def by_epoch(history: list[dict], key: str) -> dict[str, float]:
-    """Per-epoch values as ``{"01": v, ...}`` (numeric leaves: MLflow logs them; dvc shows them)."""
-    return {f"{h['epoch']:02d}": round(float(h[key]), 5) for h in history if key in h}
+def by_epoch(history: list[dict]) -> dict[str, dict[str, float]]:
+    """Per-epoch curves as ``{"e01": {"loss": v, ...}, ...}``: the flow logs ``history.eNN.KEY`` as
+    MLflow metric curve.KEY at step NN (onevision.tracking), and ``dvc metrics show`` lists them."""
+    return {f"e{h['epoch']:02d}": {k: round(float(v), 5) for k, v in h.items() if k != "epoch" and isinstance(v, (int, float))} for h in history}
 
 
 def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
@@ -362,8 +363,7 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
         "sid_levels": data.trie.n_levels,
         "train_loss": round(history[-1]["loss"], 5),
         "val_loss": round(history[-1].get("val_loss", float("nan")), 5),
-        "train_loss_by_epoch": by_epoch(history, "loss"),
-        "val_loss_by_epoch": by_epoch(history, "val_loss"),
+        "history": by_epoch(history),
         "train_seconds": round(time.perf_counter() - t1, 2),
     }
     metrics = _finish(root, "pretrain", cfg, model, data, history, metrics, None, ["loss", "val_loss"])
@@ -397,8 +397,7 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
         "n_logged_examples": len(parts[0]),
         "train_loss": round(history[-1]["loss"], 5),
         "val_loss": round(history[-1].get("val_loss", float("nan")), 5),
-        "train_loss_by_epoch": by_epoch(history, "loss"),
-        "val_loss_by_epoch": by_epoch(history, "val_loss"),
+        "history": by_epoch(history),
         "train_seconds": round(time.perf_counter() - t1, 2),
     }
     metrics = _finish(root, "sft", cfg, model, data, history, metrics, latest_history(data.events, H), ["loss", "val_loss"])
@@ -457,9 +456,7 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
         "train_preference_accuracy": round(history[-1]["preference_accuracy"], 5),
         "preference_accuracy": round(val_metrics.get("preference_accuracy", float("nan")), 5),
         "catalog_kl_to_reference": round(catalog_kl(policy, reference, data, kl_queries), 5),
-        "train_loss_by_epoch": by_epoch(history, "loss"),
-        "val_loss_by_epoch": by_epoch(history, "val_loss"),
-        "val_preference_accuracy_by_epoch": by_epoch(history, "val_preference_accuracy"),
+        "history": by_epoch(history),
         "train_seconds": round(train_seconds, 2),
         "val": val_metrics,
     }

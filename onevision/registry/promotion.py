@@ -73,9 +73,10 @@ def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
 
 
 def tag_safe(name: str) -> str:
-    """A metric or gate name as an MLflow tag key (letters, digits, _ - . / space :)."""
-    name = name.replace("@", "_at_")
-    return "".join(c if c.isalnum() or c in "_-./ :" else "_" for c in name)
+    """A metric or gate name as an MLflow tag key."""
+    from onevision.tracking import metric_key
+
+    return metric_key(name)
 
 
 # --------------------------------------------------------------------------- register

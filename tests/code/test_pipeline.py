@@ -11,7 +11,7 @@ import yaml
 from onevision.config import ConfigError, load_config, section_names
 from onevision.pipeline import PIPELINE, stages_until, write_run_params
 from onevision.stages import STAGE_PARAMS, STAGES
-from onevision.tracking import dvc_lock_hashes, flatten
+from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,6 +81,26 @@ def test_lock_hashes_change_with_deps(tmp_path):
 
 def test_flatten():
     assert flatten("", {"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_metric_names_become_names_mlflow_accepts():
+    assert metric_key("val_hr@10_mca") == "val_hr_at_10_mca"
+    assert metric_key("a.b/c:d e-f") == "a.b/c:d e-f"
+    assert metric_key("x(y)") == "x_y_"
+
+
+def test_stage_metrics_reach_mlflow_with_history_as_stepped_curves(tmp_path):
+    tracker = Tracker(tmp_path, "t", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.log_metrics(run_id, {
+        "hr@10": 0.5, "name": "text is skipped",
+        "history": {"e01": {"loss": 2.0}, "e02": {"loss": 1.0}},
+        "probe": {"history": {"e03": {"top1": 0.7}}},
+    })
+    run = tracker.client.get_run(run_id)
+    assert run.data.metrics == {"hr_at_10": 0.5, "curve.loss": 1.0, "curve.probe.top1": 0.7}
+    steps = [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, "curve.loss")]
+    assert sorted(steps) == [(1, 2.0), (2, 1.0)]
 
 
 def test_seed_override_is_written_in_place(project):

@@ -67,7 +67,7 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
         assert (root / paths.PLOTS / f"{stage}.png").exists() and (root / paths.REPORTS / f"{stage}.md").exists()
         saved = json.loads((root / paths.metrics_file(stage)).read_text())
         assert saved["probe"]["invalid_sid_rate"] == 0.0 and 0.0 <= saved["probe"]["hr_at_10"] <= 1.0
-        assert len(saved["train_loss_by_epoch"]) == {"pretrain": 2, "sft": 1, "dpo": 1}[stage]
+        assert len(saved["history"]) == {"pretrain": 2, "sft": 1, "dpo": 1}[stage]
         assert metrics["probe"] == saved["probe"]
     dpo = json.loads((root / paths.metrics_file("dpo")).read_text())
     assert 0.0 <= dpo["preference_accuracy"] <= 1.0 and dpo["catalog_kl_to_reference"] >= 0.0 and dpo["n_pairs"] > 0
