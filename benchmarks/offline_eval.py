@@ -47,6 +47,7 @@ def make_project(dest: Path, ref: str | None = None) -> Path:
         archive = subprocess.run(["git", "archive", ref, *COPY_DIRS, *COPY], cwd=REPO, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         saved = {name: (dest / name).read_bytes() for name in COPY}
+        shutil.rmtree(dest / ".dvc")  # dvc init below creates it
     else:
         for name in COPY_DIRS:
             shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
