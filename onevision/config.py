@@ -205,6 +205,9 @@ class SFTConfig(Section):
         0.5, ge=0, description="Weight of replayed visual-prior examples (TRAIN query -> photographed item, with its user context); 0: none."
     )
     anonymize_prob: float = Field(0.15, ge=0, le=1, description="Context dropout: share of examples trained without user and history (anonymous serving).")
+    keep_best_epoch: bool = Field(
+        True, description="Keep the weights of the epoch (0 = the stage's starting checkpoint) with the most simulated orders on the VAL probe: the stage never ships a model worse on VAL than its input."
+    )
 
 
 class DPOConfig(Section):
@@ -222,6 +225,9 @@ class DPOConfig(Section):
     batch_size: int = Field(256, ge=4, description="Pairs per step.")
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (warm-up then cosine).")
     sft_weight: float = Field(0.2, ge=0, description="Weight of the chosen SID's NLL added to the DPO loss (RPO-style anchor); 0: pure DPO.")
+    keep_best_epoch: bool = Field(
+        True, description="Keep the weights of the epoch (0 = the stage's starting checkpoint) with the most simulated orders on the VAL probe: the stage never ships a model worse on VAL than its input."
+    )
 
 
 class GenerativeConfig(Section):

@@ -245,6 +245,45 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
     return out
 
 
+class BestEpoch:
+    """Early stopping by the business metric: keep the epoch with the most simulated orders on VAL.
+
+    Epoch 0 is the stage's starting checkpoint (pretrain for SFT, SFT for DPO), so
+    a fine-tuning stage that does not raise VAL orders ships its input unchanged
+    instead of a worse model; the metrics say which epoch was kept. Used as the
+    training loop's ``on_epoch`` callback; each call adds the VAL probe's HR@10
+    and orders per query to that epoch's record (and so to the curves).
+    """
+
+    def __init__(self, model: SIDGenerator, data: GenerativeData, cfg: Config, enabled: bool = True):
+        import copy
+
+        self.model, self.data, self.cfg, self.enabled = model, data, cfg, enabled
+        self._copy = copy.deepcopy
+        self.start = self._score()
+        self.best_epoch, self.best_score = 0, self.start["sim_orders_per_query"]
+        self.best_state = self._copy(model.state_dict()) if enabled else None
+
+    def _score(self) -> dict[str, float]:
+        p = probe(self.model, self.data, self.cfg)
+        return {"sim_orders_per_query": p.get("sim_orders_per_query", -p.get("hr_at_10", 0.0)), "hr_at_10": p.get("hr_at_10", 0.0)}
+
+    def __call__(self, epoch: int, record: dict) -> None:
+        score = self._score()
+        record["val_sim_orders_per_query"], record["val_hr_at_10"] = score["sim_orders_per_query"], score["hr_at_10"]
+        if self.enabled and score["sim_orders_per_query"] > self.best_score:
+            self.best_epoch, self.best_score = epoch, score["sim_orders_per_query"]
+            self.best_state = self._copy(self.model.state_dict())
+
+    def restore(self) -> dict[str, Any]:
+        """Load the kept weights; returns what to report."""
+        if self.enabled and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            log.info("keeping epoch %d (VAL simulated orders/query %.4f; start %.4f)", self.best_epoch, self.best_score, self.start["sim_orders_per_query"])
+        return {"kept_epoch": self.best_epoch if self.enabled else -1, "val_sim_orders_per_query_start": round(self.start["sim_orders_per_query"], 5),
+                "val_sim_orders_per_query_kept": round(self.best_score, 5)}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -388,11 +427,14 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
     val_events = interaction_events(pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet"), data.val.frame)
     val = personalised_examples(data.val.rows, val_ids, val_events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)
     t1 = time.perf_counter()
+    keeper = BestEpoch(model, data, cfg, s.keep_best_epoch)
     history = train_sid_model(
         model, data.bank, examples, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-        anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val,
+        anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val, on_epoch=keeper,
     )
+    kept = keeper.restore()
     metrics = {
+        **kept,
         "n_examples": len(examples),
         "n_logged_examples": len(parts[0]),
         "train_loss": round(history[-1]["loss"], 5),
@@ -437,10 +479,12 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
     if not len(train_pairs):
         raise ValueError("no preference pairs in the TRAIN logs; check generative.dpo.pairs and the interactions table")
     t1 = time.perf_counter()
+    keeper = BestEpoch(policy, data, cfg, d.keep_best_epoch)
     history = train_dpo(
         policy, reference, data.bank, train_pairs, beta=d.beta, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
-        sft_weight=d.sft_weight, seed=cfg.seed, val=val_pairs,
+        sft_weight=d.sft_weight, seed=cfg.seed, val=val_pairs, on_epoch=keeper,
     )
+    kept = keeper.restore()
     train_seconds = time.perf_counter() - t1
     val_metrics: dict[str, float] = {}
     if len(val_pairs):
@@ -449,6 +493,7 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
         val_metrics["token_kl_to_reference"] = token_kl(policy, reference, data.bank, val_pairs.rows, val_pairs.chosen)
     kl_queries = max(4, min(64, 200_000 // data.trie.n_items))
     metrics = {
+        **kept,
         "n_pairs": len(train_pairs),
         "n_val_pairs": len(val_pairs),
         "beta": d.beta,

@@ -288,8 +288,12 @@ def train_dpo(
     grad_clip: float = 1.0,
     seed: int = 0,
     val: PreferencePairs | None = None,
+    on_epoch=None,
 ) -> list[dict]:
-    """DPO against the frozen ``reference``; ``sft_weight`` adds the chosen SID's NLL (RPO-style anchor)."""
+    """DPO against the frozen ``reference``; ``sft_weight`` adds the chosen SID's NLL (RPO-style anchor).
+
+    ``on_epoch(epoch, record)`` as in :func:`train_sid_model`.
+    """
     for p in reference.parameters():
         p.requires_grad_(False)
     reference.eval()
@@ -322,6 +326,8 @@ def train_dpo(
         if ref_val is not None:
             held = evaluate_preferences(policy, bank, val, ref_val, beta)
             record.update({"val_loss": held["loss"], "val_preference_accuracy": held["preference_accuracy"]})
+        if on_epoch is not None:
+            on_epoch(epoch, record)
         log.info("dpo epoch %d/%d: %s", epoch, epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         history.append(record)
     policy.eval()

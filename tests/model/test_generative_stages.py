@@ -88,3 +88,23 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
 
     names = [s.name for s in build_systems(cfg, root, names=["onevision", "onevision_pretrain", "onevision_sft"])]
     assert names == ["onevision", "onevision_sft", "onevision_pretrain"]
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_stage_never_ships_a_model_worse_on_val_than_its_input(project):
+    """keep_best_epoch: DPO at a destructive learning rate keeps epoch 0, i.e. the SFT weights."""
+    from onevision.config import load_config
+    from onevision.generative.checkpoint import checkpoint_dir, load_checkpoint
+    from onevision.stages import run_stage
+
+    root, _ = project
+    if not (checkpoint_dir(root, "sft") / "weights.pt").exists():
+        pytest.skip("needs the sft checkpoint of test_stages_write_checkpoints_metrics_and_serve")
+    cfg = load_config(REPO / "params.yaml", profile="small", overrides=[*TINY, "generative.dpo.lr=5.0", "generative.dpo.epochs=2"])
+    metrics = run_stage("dpo", cfg, root)
+    assert metrics["kept_epoch"] == 0, metrics
+    assert metrics["val_sim_orders_per_query_kept"] == metrics["val_sim_orders_per_query_start"]
+    sft, dpo = load_checkpoint(checkpoint_dir(root, "sft")).model, load_checkpoint(checkpoint_dir(root, "dpo")).model
+    for (name, a), b in zip(sft.state_dict().items(), dpo.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert all("val_sim_orders_per_query" in e for e in metrics["history"].values())  # the probe is a curve too
