@@ -186,7 +186,7 @@ class PretrainConfig(Section):
 
     epochs: int = Field(12, ge=1, description="Passes over the pretraining examples.")
     batch_size: int = Field(256, ge=4, description="Examples per step.")
-    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (warm-up then cosine).")
+    lr: float = Field(4e-3, gt=0, description="Peak AdamW learning rate (warm-up then cosine).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     catalog_views: bool = Field(True, description="Item (catalog) view -> its SID examples.")
     train_queries: bool = Field(True, description="TRAIN-split query photo -> its photographed item's SID examples.")
