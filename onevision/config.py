@@ -197,12 +197,12 @@ class SFTConfig(Section):
 
     epochs: int = Field(8, ge=1, description="Passes over the SFT examples.")
     batch_size: int = Field(256, ge=4, description="Examples per step.")
-    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (warm-up then cosine).")
+    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate (warm-up then cosine).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     click_weight: float = Field(1.0, ge=0, description="Loss weight of a clicked (not ordered) item.")
     order_weight: float = Field(3.0, ge=0, description="Loss weight of an ordered item (order > click).")
     replay_weight: float = Field(
-        0.5, ge=0, description="Weight of replayed visual-prior examples (TRAIN query -> photographed item, with its user context); 0: none."
+        2.0, ge=0, description="Weight of replayed visual-prior examples (TRAIN query -> photographed item, with its user context); 0: none."
     )
     anonymize_prob: float = Field(0.15, ge=0, le=1, description="Context dropout: share of examples trained without user and history (anonymous serving).")
     keep_best_epoch: bool = Field(
