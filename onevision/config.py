@@ -322,6 +322,54 @@ class EvaluateConfig(Section):
         return self
 
 
+class PruningSweepConfig(Section):
+    """Stage `calibrate_pruning` (onevision.generative.calibrate): the dynamic-pruning knobs swept on the VAL split.
+
+    The sweep is the Cartesian product of the knob lists (it always includes the
+    no-pruning point); the chosen point is the fastest whose relative loss on every
+    guarded metric, against the unpruned model on the same queries, is at most
+    `max_relative_loss`. onevision.generative.pruning explains each knob.
+    """
+
+    enabled: bool = Field(True, description="Run the sweep; False: write the no-pruning config (the pruned row then equals the unpruned one).")
+    visual_keep_mass: list[float] = Field(
+        [1.0, 0.9, 0.75], min_length=1, description="Values swept: share of a query's visual-token norm its kept tokens must hold (1.0: keep all)."
+    )
+    min_visual_tokens: int = Field(2, ge=1, description="Visual tokens every query keeps at least (not swept).")
+    beam_margin: list[float | None] = Field(
+        [None, 6.0, 3.0], min_length=1, description="Values swept: drop beams trailing the query's best by more than this many nats (null: off)."
+    )
+    level_beam_widths: list[list[int] | None] = Field(
+        [None, [4, 8]], min_length=1, description="Values swept: beams kept after each level but the last (a short list repeats its last value; null: generative.decode.beam_width)."
+    )
+    early_exit: list[bool] = Field([False, True], min_length=1, description="Values swept: finish beams whose prefix has one catalog completion from the trie.")
+    guarded_metrics: list[str] = Field(
+        ["hr@10", "sim_orders_per_1k"], min_length=1,
+        description="Quality metrics (higher is better; keys of the evaluation rows) whose relative loss is bounded; also the Pareto quality: the worst retained share of them.",
+    )
+    max_relative_loss: float = Field(0.01, ge=0, lt=1, description="Largest allowed relative loss of each guarded metric against the unpruned model on the same queries.")
+    select_latency: Literal["batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query"] = Field(
+        "batch1_p50_ms", description="Latency the chosen point minimises (decoding, per query): batch-1 median / p95, or batched time per query."
+    )
+    val_queries: int = Field(500, ge=10, description="VAL queries the sweep decodes (seeded sample); quality and batched latency use all of them.")
+    test_queries: int = Field(500, ge=0, description="TEST queries on which the chosen point is checked against the unpruned model (0: no test check).")
+    latency_queries: int = Field(100, ge=1, description="Timed batch-1 decodes per point (cycling over the VAL queries).")
+    warmup: int = Field(10, ge=0, description="Untimed decodes before each point's timing.")
+    batch_size: int = Field(64, ge=2, description="Queries per decode of the batched timing (batch 1 is always timed too).")
+    k: int | None = Field(None, ge=1, description="Results decoded per query; None: what stage evaluate asks for (max of evaluate.ks and the simulator's shown list).")
+    threads: int = Field(1, ge=0, description="torch threads while timing (1: one serving replica per core, stable timings); 0: torch's default.")
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> PruningSweepConfig:
+        if any(not 0 < v <= 1 for v in self.visual_keep_mass):
+            raise ValueError(f"pruning.visual_keep_mass values must be in (0, 1], got {self.visual_keep_mass}")
+        if any(v is not None and v < 0 for v in self.beam_margin):
+            raise ValueError(f"pruning.beam_margin values must be >= 0 or null, got {self.beam_margin}")
+        if any(w is not None and (not w or min(w) < 1) for w in self.level_beam_widths):
+            raise ValueError(f"pruning.level_beam_widths entries must be null or non-empty lists of widths >= 1, got {self.level_beam_widths}")
+        return self
+
+
 class TrackingConfig(Section):
     """MLflow tracking."""
 
@@ -468,6 +516,7 @@ class Config(Section):
     generative: GenerativeConfig = Field(default_factory=GenerativeConfig)
     mca: MCAConfig = Field(default_factory=MCAConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    pruning: PruningSweepConfig = Field(default_factory=PruningSweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

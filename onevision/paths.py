@@ -16,6 +16,7 @@ METRICS = Path("metrics")  # one <stage>.json per stage
 REPORTS = Path("reports")  # human-readable reports (markdown, HTML)
 PLOTS = Path("plots")
 MODELS = Path("models")
+PRUNING = MODELS / "pruning"  # stage calibrate_pruning: the chosen pruning operating point
 
 
 def metrics_file(stage: str) -> Path:

@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 
 from onevision import paths
 from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, load_config, overrides_to_tree
-from onevision.stages import STAGE_PARAMS, STAGES
+from onevision.stages import STAGE_ARTIFACTS, STAGE_PARAMS, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -188,5 +188,7 @@ def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | Non
         tracker.log_metrics(run_id, {**metrics, "wall_seconds": seconds})
         tracker.log_artifact(run_id, root / paths.metrics_file(stage), "metrics")
         tracker.log_artifact(run_id, root / paths.REPORTS / f"{stage}.md", "reports")
+        for rel in STAGE_ARTIFACTS.get(stage, ()):
+            tracker.log_artifact(run_id, root / rel, str(Path(rel).parent))
         tracker.finish(run_id)
     return StageOutcome(stage, skipped, seconds, metrics, run_id)

@@ -32,11 +32,13 @@ STAGES: dict[str, str] = {
     "split": "onevision.data.stages:split",
     "align_encoder": "onevision.encoder.stage:align_encoder",
     "vrq": "onevision.vrq.stage:vrq",
-    # order: ... align_encoder, vrq, mca, pretrain, sft, dpo, evaluate, ...
+    # order: ... align_encoder, vrq, mca, pretrain, sft, dpo, calibrate_pruning, evaluate, ...
     "mca": "onevision.mca.train:mca",
     "pretrain": "onevision.generative.stages:pretrain",
     "sft": "onevision.generative.stages:sft",
     "dpo": "onevision.generative.stages:dpo",
+    # before evaluate: evaluate reports the pruned model (models/pruning) beside the unpruned one
+    "calibrate_pruning": "onevision.generative.calibrate:calibrate_pruning",
     "evaluate": "onevision.evaluation.stage:evaluate",
 }
 
@@ -52,7 +54,14 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "pretrain": ("data", "generative"),
     "sft": ("data", "generative"),
     "dpo": ("data", "generative"),
+    "calibrate_pruning": ("data", "evaluate", "generative", "pruning"),
     "evaluate": ("data", "mca", "evaluate", "generative"),
+}
+
+
+# Files a stage writes beyond metrics/<stage>.json and reports/<stage>.md that its MLflow run carries too.
+STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "calibrate_pruning": ("metrics/pruning.json", "reports/pruning.md", "plots/pruning_pareto.png", "models/pruning/pruning.json"),
 }
 
 

@@ -170,11 +170,18 @@ def build_random(ctx: SystemContext) -> Retriever:
 
 @register_system("onevision")
 def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
-    """OneVision (final stage, dpo) and, as ablation rows, its pretrain and sft checkpoints: those that exist."""
+    """OneVision (final stage, dpo); beside it ``onevision_pruned``, the same checkpoint decoding with the
+    calibrated pruning config (when stage calibrate_pruning has written one); as ablation rows, the
+    pretrain and sft checkpoints: those that exist."""
     from onevision.generative.checkpoint import STAGE_NAMES, checkpoint_dir
+    from onevision.generative.pruning import load_pruning
     from onevision.generative.retriever import OneVisionRetriever
 
     stages = [s for s in reversed(STAGE_NAMES) if (checkpoint_dir(ctx.root, s) / "config.json").exists()]
     if not stages:
         return None
-    return [OneVisionRetriever.load(ctx.root, stage, encoder=ctx.encoder, cfg=ctx.cfg) for stage in stages]
+    systems = [OneVisionRetriever.load(ctx.root, stage, encoder=ctx.encoder, cfg=ctx.cfg) for stage in stages]
+    pruning = load_pruning(ctx.root)
+    if pruning is not None and stages[0] == "dpo":
+        systems.insert(1, systems[0].with_pruning(pruning, name="onevision_pruned"))
+    return systems

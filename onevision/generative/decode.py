@@ -17,17 +17,25 @@ as Hugging Face's ``prefix_allowed_tokens_fn`` does, so a constrained and an
 unconstrained search score the same SID identically. The last step keeps the
 top ``k`` (which may exceed the beam width) of all W x V_last finished
 candidates; SIDs are unique per item, so these are ``k`` distinct items.
+
+``pruning`` (onevision.generative.pruning) trades exactness for speed: fewer
+visual tokens, fewer beams, early exit of settled beams; a config that prunes
+nothing runs the plain search below unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from onevision.generative.model import Context, SIDGenerator
 from onevision.generative.trie import SIDTrie
+
+if TYPE_CHECKING:
+    from onevision.generative.pruning import PruningConfig
 
 
 @dataclass
@@ -60,15 +68,23 @@ def beam_search(
     beam_width: int,
     k: int,
     constrained: bool = True,
+    pruning: PruningConfig | None = None,
 ) -> BeamSearchResult:
     """Generate the ``k`` most likely SIDs per query with beam search of width ``max(beam_width, k)``.
 
     ``trie`` constrains the search (``constrained=True``) and maps SIDs to items
     (always). ``constrained=False`` is the plain beam search the benchmark
-    compares against; its SIDs can name no item (item id -1).
+    compares against; its SIDs can name no item (item id -1). ``pruning``: dynamic
+    pruning (constrained search only); None or a config that prunes nothing: exact beam search.
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
+    if pruning is not None and pruning.active:
+        if not constrained:
+            raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
+        from onevision.generative.pruning import pruned_beam_search
+
+        return pruned_beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.
     beam_width = max(beam_width, k)

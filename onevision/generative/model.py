@@ -40,6 +40,7 @@ output head over ``V_l`` codes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,6 +49,8 @@ from torch import nn
 
 # History actions: 0 pads an empty slot.
 ACTION_PAD, ACTION_CLICK, ACTION_ORDER = 0, 1, 2
+# (B, T, D) visual tokens -> positions to keep (B, T_keep) long, their mask (B, T_keep) bool
+VisualSelect = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -258,8 +261,14 @@ class SIDGenerator(nn.Module):
         rows = sids.clamp(min=0) + self.offsets  # (..., L)
         return (self.code_emb(rows) * valid.unsqueeze(-1)).sum(-2)  # (..., C)
 
-    def encode(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context -> (memory (B, S, C), mask (B, S) True = real token)."""
+    def encode(self, ctx: Context, visual_select: VisualSelect | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context -> (memory (B, S, C), mask (B, S) True = real token).
+
+        ``visual_select`` (dynamic pruning, onevision.generative.pruning): maps the (pooled) visual
+        tokens (B, T', D) to the positions to keep (B, T_keep) long and their mask (B, T_keep) bool;
+        the rest never enter the encoder, so its self-attention and every decoder cross-attention
+        get shorter. Kept tokens keep their own positional embeddings.
+        """
         B, dev = len(ctx), ctx.visual.device
         cfg, types = self.cfg, self.type_emb.weight
         visual = ctx.visual  # (B, T, D)
@@ -267,8 +276,14 @@ class SIDGenerator(nn.Module):
             side, D = math.isqrt(visual.shape[1]), visual.shape[2]
             cells = visual.transpose(1, 2).reshape(B, D, side, side)  # (B, D, side, side) row-major grid
             visual = F.adaptive_avg_pool2d(cells, cfg.visual_grid).flatten(2).transpose(1, 2)  # (B, g*g, D)
-        parts = [self.visual_in(visual) + self.visual_pos + types[1]]  # (B, T', C)
-        masks = [torch.ones(B, visual.shape[1], dtype=torch.bool, device=dev)]
+        if visual_select is None:
+            parts = [self.visual_in(visual) + self.visual_pos + types[1]]  # (B, T', C)
+            masks = [torch.ones(B, visual.shape[1], dtype=torch.bool, device=dev)]
+        else:
+            keep, keep_mask = visual_select(visual)  # (B, T_keep), (B, T_keep)
+            kept = visual.gather(1, keep.unsqueeze(-1).expand(-1, -1, visual.shape[2]))  # (B, T_keep, D)
+            parts = [self.visual_in(kept) + self.visual_pos[keep] + types[1]]  # (B, T_keep, C)
+            masks = [keep_mask]
         if self.image_in is not None:
             parts.insert(0, (self.image_in(ctx.image) + types[0]).unsqueeze(1))  # (B, 1, C)
             masks.insert(0, torch.ones(B, 1, dtype=torch.bool, device=dev))

@@ -5,11 +5,14 @@ encoder turns the query photo into visual tokens + a global embedding, the
 user id becomes a user row and the user's most recent TRAIN-split
 clicks/orders (stored with the checkpoint), and constrained beam search
 generates the top-k SIDs, i.e. k distinct existing items. Unknown user ids
-(and -1) get the anonymous context: user row 0 and an empty history.
+(and -1) get the anonymous context: user row 0 and an empty history. With a
+``pruning`` config (onevision.generative.pruning; the calibrated one is in
+``models/pruning/``) the search prunes dynamically; without one it is exact.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from onevision.generative.checkpoint import Checkpoint, checkpoint_dir, load_che
 from onevision.generative.data import history_table
 from onevision.generative.decode import beam_search
 from onevision.generative.model import Context
+from onevision.generative.pruning import PruningConfig
 from onevision.generative.trie import SIDTrie
 from onevision.retrieval import RetrievalResult
 
@@ -27,8 +31,10 @@ from onevision.retrieval import RetrievalResult
 class OneVisionRetriever:
     """Encoder + SID trie + a stage checkpoint behind ``retrieve(images, user_ids, k)``."""
 
-    def __init__(self, encoder, checkpoint: Checkpoint, trie: SIDTrie, *, beam_width: int = 20, batch_size: int = 256, name: str = "onevision"):
+    def __init__(self, encoder, checkpoint: Checkpoint, trie: SIDTrie, *, beam_width: int = 20, batch_size: int = 256, name: str = "onevision",
+                 pruning: PruningConfig | None = None):
         self.name = name
+        self.pruning = pruning
         self.encoder = encoder
         self.model = checkpoint.model.eval()
         self.checkpoint = checkpoint
@@ -42,12 +48,14 @@ class OneVisionRetriever:
 
     @classmethod
     def load(
-        cls, root: str | Path, stage: str = "dpo", *, encoder=None, beam_width: int | None = None, batch_size: int | None = None, name: str | None = None, cfg=None
+        cls, root: str | Path, stage: str = "dpo", *, encoder=None, beam_width: int | None = None, batch_size: int | None = None, name: str | None = None, cfg=None,
+        pruning: PruningConfig | None = None,
     ) -> OneVisionRetriever:
         """From a project root: ``models/encoder`` (unless ``encoder`` is given), the SID table and ``models/generative/<stage>``.
 
         ``cfg`` (a Config) supplies beam width and batch size (generative.decode) unless given.
         The final stage (dpo) is named ``onevision``, the others ``onevision_<stage>``.
+        ``pruning``: decode with this dynamic-pruning config (``load_pruning(root)`` reads the calibrated one).
         """
         from onevision.encoder.api import ENCODER_DIR, ImageEncoder
         from onevision.generative.stages import load_sids
@@ -65,7 +73,15 @@ class OneVisionRetriever:
             beam_width=beam_width or (decode.beam_width if decode else 20),
             batch_size=batch_size or (decode.batch_size if decode else 256),
             name=name or ("onevision" if stage == "dpo" else f"onevision_{stage}"),
+            pruning=pruning,
         )
+
+    def with_pruning(self, pruning: PruningConfig | None, name: str | None = None) -> OneVisionRetriever:
+        """The same model, trie and user histories (shared, not copied) decoding with ``pruning``."""
+        other = copy.copy(self)
+        other.pruning = pruning
+        other.name = name or self.name
+        return other
 
     def context(self, images: np.ndarray, user_ids: np.ndarray) -> Context:
         """Encode images and look up users -> the model's context (Q rows)."""
@@ -87,7 +103,7 @@ class OneVisionRetriever:
             t0 = time.perf_counter()
             ctx = self.context(images[sl], np.asarray(user_ids).reshape(-1)[sl])
             t1 = time.perf_counter()
-            res = beam_search(self.model, ctx, self.trie, beam_width=self.beam_width, k=k)
+            res = beam_search(self.model, ctx, self.trie, beam_width=self.beam_width, k=k, pruning=self.pruning)
             timings["encode"] += t1 - t0
             timings["generate"] += time.perf_counter() - t1
             item_ids[sl] = res.item_ids.numpy()

@@ -15,7 +15,10 @@ id** and the whole trie is, per level, CSR:
     edge_key[l]:   (E_l,)       parent * V_l + code, sorted: child = searchsorted(edge_key, key)
 
 Depth ``L`` nodes are full SIDs, i.e. items: ``leaf_item[n]`` is the item id of
-leaf ``n``. Where ``N_l x V_l`` is small (every level of the demo catalog) the
+leaf ``n``. Because nodes and leaves share the lexicographic order, the leaves
+under a depth-``l`` node are a contiguous run: ``leaf_start[l][n]`` and
+``leaf_count[l][n]`` (the subtree's catalog size) tell dynamic pruning how many
+items a kept prefix still covers and, when that is one, which item it is. Where ``N_l x V_l`` is small (every level of the demo catalog) the
 mask is also kept dense, ``(N_l, V_l)`` bool, so a step's mask is one gather;
 beyond ``dense_limit`` cells it is built from CSR by one scatter.
 """
@@ -63,9 +66,12 @@ class SIDTrie:
         self.edge_key: list[torch.Tensor] = []
         self.indptr: list[torch.Tensor] = []
         self.dense: list[torch.Tensor | None] = []
+        self.leaf_count: list[torch.Tensor] = []  # per depth 0..L: (N_l,) catalog items under each node
+        self.leaf_start: list[torch.Tensor] = []  # per depth 0..L: (N_l,) first leaf (sorted row) under each node
         parent = np.zeros(N, dtype=np.int64)  # node id of each SID's length-l prefix (root: 0)
         n_parents = 1
         for level in range(L):
+            self._add_subtree_sizes(parent, n_parents)
             V = sizes[level]
             key = parent * V + sids[:, level]  # (N,) non-decreasing: rows are sorted
             first = np.ones(N, dtype=bool)
@@ -85,6 +91,13 @@ class SIDTrie:
                 self.dense.append(None)
             parent = np.cumsum(first) - 1  # child id = edge position
             n_parents = len(edges)
+        self._add_subtree_sizes(parent, n_parents)  # depth L: one leaf each, leaf n = row n
+
+    def _add_subtree_sizes(self, node_of_row: np.ndarray, n_nodes: int) -> None:
+        """Rows are sorted and node ids lexicographic, so each node's rows are one contiguous run."""
+        count = np.bincount(node_of_row, minlength=n_nodes)  # (n_nodes,)
+        self.leaf_count.append(torch.from_numpy(count.astype(np.int64)))
+        self.leaf_start.append(torch.from_numpy((np.cumsum(count) - count).astype(np.int64)))
 
     @classmethod
     def from_sid_table(cls, table: pd.DataFrame, codebook_sizes: tuple[int, ...] | None = None, **kwargs) -> SIDTrie:
@@ -146,6 +159,16 @@ class SIDTrie:
         out[~found] = -1
         return out
 
+    def subtree_size(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(M,) depth-``depth`` node ids -> (M,) catalog items under each (0 for -1, a prefix no item has)."""
+        counts = self.leaf_count[depth]
+        return torch.where(nodes >= 0, counts[nodes.clamp(min=0)], torch.zeros_like(nodes))
+
+    def only_leaf(self, depth: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(M,) depth-``depth`` node ids -> (M,) the leaf (sorted row) under each; meaningful where the subtree holds one item."""
+        return self.leaf_start[depth][nodes.clamp(min=0)]
+
     def memory_bytes(self) -> int:
-        tensors = [self.sids, self.leaf_item, *self.edge_code, *self.edge_key, *self.indptr, *(d for d in self.dense if d is not None)]
+        tensors = [self.sids, self.leaf_item, *self.edge_code, *self.edge_key, *self.indptr, *self.leaf_count, *self.leaf_start,
+                   *(d for d in self.dense if d is not None)]
         return int(sum(t.numel() * t.element_size() for t in tensors))

@@ -13,8 +13,11 @@ look like (:class:`~onevision.serving.queries.QuerySpec`)::
 Two retrievers are bundled (``serving.retriever``):
 
 * ``onevision``: the generative model (encoder + SID table/trie + the
-  ``serving.stage`` checkpoint; the VRQ tokenizer and the pruning config ride
-  along when present), built by ``OneVisionRetriever.load``.
+  ``serving.stage`` checkpoint; the VRQ tokenizer rides along when present),
+  built by ``OneVisionRetriever.load``. When stage calibrate_pruning has chosen
+  a pruning config (``models/pruning/pruning.json``) it is bundled, recorded in
+  ``bundle.json`` (key ``pruning``) and the served model decodes with it; the
+  bundle then serves what the ``onevision_pruned`` evaluation row measured.
 * ``knn``: exact nearest neighbours of the query embedding among the aligned
   item embeddings: the image-only floor, and a deployable that needs no
   generative training (tests, first deployments).
@@ -44,10 +47,10 @@ ENCODER_DIR = paths.MODELS / "encoder"
 ITEM_EMBEDDINGS = paths.DATA / "embeddings" / "items.npz"
 VRQ_DIR = paths.MODELS / "vrq"
 SID_TABLE = paths.DATA / "sids" / "sid_table.parquet"
-PRUNING_DIR = paths.MODELS / "pruning"  # stage calibrate_pruning: the chosen operating point
+PRUNING_DIR = paths.PRUNING  # stage calibrate_pruning: the chosen operating point
 GENERATIVE_DIR = paths.MODELS / "generative"
 # Metrics travel with the model so a registry version shows what it was gated on.
-METRICS_FILES = tuple(paths.metrics_file(s) for s in ("validate", "vrq", "evaluate", "calibrate_pruning"))
+METRICS_FILES = tuple(paths.metrics_file(s) for s in ("validate", "vrq", "evaluate", "calibrate_pruning", "pruning"))
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ def build_bundle(cfg: Config, root: str | Path, dest: str | Path, kind: str | No
             shutil.copy2(src, target)
         files.append(str(rel))
     manifest["files"] = files
+    if manifest["retriever"] == "onevision":
+        manifest["pruning"] = _bundled_pruning(dest)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return dest
@@ -138,13 +143,23 @@ def load_retriever(directory: str | Path, manifest: dict[str, Any] | None = None
 # --------------------------------------------------------------------------- loaders
 
 
+def _bundled_pruning(directory: Path) -> dict[str, Any] | None:
+    """The calibrated pruning config under ``directory`` as a dict (None: decode without pruning)."""
+    from onevision.generative.pruning import load_pruning
+
+    pruning = load_pruning(directory)
+    return pruning.to_dict() if pruning is not None else None
+
+
 def load_onevision(directory: Path, manifest: dict[str, Any]):
-    """The generative retriever from a bundle or a project root."""
+    """The generative retriever from a bundle or a project root, decoding with the bundled pruning config if any."""
+    from onevision.generative.pruning import load_pruning
     from onevision.generative.retriever import OneVisionRetriever
 
     decode = manifest.get("decode", {})
     return OneVisionRetriever.load(
-        directory, manifest.get("stage", "dpo"), beam_width=decode.get("beam_width"), batch_size=decode.get("batch_size"), name="onevision"
+        directory, manifest.get("stage", "dpo"), beam_width=decode.get("beam_width"), batch_size=decode.get("batch_size"), name="onevision",
+        pruning=load_pruning(directory),
     )
 
 

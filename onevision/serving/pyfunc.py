@@ -13,7 +13,9 @@ INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400 and
 the reason (row, what is wrong).
 
 The model is logged "from code" (``model_code.py``), not pickled: loading it
-runs this module's current code over the bundled artifacts.
+runs this module's current code over the bundled artifacts. A generative
+bundle decodes with its calibrated pruning config (``models/pruning/``, see
+onevision.serving.bundle) when it has one.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def _model_kwargs(bundle_dir: str | Path) -> dict[str, Any]:
         "signature": signature(spec),
         "input_example": input_example(spec),
         "pip_requirements": pip_requirements(),
-        "metadata": {"query": spec.to_dict(), "retriever": manifest["retriever"]},
+        # the pruning config the served model decodes with (None: exact beam search), visible in the registry
+        "metadata": {"query": spec.to_dict(), "retriever": manifest["retriever"], "pruning": manifest.get("pruning")},
     }
 
 

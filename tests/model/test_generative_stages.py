@@ -90,21 +90,79 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
     assert names == ["onevision", "onevision_sft", "onevision_pretrain"]
 
 
+def test_best_epoch_keeps_the_weights_of_the_epoch_with_most_val_orders(monkeypatch):
+    """keep_best_epoch: epoch 0 (the input checkpoint) wins unless an epoch beats it on VAL orders."""
+    from onevision.generative import stages
+    from onevision.generative.model import GeneratorConfig, SIDGenerator
+
+    def run(scores: list[float], enabled: bool = True):
+        model = SIDGenerator(GeneratorConfig(codebook_sizes=(4, 3), d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, embed_dim=0))
+        scripted = iter(scores)
+        monkeypatch.setattr(stages, "probe", lambda *a, **k: {"sim_orders_per_query": next(scripted), "hr_at_10": 0.5})
+        keeper = stages.BestEpoch(model, None, None, enabled)  # probes the start (epoch 0)
+        weights = {0: {k: v.clone() for k, v in model.state_dict().items()}}
+        for epoch in range(1, len(scores)):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.1 * epoch)  # "training" changes every weight
+            weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+            record: dict = {}
+            keeper(epoch, record)
+            assert record["val_sim_orders_per_query"] == scores[epoch]
+        report = keeper.restore()
+        return model, weights, report
+
+    model, weights, report = run([0.5, 0.4, 0.45])  # fine-tuning only hurts: ship the input
+    assert report["kept_epoch"] == 0 and report["val_sim_orders_per_query_kept"] == 0.5
+    assert all(torch.equal(v, weights[0][k]) for k, v in model.state_dict().items())
+
+    model, weights, report = run([0.5, 0.4, 0.6, 0.55])  # epoch 2 is best, not the last one
+    assert report["kept_epoch"] == 2 and report["val_sim_orders_per_query_start"] == 0.5
+    assert all(torch.equal(v, weights[2][k]) for k, v in model.state_dict().items())
+
+    model, weights, report = run([0.5, 0.4], enabled=False)  # switched off: the last epoch ships
+    assert report["kept_epoch"] == -1
+    assert all(torch.equal(v, weights[1][k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.slow
-def test_a_fine_tuning_stage_never_ships_a_model_worse_on_val_than_its_input(project):
-    """keep_best_epoch: DPO at a destructive learning rate keeps epoch 0, i.e. the SFT weights."""
-    from onevision.config import load_config
-    from onevision.generative.checkpoint import checkpoint_dir, load_checkpoint
-    from onevision.stages import run_stage
+def test_calibrate_pruning_writes_its_files_and_feeds_evaluate_and_serving(project):
+    """Stage calibrate_pruning on the tiny project: chosen config, Pareto metrics, plot and report; the
+    evaluation adds the onevision_pruned row and the serving bundle decodes with the chosen config."""
+    from onevision.evaluation.systems import build_systems
+    from onevision.generative.pruning import PruningConfig, load_pruning
+    from onevision.serving.bundle import build_bundle, load_retriever, read_manifest
+    from onevision.stages import STAGE_PARAMS, STAGES, run_stage
 
     root, _ = project
-    if not (checkpoint_dir(root, "sft") / "weights.pt").exists():
-        pytest.skip("needs the sft checkpoint of test_stages_write_checkpoints_metrics_and_serve")
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=[*TINY, "generative.dpo.lr=5.0", "generative.dpo.epochs=2"])
-    metrics = run_stage("dpo", cfg, root)
-    assert metrics["kept_epoch"] == 0, metrics
-    assert metrics["val_sim_orders_per_query_kept"] == metrics["val_sim_orders_per_query_start"]
-    sft, dpo = load_checkpoint(checkpoint_dir(root, "sft")).model, load_checkpoint(checkpoint_dir(root, "dpo")).model
-    for (name, a), b in zip(sft.state_dict().items(), dpo.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    assert all("val_sim_orders_per_query" in e for e in metrics["history"].values())  # the probe is a curve too
+    order = list(STAGES)
+    assert order.index("dpo") < order.index("calibrate_pruning") < order.index("evaluate")
+    assert "pruning" in STAGE_PARAMS["calibrate_pruning"]
+    cfg = load_config(REPO / "params.yaml", profile="small", overrides=[
+        *TINY, "pruning.visual_keep_mass=[1.0,0.5]", "pruning.beam_margin=[null,1.0]", "pruning.level_beam_widths=[null]",
+        "pruning.early_exit=[false,true]", "pruning.val_queries=30", "pruning.test_queries=20", "pruning.latency_queries=4",
+        "pruning.warmup=1", "pruning.batch_size=16", "pruning.k=20", "pruning.max_relative_loss=0.05",
+    ])
+    for stage in ("pretrain", "sft", "dpo"):
+        if not (root / "models" / "generative" / stage / "weights.pt").exists():
+            run_stage(stage, cfg, root)
+    summary = run_stage("calibrate_pruning", cfg, root)
+    for rel in ("models/pruning/pruning.json", "metrics/pruning.json", "metrics/calibrate_pruning.json", "plots/pruning_pareto.png", "reports/pruning.md"):
+        assert (root / rel).exists(), rel
+    result = json.loads((root / "metrics" / "pruning.json").read_text())
+    assert len(result["points"]) == 8 and result["points"][0]["label"] == "none" and result["unpruned"]["label"] == "none"
+    assert result["chosen"]["label"] in result["pareto"] and summary["chosen"] == result["chosen"]["label"]
+    assert all(p["invalid_sid_rate"] == 0.0 for p in result["points"])
+    assert all(loss <= 0.05 + 1e-9 for loss in result["chosen"]["loss"].values())
+    assert set(result["test"]["speedup"]) == {"batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query"}
+    chosen = load_pruning(root)
+    assert chosen == PruningConfig.from_dict(result["chosen"]["config"])
+
+    systems = {s.name: s for s in build_systems(cfg, root, names=["onevision", "onevision_pruned"])}
+    assert list(systems)[:2] == ["onevision", "onevision_pruned"]  # side by side in metrics/evaluate.json
+    assert systems["onevision"].pruning is None and systems["onevision_pruned"].pruning == chosen
+    assert systems["onevision_pruned"].model is systems["onevision"].model  # one checkpoint, two decoders
+
+    bundle = build_bundle(cfg, root, root / "bundle")
+    assert read_manifest(bundle)["pruning"] == chosen.to_dict()
+    assert load_retriever(bundle).pruning == chosen

@@ -1,0 +1,421 @@
+"""Stage ``calibrate_pruning``: sweep the dynamic-pruning knobs, keep the Pareto set, choose an operating point.
+
+The dpo checkpoint decodes the same VAL queries once per point of the grid
+(``pruning`` in params.yaml; the no-pruning point is always included). Per point:
+
+* quality, with the evaluation's own functions (onevision.evaluation.harness):
+  exact-item HR@10 / NDCG@10 / MRR and simulated clicks / orders per 1,000
+  queries (the user simulator scores the top ``shown`` items), plus the
+  invalid-SID rate (must stay 0);
+* decoding latency per query, after warm-up, on one thread: batch 1
+  (p50 / p95 over ``latency_queries`` calls, interleaved call by call with the
+  unpruned search on the same queries; the point's latency is the unpruned
+  latency divided by that paired speed-up, so load drifting during the sweep
+  does not pick the winner) and batched (time per query over the whole VAL
+  sample in batches of ``batch_size``). The query images are encoded once,
+  outside the timings: pruning changes decoding, not the image encoder.
+
+Each point's *relative loss* on a guarded metric is ``1 - point / unpruned``,
+both on the same queries; its *quality* for the Pareto set is the worst retained
+share over the guarded metrics (``min point / unpruned``). The Pareto set is
+that of faiss's ``OperatingPoints`` (no other point is both better and faster);
+the chosen point is the fastest whose loss on every guarded metric is at most
+``max_relative_loss`` (the unpruned point qualifies trivially, so there is
+always one). It is then checked head to head against the unpruned model on
+TEST queries: quality on the same queries, and batch-1 latency measured with
+interleaved calls so both see the same machine load.
+
+Writes ``models/pruning/pruning.json`` (the chosen config, what the bundle and
+the ``onevision_pruned`` evaluation row decode with), ``metrics/pruning.json``
+(every point, the Pareto set, the chosen point, speed-up and loss),
+``plots/pruning_pareto.png`` and ``reports/pruning.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from onevision import paths
+from onevision.config import Config, PruningSweepConfig
+from onevision.evaluation.metrics import latency_summary, pareto_front
+from onevision.generative.decode import beam_search
+from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = paths.METRICS / "pruning.json"
+PLOT = paths.PLOTS / "pruning_pareto.png"
+REPORT = paths.REPORTS / "pruning.md"
+QUALITY_KEYS = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_1k")
+
+
+# --------------------------------------------------------------------------- the grid and the choice
+
+
+def sweep_grid(sweep: PruningSweepConfig) -> list[PruningConfig]:
+    """Every combination of the swept knob values, the no-pruning point first, each config once."""
+    points = [NO_PRUNING]
+    for mass, margin, widths, exit_ in itertools.product(sweep.visual_keep_mass, sweep.beam_margin, sweep.level_beam_widths, sweep.early_exit):
+        point = PruningConfig(
+            visual_keep_mass=mass,
+            min_visual_tokens=sweep.min_visual_tokens,
+            beam_margin=math.inf if margin is None else margin,
+            level_beam_widths=tuple(widths) if widths is not None else None,
+            early_exit=exit_,
+        )
+        if not point.active:
+            point = NO_PRUNING  # min_visual_tokens alone changes nothing
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def relative_loss(value: float | None, reference: float | None) -> float:
+    """1 - value / reference (higher is better); 0 when both are 0; inf when a value is missing."""
+    if value is None or reference is None or not np.isfinite(value) or not np.isfinite(reference):
+        return math.inf
+    if reference <= 0:
+        return 0.0 if value >= reference else math.inf
+    return 1.0 - value / reference
+
+
+def score_points(points: list[dict[str, Any]], guarded: list[str], baseline: int = 0) -> None:
+    """Add ``loss`` (per guarded metric, vs the baseline point) and ``quality`` (worst retained share) to each point."""
+    base = points[baseline]["quality"]
+    for point in points:
+        point["loss"] = {m: relative_loss(point["quality"].get(m), base.get(m)) for m in guarded}
+        point["retained"] = min(1.0 - loss for loss in point["loss"].values())
+
+
+def pareto_set(points: list[dict[str, Any]], latency_key: str) -> list[int]:
+    """Indices of the points no other point beats on both retained quality and latency, fastest first."""
+    return pareto_front([(p["retained"], p["latency"][latency_key]) for p in points])
+
+
+def choose_point(points: list[dict[str, Any]], max_relative_loss: float, latency_key: str, baseline: int = 0) -> int:
+    """The fastest point whose loss on every guarded metric is within the bound; the baseline when none is faster."""
+    eligible = [i for i, p in enumerate(points) if all(loss <= max_relative_loss + 1e-12 for loss in p["loss"].values())]
+    if baseline not in eligible:
+        eligible.append(baseline)
+    return min(eligible, key=lambda i: (points[i]["latency"][latency_key], i != baseline, i))
+
+
+# --------------------------------------------------------------------------- decoding and timing
+
+
+@dataclass
+class DecodeSet:
+    """Queries with their model contexts (encoded once) and what scoring them needs."""
+
+    test: Any  # onevision.evaluation.harness.TestSet
+    contexts: Any  # Context, Q rows
+    singles: list  # Q one-row Contexts, for batch-1 timing without indexing inside the timed call
+
+    def __len__(self) -> int:
+        return len(self.test)
+
+
+def decode_set(retriever, test) -> DecodeSet:
+    ctx = retriever.context(test.images, test.user_ids)
+    return DecodeSet(test, ctx, [ctx.index(torch.tensor([i])) for i in range(len(test))])
+
+
+def _decode(retriever, ctx, k: int, pruning: PruningConfig):
+    return beam_search(retriever.model, ctx, retriever.trie, beam_width=retriever.beam_width, k=k, pruning=pruning)
+
+
+def decode_batched(retriever, data: DecodeSet, k: int, pruning: PruningConfig, batch_size: int) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Decode every query in batches (one untimed warm-up batch first) -> ranked item ids, invalid-SID rate, timing."""
+    Q = len(data)
+    batches = [torch.arange(s, min(Q, s + batch_size)) for s in range(0, Q, batch_size)]
+    _decode(retriever, data.contexts.index(batches[0]), k, pruning)  # warm-up
+    ranked, invalid, n, seconds = [], 0.0, 0, []
+    for rows in batches:
+        ctx = data.contexts.index(rows)
+        t = time.perf_counter()
+        res = _decode(retriever, ctx, k, pruning)
+        seconds.append(time.perf_counter() - t)
+        ranked.append(res.item_ids.cpu().numpy())
+        generated = int(torch.isfinite(res.scores).sum())
+        invalid += res.invalid_rate * generated
+        n += generated
+    per_query = np.array(seconds) / np.array([len(b) for b in batches])  # (n_batches,)
+    timing = {"batched_ms_per_query": 1e3 * sum(seconds) / Q, "batched_p50_ms": float(np.percentile(per_query, 50) * 1e3),
+              "batched_p95_ms": float(np.percentile(per_query, 95) * 1e3), "batch_size": batch_size}
+    return np.concatenate(ranked), (invalid / n if n else 0.0), timing
+
+
+def time_batch1(retriever, data: DecodeSet, k: int, configs: list[PruningConfig], n_calls: int, warmup: int) -> list[dict[str, float]]:
+    """Batch-1 decoding latency of each config; calls are interleaved (call i of every config back to back)
+    so that a change of machine load hits every config alike."""
+    Q = len(data)
+    for i in range(warmup):
+        for config in configs:
+            _decode(retriever, data.singles[i % Q], k, config)
+    seconds = np.empty((len(configs), n_calls))
+    for i in range(n_calls):
+        ctx = data.singles[(warmup + i) % Q]
+        for c, config in enumerate(configs):
+            t = time.perf_counter()
+            _decode(retriever, ctx, k, config)
+            seconds[c, i] = time.perf_counter() - t
+    out = []
+    for row in seconds:
+        s = latency_summary(row)
+        out.append({"batch1_p50_ms": s["p50_ms"], "batch1_p95_ms": s["p95_ms"], "batch1_mean_ms": s["mean_ms"]})
+    return out
+
+
+def quality_of(ranked: np.ndarray, test, cfg: Config, shown: int) -> dict[str, float]:
+    """The evaluation's relevance and simulator metrics for one ranked list per query."""
+    from onevision.evaluation.harness import relevance_metrics, simulated_metrics
+
+    rel, _ = relevance_metrics(ranked, test, [10])
+    sim, _ = simulated_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
+    out = {**rel, **{k: v for k, v in sim.items() if not k.endswith(("_ci_lo", "_ci_hi"))}}
+    return {key: float(out[key]) for key in out if key in QUALITY_KEYS or key.startswith("sim_")}
+
+
+def measure_point(retriever, data: DecodeSet, config: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
+    """Quality, invalid-SID rate, batched timing and batch-1 timing of one config.
+
+    Batch-1 calls are interleaved with unpruned calls on the same queries (``paired``): a small
+    shared machine's load drifts over a sweep by more than pruning saves, the ratio of the two does not.
+    """
+    ranked, invalid, timing = decode_batched(retriever, data, k, config, cfg.pruning.batch_size)
+    latency: dict[str, Any] = dict(timing)
+    configs = [config] if config == NO_PRUNING else [NO_PRUNING, config]
+    timed = time_batch1(retriever, data, k, configs, cfg.pruning.latency_queries, cfg.pruning.warmup)
+    latency.update({f"raw_{key}": v for key, v in timed[-1].items()})
+    latency["paired_speedup"] = {key: timed[0][key] / timed[-1][key] for key in ("batch1_p50_ms", "batch1_p95_ms")}
+    return {"label": config.label(), "config": config.to_dict(), "quality": quality_of(ranked, data.test, cfg, shown),
+            "invalid_sid_rate": invalid, "latency": latency}
+
+
+def adjust_batch1(points: list[dict[str, Any]]) -> None:
+    """Each point's batch-1 latency at the unpruned point's load: its measured latency / its paired speed-up."""
+    base = points[0]["latency"]
+    for point in points:
+        lat = point["latency"]
+        for key in ("batch1_p50_ms", "batch1_p95_ms"):
+            lat[key] = base[f"raw_{key}"] / lat["paired_speedup"][key]
+        lat["batch1_mean_ms"] = lat["raw_batch1_mean_ms"]
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def decode_k(cfg: Config) -> tuple[int, int]:
+    """(k decoded per query, items shown to the simulator): what stage evaluate uses unless pruning.k is set."""
+    shown = cfg.evaluate.shown or cfg.data.impressions_per_query
+    return cfg.pruning.k or max(max(cfg.evaluate.ks), shown, 10), shown
+
+
+def _sample(cfg: Config, root: Path, split: str, n: int):
+    """The evaluation's query set of ``split``, capped to ``n`` queries (seeded)."""
+    from onevision.evaluation.harness import load_test_set
+
+    return load_test_set(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"max_queries": n})}), root, split)
+
+
+def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
+    """Unpruned vs chosen on the same queries: quality, relative loss, interleaved batch-1 and batched speed-up."""
+    out: dict[str, Any] = {"queries": len(data)}
+    rows = {}
+    for name, config in (("unpruned", NO_PRUNING), ("chosen", chosen)):
+        ranked, invalid, timing = decode_batched(retriever, data, k, config, cfg.pruning.batch_size)
+        rows[name] = {"quality": quality_of(ranked, data.test, cfg, shown), "invalid_sid_rate": invalid, "latency": timing}
+    b1 = time_batch1(retriever, data, k, [NO_PRUNING, chosen], cfg.pruning.latency_queries, cfg.pruning.warmup)
+    for name, lat in zip(("unpruned", "chosen"), b1, strict=True):
+        rows[name]["latency"].update(lat)
+    out.update(rows)
+    out["loss"] = {m: relative_loss(rows["chosen"]["quality"].get(m), rows["unpruned"]["quality"].get(m)) for m in cfg.pruning.guarded_metrics}
+    out["speedup"] = speedups(rows["unpruned"]["latency"], rows["chosen"]["latency"])
+    return out
+
+
+def speedups(base: dict[str, float], point: dict[str, float]) -> dict[str, float]:
+    keys = ("batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query")
+    return {k: base[k] / point[k] for k in keys if k in base and k in point and point[k] > 0}
+
+
+def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
+    """Stage ``calibrate_pruning``: returns the summary metrics; writes the files listed in the module docstring."""
+    from tqdm.auto import tqdm
+
+    from onevision.evaluation.cost import limit_threads
+    from onevision.generative.retriever import OneVisionRetriever
+
+    t0 = time.perf_counter()
+    root = Path(root)
+    sweep = cfg.pruning
+    k, shown = decode_k(cfg)
+    retriever = OneVisionRetriever.load(root, "dpo", cfg=cfg)
+    grid = sweep_grid(sweep) if sweep.enabled else [NO_PRUNING]
+    val = decode_set(retriever, _sample(cfg, root, "val", sweep.val_queries))
+    log.info("calibrate_pruning: %d points on %d VAL queries, k=%d, beam width %d", len(grid), len(val), k, retriever.beam_width)
+    points = []
+    with limit_threads(sweep.threads):
+        for config in tqdm(grid, desc="pruning sweep", unit="point"):
+            points.append(measure_point(retriever, val, config, cfg, k, shown))
+        adjust_batch1(points)
+        score_points(points, sweep.guarded_metrics)
+        latency_key = sweep.select_latency
+        front = pareto_set(points, latency_key)
+        chosen_i = choose_point(points, sweep.max_relative_loss, latency_key)
+        chosen = PruningConfig.from_dict(points[chosen_i]["config"])
+        test = None
+        if sweep.test_queries > 0:
+            test_set = decode_set(retriever, _sample(cfg, root, "test", sweep.test_queries))
+            test = head_to_head(retriever, test_set, chosen, cfg, k, shown)
+    for i, point in enumerate(points):
+        point["pareto"] = i in front
+        point["speedup"] = speedups(points[0]["latency"], point["latency"])
+    best = points[chosen_i]
+    bad = [p["label"] for p in points if p["invalid_sid_rate"] > 0]
+    if bad:
+        raise RuntimeError(f"pruning produced invalid SIDs at {bad}: a bug, the trie guarantee must hold")
+    _log_choice(points, chosen_i, front, sweep, latency_key, test)
+    result = {
+        "k": k, "shown": shown, "val_queries": len(val), "beam_width": retriever.beam_width, "enabled": sweep.enabled,
+        "guarded_metrics": list(sweep.guarded_metrics), "max_relative_loss": sweep.max_relative_loss, "select_latency": latency_key,
+        "points": points, "pareto": [points[i]["label"] for i in front],
+        "chosen": best, "unpruned": points[0],
+        "speedup": best["speedup"], "quality_loss": best["loss"],
+        "test": test, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": len(val), "k": k,
+                                "speedup": best["speedup"], "quality_loss": best["loss"]})
+    (root / METRICS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / METRICS_FILE).write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+    plot_pareto(points, front, chosen_i, latency_key, sweep.max_relative_loss, root / PLOT)
+    (root / REPORT).parent.mkdir(parents=True, exist_ok=True)
+    (root / REPORT).write_text(markdown_report(result))
+    return _json_safe(summary(result))
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The flat stage metrics (metrics/calibrate_pruning.json, the MLflow run)."""
+    best = result["chosen"]
+    out: dict[str, Any] = {"chosen": best["label"], "n_points": len(result["points"]), "n_pareto": len(result["pareto"]),
+                           "val_queries": result["val_queries"], "k": result["k"], "seconds": result["seconds"]}
+    out.update({f"val_speedup_{k}": v for k, v in best["speedup"].items()})
+    out.update({f"val_loss_{m}": v for m, v in best["loss"].items()})
+    out.update({f"val_{m}": best["quality"].get(m) for m in ("hr@10", "ndcg@10", "sim_orders_per_1k")})
+    if result["test"]:
+        test = result["test"]
+        out.update({f"test_speedup_{k}": v for k, v in test["speedup"].items()})
+        out.update({f"test_loss_{m}": v for m, v in test["loss"].items()})
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _log_choice(points, chosen_i, front, sweep, latency_key, test) -> None:
+    best, base = points[chosen_i], points[0]
+    losses = ", ".join(f"{m} {100 * v:+.2f}%" for m, v in best["loss"].items())
+    if chosen_i == 0:
+        log.info("calibrate_pruning: chose no pruning: no point of %d was faster within %.1f%% relative loss on %s",
+                 len(points), 100 * sweep.max_relative_loss, ", ".join(sweep.guarded_metrics))
+    else:
+        log.info("calibrate_pruning: chose %s: fastest within %.1f%% loss (loss %s); %s %.2f ms vs %.2f ms unpruned (%.2fx); Pareto set: %s",
+                 best["label"], 100 * sweep.max_relative_loss, losses, latency_key, best["latency"][latency_key],
+                 base["latency"][latency_key], best["speedup"].get(latency_key, float("nan")), ", ".join(points[i]["label"] for i in front))
+        faster = [p for p in points if p["latency"][latency_key] < best["latency"][latency_key]]
+        if faster:
+            worst = max(faster, key=lambda p: p["latency"][latency_key])
+            log.info("calibrate_pruning: the next faster point, %s, loses %s", worst["label"],
+                     ", ".join(f"{m} {100 * v:.2f}%" for m, v in worst["loss"].items()))
+    if test:
+        log.info("calibrate_pruning: TEST check on %d queries: loss %s; speed-up %s", test["queries"],
+                 ", ".join(f"{m} {100 * v:+.2f}%" for m, v in test["loss"].items()),
+                 ", ".join(f"{k} {v:.2f}x" for k, v in test["speedup"].items()))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def plot_pareto(points, front, chosen_i, latency_key, max_loss, path: Path) -> Path:
+    """Worst retained quality vs latency of every point, the Pareto front, the bound and the choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    lat = [p["latency"][latency_key] for p in points]
+    q = [p["retained"] if np.isfinite(p["retained"]) else 0.0 for p in points]
+    ax.scatter(lat, q, s=25, color="tab:blue", alpha=0.6, label="sweep points")
+    ax.plot([lat[i] for i in front], [q[i] for i in front], "-o", color="tab:orange", lw=1.2, ms=5, label="Pareto set")
+    ax.scatter([lat[0]], [q[0]], marker="s", s=70, color="black", label=f"no pruning ({lat[0]:.2f} ms)")
+    ax.scatter([lat[chosen_i]], [q[chosen_i]], marker="*", s=220, color="tab:red", zorder=5, label=f"chosen: {points[chosen_i]['label']}")
+    ax.axhline(1.0 - max_loss, color="grey", ls="--", lw=1, label=f"allowed loss {100 * max_loss:g}%")
+    for i in front:
+        ax.annotate(points[i]["label"], (lat[i], q[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"decoding latency, {latency_key.replace('_', ' ')}")
+    ax.set_ylabel("worst retained share of the guarded metrics (1 = unpruned)")
+    ax.set_title("Dynamic pruning: quality vs latency (VAL)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{100 * v:+.2f}%" if pct else f"{v:.4g}"
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    guarded, key = result["guarded_metrics"], result["select_latency"]
+    best = result["chosen"]
+    lines = [
+        "# Dynamic pruning calibration",
+        "",
+        f"{len(result['points'])} points on {result['val_queries']} VAL queries (k={result['k']}, beam width {result['beam_width']}); "
+        f"chosen: the fastest point by {key} whose relative loss on {', '.join(guarded)} is at most {100 * result['max_relative_loss']:g}%.",
+        "",
+        f"**Chosen: `{best['label']}`**: speed-up {', '.join(f'{k} {v:.2f}x' for k, v in best['speedup'].items())}; "
+        f"loss {', '.join(f'{m} {_fmt(v, True)}' for m, v in best['loss'].items())}.",
+        "",
+    ]
+    test = result.get("test")
+    if test:
+        lines += [
+            f"TEST check ({test['queries']} queries, unpruned vs chosen, same queries, batch-1 calls interleaved): "
+            f"speed-up {', '.join(f'{k} {v:.2f}x' for k, v in test['speedup'].items())}; "
+            f"loss {', '.join(f'{m} {_fmt(v, True)}' for m, v in test['loss'].items())}.",
+            "",
+        ]
+    cols = ["point", "pareto", *guarded, *(f"loss {m}" for m in guarded), "ndcg@10", "b1 p50 ms", "b1 p95 ms", "batched ms/q", "speed-up"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for p in sorted(result["points"], key=lambda p: p["latency"][key]):
+        name = f"**{p['label']}**" if p is best else p["label"]
+        row = [name, "yes" if p["pareto"] else "", *(_fmt(p["quality"].get(m)) for m in guarded), *(_fmt(p["loss"][m], True) for m in guarded),
+               _fmt(p["quality"].get("ndcg@10")), _fmt(p["latency"]["batch1_p50_ms"]), _fmt(p["latency"]["batch1_p95_ms"]),
+               _fmt(p["latency"]["batched_ms_per_query"]), _fmt(p["speedup"].get(key))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "![Pareto](../plots/pruning_pareto.png)", ""]
+    return "\n".join(lines)
