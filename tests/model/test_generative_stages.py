@@ -85,6 +85,7 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
     res = final.retrieve(images, np.array([*queries["user_id"].to_numpy()[:3], 10_000, -1]), k=12)
     assert res.item_ids.shape == (5, 12) and (res.item_ids >= 0).all()
     assert all(len(set(r)) == 12 for r in res.item_ids.tolist())
+    assert final.evaluation_metrics() == {"invalid_sid_rate": 0.0, "generated_sids": 5 * 12}
 
     names = [s.name for s in build_systems(cfg, root, names=["onevision", "onevision_pretrain", "onevision_sft"])]
     assert names == ["onevision", "onevision_sft", "onevision_pretrain"]
