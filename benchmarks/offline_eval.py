@@ -83,11 +83,14 @@ def _fmt(v, digits: int = 3) -> str:
 def summarise(root: Path, profile: str, flow_seconds: float | None) -> dict:
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     systems = {k: v for k, v in metrics.items() if isinstance(v, dict) and "hr@10" in v}
+    from onevision.pipeline import PIPELINE
+
     stage_seconds = {}
-    for path in sorted((root / "metrics").glob("*.json")):
-        m = json.loads(path.read_text())
-        if isinstance(m, dict) and isinstance(m.get("seconds"), (int, float)):
-            stage_seconds[path.stem] = round(float(m["seconds"]), 1)
+    for stage in PIPELINE:  # the stage's own wall time, as its metrics report it (flow overhead excluded)
+        path = root / "metrics" / f"{stage}.json"
+        m = json.loads(path.read_text()) if path.exists() else {}
+        if isinstance(m.get("seconds"), (int, float)):
+            stage_seconds[stage] = round(float(m["seconds"]), 1)
     ratios = {}
     if "mca" in systems:
         for name in [n for n in systems if n.startswith("onevision")]:

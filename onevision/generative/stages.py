@@ -255,12 +255,15 @@ class BestEpoch:
     and orders per query to that epoch's record (and so to the curves).
     """
 
-    def __init__(self, model: SIDGenerator, data: GenerativeData, cfg: Config, enabled: bool = True):
+    def __init__(self, model: SIDGenerator, data: GenerativeData, cfg: Config, enabled: bool = True, served_anonymously: bool = False):
         import copy
 
         self.model, self.data, self.cfg, self.enabled = model, data, cfg, enabled
         self._copy = copy.deepcopy
         self.start = self._score()
+        # The pretrain checkpoint knows no users and serves everyone anonymously: what SFT must beat is that,
+        # not the same weights fed user contexts they were never trained on. Reported, not used to select.
+        self.start_served = probe(model, data, cfg, anonymous=True).get("sim_orders_per_query") if served_anonymously else None
         self.best_epoch, self.best_score = 0, self.start["sim_orders_per_query"]
         self.best_state = self._copy(model.state_dict()) if enabled else None
 
@@ -280,8 +283,14 @@ class BestEpoch:
         if self.enabled and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
             log.info("keeping epoch %d (VAL simulated orders/query %.4f; start %.4f)", self.best_epoch, self.best_score, self.start["sim_orders_per_query"])
-        return {"kept_epoch": self.best_epoch if self.enabled else -1, "val_sim_orders_per_query_start": round(self.start["sim_orders_per_query"], 5),
-                "val_sim_orders_per_query_kept": round(self.best_score, 5)}
+        out = {"kept_epoch": self.best_epoch if self.enabled else -1, "val_sim_orders_per_query_start": round(self.start["sim_orders_per_query"], 5),
+               "val_sim_orders_per_query_kept": round(self.best_score, 5)}
+        if self.start_served is not None:
+            out["val_sim_orders_per_query_input_as_served"] = round(self.start_served, 5)
+            if self.best_score <= self.start_served:
+                log.warning("kept epoch %d does not beat its input as served (VAL orders/query %.4f <= %.4f anonymous)",
+                            self.best_epoch, self.best_score, self.start_served)
+        return out
 
 
 # --------------------------------------------------------------------------- outputs
@@ -427,7 +436,7 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
     val_events = interaction_events(pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet"), data.val.frame)
     val = personalised_examples(data.val.rows, val_ids, val_events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)
     t1 = time.perf_counter()
-    keeper = BestEpoch(model, data, cfg, s.keep_best_epoch)
+    keeper = BestEpoch(model, data, cfg, s.keep_best_epoch, served_anonymously=True)
     history = train_sid_model(
         model, data.bank, examples, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
         anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val, on_epoch=keeper,
