@@ -169,6 +169,9 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     if manifest["retriever"] == "knn":
         with np.load(bundle / "data" / "embeddings" / "items.npz") as data:
             catalog = f"{len(data['item_ids'])} items x {data['embeddings'].shape[1]} dims"
+    elif (bundle / "data" / "sids" / "sid_table.parquet").exists():
+        sids = pd.read_parquet(bundle / "data" / "sids" / "sid_table.parquet")
+        catalog = f"{len(sids)} items, {sum(c.startswith('code_') for c in sids.columns)}-level SIDs"
     load = os.getloadavg()
     lines = [
         "# Serving latency",
