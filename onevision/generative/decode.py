@@ -89,7 +89,8 @@ def beam_search(
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.
     beam_width = max(beam_width, k)
     was_training = model.training
-    model.eval()
+    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
+        model.eval()
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     memory, mem_mask = model.encode(ctx)  # (B, S, C), (B, S)
     B, dev = memory.shape[0], memory.device
@@ -132,7 +133,8 @@ def beam_search(
     dead = ~torch.isfinite(scores)  # masked candidates that filled the top-k: no item
     item_ids = item_ids.masked_fill(dead, -1)
     sids = sids.masked_fill(dead.unsqueeze(-1), -1)
-    model.train(was_training)
+    if was_training:
+        model.train()
     return BeamSearchResult(sids=sids, scores=scores, item_ids=item_ids)
 
 
@@ -144,7 +146,8 @@ def catalog_log_probs(model: SIDGenerator, ctx: Context, sids: torch.Tensor, chu
     the beam-search tests compare against, and the exact catalog KL of the DPO stage.
     """
     was_training = model.training
-    model.eval()
+    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
+        model.eval()
     memory, mask = model.encode(ctx)  # (B, S, C)
     B, N = memory.shape[0], sids.shape[0]
     out = torch.empty(B, N)
@@ -154,5 +157,6 @@ def catalog_log_probs(model: SIDGenerator, ctx: Context, sids: torch.Tensor, chu
         cross = model.cross_kv(memory[q])  # K/V once per query, shared by its N candidate SIDs
         lp = model.sequence_log_prob(None, mask[q], sids.repeat(len(q), 1), cross)  # (q*N,)
         out[q] = lp.view(len(q), N).float().cpu()
-    model.train(was_training)
+    if was_training:
+        model.train()
     return out

@@ -221,7 +221,8 @@ def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
     was_training = model.training
-    model.eval()
+    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
+        model.eval()
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     select = None
     if pruning.prunes_visual:
@@ -314,5 +315,6 @@ def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam
     dead = ~torch.isfinite(out_scores)  # (B, k)
     sids = trie.sids[out_leaf].masked_fill(dead.unsqueeze(-1), -1)  # (B, k, L)
     item_ids = trie.leaf_item[out_leaf].masked_fill(dead, -1)  # (B, k)
-    model.train(was_training)
+    if was_training:
+        model.train()
     return BeamSearchResult(sids=sids.to(dev), scores=out_scores.to(dev), item_ids=item_ids.to(dev))
