@@ -61,7 +61,13 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 
 # Files a stage writes beyond metrics/<stage>.json and reports/<stage>.md that its MLflow run carries too.
 STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "align_encoder": ("plots/align_encoder.png",),
+    "vrq": ("plots/vrq.png",),
+    "pretrain": ("plots/pretrain.png",),
+    "sft": ("plots/sft.png",),
+    "dpo": ("plots/dpo.png",),
     "calibrate_pruning": ("metrics/pruning.json", "reports/pruning.md", "plots/pruning_pareto.png", "models/pruning/pruning.json"),
+    "evaluate": ("plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"),
 }
 
 

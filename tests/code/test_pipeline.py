@@ -10,7 +10,7 @@ import yaml
 
 from onevision.config import ConfigError, load_config, section_names
 from onevision.pipeline import PIPELINE, stages_until, write_run_params
-from onevision.stages import STAGE_PARAMS, STAGES
+from onevision.stages import STAGE_ARTIFACTS, STAGE_PARAMS, STAGES
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,3 +108,12 @@ def test_seed_override_is_written_in_place(project):
     assert changes["seed"] == (0, 7)
     doc = yaml.safe_load((project / "params.yaml").read_text())
     assert doc["seed"] == 7 and "seed" not in doc["overrides"]
+
+
+def test_artifacts_logged_to_mlflow_are_outputs_of_their_stage_in_dvc_yaml():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, files in STAGE_ARTIFACTS.items():
+        declared = [*stages[stage].get("outs", []), *stages[stage].get("plots", []), *stages[stage].get("metrics", [])]
+        declared = [d if isinstance(d, str) else next(iter(d)) for d in declared]
+        for rel in files:
+            assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in declared), (stage, rel)

@@ -112,6 +112,9 @@ def test_mlflow_records_a_nested_run_per_stage_with_curves(full_run):
     assert parent.data.tags["stages_ran"] == ",".join(PIPELINE)
     assert nested["evaluate"].data.metrics["mca.hr_at_10"] == pytest.approx(
         json.loads((project / "metrics/evaluate.json").read_text())["mca"]["hr@10"])
+    plots = {a.path for a in client.list_artifacts(nested["evaluate"].info.run_id, "plots")}
+    assert plots == {"plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"}
+    assert [a.path for a in client.list_artifacts(nested["pretrain"].info.run_id, "plots")] == ["plots/pretrain.png"]
     history = client.get_metric_history(nested["pretrain"].info.run_id, "curve.loss")
     assert sorted(m.step for m in history) == [1, 2]  # per-epoch training curve
 
