@@ -37,6 +37,8 @@ BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
 COPY = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config")
 COPY_DIRS = ("onevision", "tasks", "flows")
+# per-1k counts and QPS read best with one decimal, rates and milliseconds with three
+ONE_DECIMAL = ("sim_clicks_per_1k", "sim_orders_per_1k", "qps")
 HEADLINE = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_1k", "sim_conversion", "latency_p50_ms", "latency_p95_ms", "qps")
 
 
@@ -122,7 +124,7 @@ def markdown(summary: dict, report: str) -> str:
              "| system | HR@10 | NDCG@10 | MRR | clicks/1k | orders/1k | conversion | p50 ms | p95 ms | QPS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in s["systems"].items():
-        lines.append("| " + " | ".join([name] + [_fmt(m.get(k), 1 if k.startswith("sim_c") or k.startswith("sim_o") or k == "qps" else 3)
+        lines.append("| " + " | ".join([name] + [_fmt(m.get(k), 1 if k in ONE_DECIMAL else 3)
                                                  for k in HEADLINE]) + " |")
     lines += ["", "## Ratios", ""] + [f"- `{k}`: {v:.3f}" for k, v in s["ratios"].items()]
     lines += ["", "## Stage wall times (s)", "", "| stage | seconds |", "|---|---:|"]

@@ -41,6 +41,7 @@ from onevision.evaluation.metrics import (
     category_lookup,
     category_precision_at_k,
     hit_rate_at_k,
+    json_safe,
     ndcg_at_k,
     pad_item_lists,
     paired_delta_ci,
@@ -201,14 +202,6 @@ def stage_breakdown(system: Retriever, test: TestSet, final: dict[str, float], b
     return out
 
 
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 6) if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
-    return value
-
-
 def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,
                     measure_cost: bool = True) -> SystemRun:
     """All metrics of one system on the test set."""
@@ -275,5 +268,5 @@ def evaluate_systems(systems: list[Retriever], test: TestSet, ecfg: EvaluateConf
     runs = [evaluate_system(s, test, ecfg, shown, seed, measure_cost) for s in systems]
     compare_with_baseline(runs, ecfg.baseline, ecfg, seed)
     for run in runs:
-        run.metrics = _round(run.metrics)
+        run.metrics = json_safe(run.metrics)
     return runs

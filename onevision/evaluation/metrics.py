@@ -19,6 +19,7 @@ relevant items.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -207,3 +208,14 @@ def paired_delta_ci(
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     lo, hi = bootstrap_ci(diff, n_resamples=n_resamples, level=level, seed=seed)
     return float(diff.mean()) if diff.size else float("nan"), lo, hi
+
+
+def json_safe(value: Any) -> Any:
+    """Floats rounded to 6 places, NaN/inf as None, through dicts and lists: metrics as JSON writes them."""
+    if isinstance(value, float):
+        return round(value, 6) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

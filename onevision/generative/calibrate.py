@@ -47,7 +47,7 @@ import torch
 
 from onevision import paths
 from onevision.config import Config, PruningSweepConfig
-from onevision.evaluation.metrics import latency_summary, pareto_front
+from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
 
@@ -297,11 +297,11 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": len(val), "k": k,
                                 "speedup": best["speedup"], "quality_loss": best["loss"]})
     (root / METRICS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (root / METRICS_FILE).write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n")
+    (root / METRICS_FILE).write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
     plot_pareto(points, front, chosen_i, latency_key, sweep.max_relative_loss, root / PLOT)
     (root / REPORT).parent.mkdir(parents=True, exist_ok=True)
     (root / REPORT).write_text(markdown_report(result))
-    return _json_safe(summary(result))
+    return json_safe(summary(result))
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -317,16 +317,6 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         out.update({f"test_speedup_{k}": v for k, v in test["speedup"].items()})
         out.update({f"test_loss_{m}": v for m, v in test["loss"].items()})
     return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _log_choice(points, chosen_i, front, sweep, latency_key, test) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from onevision.generative.model import Context, SIDGenerator
+from onevision.generative.model import Context, SIDGenerator, eval_mode
 from onevision.generative.trie import SIDTrie
 
 if TYPE_CHECKING:
@@ -87,10 +87,11 @@ def beam_search(
         return pruned_beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.
-    beam_width = max(beam_width, k)
-    was_training = model.training
-    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
-        model.eval()
+    with eval_mode(model):
+        return _beam_search(model, ctx, trie, max(beam_width, k), k, constrained)
+
+
+def _beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, beam_width: int, k: int, constrained: bool) -> BeamSearchResult:
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     memory, mem_mask = model.encode(ctx)  # (B, S, C), (B, S)
     B, dev = memory.shape[0], memory.device
@@ -133,8 +134,6 @@ def beam_search(
     dead = ~torch.isfinite(scores)  # masked candidates that filled the top-k: no item
     item_ids = item_ids.masked_fill(dead, -1)
     sids = sids.masked_fill(dead.unsqueeze(-1), -1)
-    if was_training:
-        model.train()
     return BeamSearchResult(sids=sids, scores=scores, item_ids=item_ids)
 
 
@@ -145,18 +144,14 @@ def catalog_log_probs(model: SIDGenerator, ctx: Context, sids: torch.Tensor, chu
     Exhaustive scoring (teacher forcing over the whole catalog): the ground truth
     the beam-search tests compare against, and the exact catalog KL of the DPO stage.
     """
-    was_training = model.training
-    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
-        model.eval()
-    memory, mask = model.encode(ctx)  # (B, S, C)
-    B, N = memory.shape[0], sids.shape[0]
-    out = torch.empty(B, N)
-    per = max(1, chunk // N)  # queries per forward pass
-    for start in range(0, B, per):
-        q = torch.arange(start, min(B, start + per))
-        cross = model.cross_kv(memory[q])  # K/V once per query, shared by its N candidate SIDs
-        lp = model.sequence_log_prob(None, mask[q], sids.repeat(len(q), 1), cross)  # (q*N,)
-        out[q] = lp.view(len(q), N).float().cpu()
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        memory, mask = model.encode(ctx)  # (B, S, C)
+        B, N = memory.shape[0], sids.shape[0]
+        out = torch.empty(B, N)
+        per = max(1, chunk // N)  # queries per forward pass
+        for start in range(0, B, per):
+            q = torch.arange(start, min(B, start + per))
+            cross = model.cross_kv(memory[q])  # K/V once per query, shared by its N candidate SIDs
+            lp = model.sequence_log_prob(None, mask[q], sids.repeat(len(q), 1), cross)  # (q*N,)
+            out[q] = lp.view(len(q), N).float().cpu()
     return out

@@ -40,7 +40,8 @@ output head over ``V_l`` codes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -365,6 +366,20 @@ class SIDGenerator(nn.Module):
         if weights is None:
             return logits, nll.mean()
         return logits, (nll * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside the block, its training mode back after. Both walk every module (~0.85 ms on the
+    small-profile model, a sixth of a batch-1 search), so a model already in eval mode is left untouched."""
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from onevision import paths
 from onevision.generative.decode import BeamSearchResult
-from onevision.generative.model import Context, SIDGenerator
+from onevision.generative.model import Context, SIDGenerator, eval_mode
 from onevision.generative.trie import SIDTrie
 
 PRUNING_FILE = paths.PRUNING / "pruning.json"
@@ -154,9 +154,6 @@ class PruningConfig:
             data.pop("beam_margin", None)
         return cls(**data)
 
-    def with_(self, **changes: Any) -> PruningConfig:
-        return replace(self, **changes)
-
 
 NO_PRUNING = PruningConfig()
 
@@ -220,9 +217,11 @@ def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
-    was_training = model.training
-    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
-        model.eval()
+    with eval_mode(model):
+        return _pruned_search(model, ctx, trie, beam_width, k, pruning)
+
+
+def _pruned_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, beam_width: int, k: int, pruning: PruningConfig) -> BeamSearchResult:
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     select = None
     if pruning.prunes_visual:
@@ -315,6 +314,4 @@ def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam
     dead = ~torch.isfinite(out_scores)  # (B, k)
     sids = trie.sids[out_leaf].masked_fill(dead.unsqueeze(-1), -1)  # (B, k, L)
     item_ids = trie.leaf_item[out_leaf].masked_fill(dead, -1)  # (B, k)
-    if was_training:
-        model.train()
     return BeamSearchResult(sids=sids.to(dev), scores=out_scores.to(dev), item_ids=item_ids.to(dev))

@@ -18,6 +18,7 @@ and the share of the user's favourite brands in the top 10.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -256,27 +257,25 @@ class BestEpoch:
     """
 
     def __init__(self, model: SIDGenerator, data: GenerativeData, cfg: Config, enabled: bool = True, served_anonymously: bool = False):
-        import copy
-
         self.model, self.data, self.cfg, self.enabled = model, data, cfg, enabled
-        self._copy = copy.deepcopy
         self.start = self._score()
         # The pretrain checkpoint knows no users and serves everyone anonymously: what SFT must beat is that,
         # not the same weights fed user contexts they were never trained on. Reported, not used to select.
         self.start_served = probe(model, data, cfg, anonymous=True).get("sim_orders_per_query") if served_anonymously else None
         self.best_epoch, self.best_score = 0, self.start["sim_orders_per_query"]
-        self.best_state = self._copy(model.state_dict()) if enabled else None
+        self.best_state = copy.deepcopy(model.state_dict()) if enabled else None
 
     def _score(self) -> dict[str, float]:
         p = probe(self.model, self.data, self.cfg)
-        return {"sim_orders_per_query": p.get("sim_orders_per_query", -p.get("hr_at_10", 0.0)), "hr_at_10": p.get("hr_at_10", 0.0)}
+        # Without a user simulator (imported catalogs without tastes) exact-item HR@10 ranks the epochs.
+        return {"sim_orders_per_query": p.get("sim_orders_per_query", p.get("hr_at_10", 0.0)), "hr_at_10": p.get("hr_at_10", 0.0)}
 
     def __call__(self, epoch: int, record: dict) -> None:
         score = self._score()
         record["val_sim_orders_per_query"], record["val_hr_at_10"] = score["sim_orders_per_query"], score["hr_at_10"]
         if self.enabled and score["sim_orders_per_query"] > self.best_score:
             self.best_epoch, self.best_score = epoch, score["sim_orders_per_query"]
-            self.best_state = self._copy(self.model.state_dict())
+            self.best_state = copy.deepcopy(self.model.state_dict())
 
     def restore(self) -> dict[str, Any]:
         """Load the kept weights; returns what to report."""

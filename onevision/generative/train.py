@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onevision.generative.model import ACTION_PAD, Context, SIDGenerator, cosine_lr, make_optimizer
+from onevision.generative.model import ACTION_PAD, Context, SIDGenerator, cosine_lr, eval_mode, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +128,12 @@ def _batches(n: int, batch_size: int, gen: torch.Generator | None):
 @torch.no_grad()
 def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_size: int = 1024) -> float:
     """Weighted mean SID negative log-likelihood (nats per SID) of ``examples``."""
-    was_training = model.training
-    if was_training:  # eval()/train() walk every module: ~1 ms per batch-1 search, skip when already in eval
-        model.eval()
     total, weight = 0.0, 0.0
-    for idx in _batches(len(examples), batch_size, None):
-        _, loss = model(examples.rows.context(bank, idx), examples.target[idx], examples.weight[idx])
-        w = float(examples.weight[idx].sum())
-        total, weight = total + float(loss) * w, weight + w
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        for idx in _batches(len(examples), batch_size, None):
+            _, loss = model(examples.rows.context(bank, idx), examples.target[idx], examples.weight[idx])
+            w = float(examples.weight[idx].sum())
+            total, weight = total + float(loss) * w, weight + w
     return total / max(weight, 1e-12)
 
 

@@ -48,6 +48,7 @@ from onevision.registry.model_registry import (
     scoped_tracking_uri,
     version_id,
 )
+from onevision.tracking import metric_key
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,6 @@ def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
     from onevision.tracking import tracking_uri
 
     return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
-
-
-def tag_safe(name: str) -> str:
-    """A metric or gate name as an MLflow tag key."""
-    from onevision.tracking import metric_key
-
-    return metric_key(name)
 
 
 # --------------------------------------------------------------------------- register
@@ -159,13 +153,13 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
 
     tags: dict[str, Any] = {}
     for r in report.results:
-        key = f"gate.{tag_safe(r.name)}"
+        key = f"gate.{metric_key(r.name)}"
         tags[f"{key}.passed"] = str(r.passed).lower()
         tags[f"{key}.value"] = "" if r.value is None else f"{r.value:.6g}"
         if r.threshold is not None:
             tags[f"{key}.threshold"] = f"{r.threshold:.6g}"
     metrics = candidate_metrics(inputs, cfg.registry.gates)
-    tags.update({f"metric.{tag_safe(k)}": f"{v:.6g}" for k, v in metrics.items()})
+    tags.update({f"metric.{metric_key(k)}": f"{v:.6g}" for k, v in metrics.items()})
     tags[METRICS_TAG] = json.dumps(metrics, sort_keys=True)
     tags["gates.passed"] = str(report.passed).lower()
     tags["gates.failed"] = ",".join(r.name for r in report.failed)

@@ -9,7 +9,8 @@ import pytest
 
 from onevision.config import Config, GatesConfig
 from onevision.registry.gates import GateInputs, candidate_metrics, collect_gate_inputs, evaluate_gates, lookup
-from onevision.registry.promotion import ReviewerNotAllowed, authorize_reviewer, tag_safe
+from onevision.registry.promotion import ReviewerNotAllowed, authorize_reviewer
+from onevision.tracking import metric_key
 
 GATES = GatesConfig()
 CANDIDATE = {"hr@10": 0.62, "ndcg@10": 0.45, "sim_orders_per_1k": 31.0, "latency_p95_ms": 20.0, "invalid_sid_rate": 0.0}
@@ -124,7 +125,7 @@ def test_inputs_from_a_project_root(tmp_path):
 def test_lookup_and_tag_names():
     assert lookup({"a": {"b": 1}, "hr@10": 2}, "a.b") == 1 and lookup({"hr@10": 2}, "hr@10") == 2
     assert lookup({"a": 1}, "a.b") is None and lookup(None, "x") is None
-    assert tag_safe("baseline.hr@10") == "baseline.hr_at_10"
+    assert metric_key("baseline.hr@10") == "baseline.hr_at_10"
 
 
 def test_only_listed_reviewers_may_decide():
