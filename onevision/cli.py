@@ -135,6 +135,30 @@ def stage_run(
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+@stage_app.command("dvc-deps")
+def stage_dvc_deps(
+    check: Annotated[bool, typer.Option("--check", help="Only compare: exit 1 when dvc.yaml's code deps are stale.")] = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """Rewrite the code deps of dvc.yaml from each stage's import closure (what it really runs)."""
+    from onevision.stagegraph import render_dvc_yaml
+
+    path = root / "dvc.yaml"
+    if not path.exists():
+        _fail(f"{path} not found; run from the project root or pass --root")
+    text = path.read_text()
+    new = render_dvc_yaml(text)
+    if new == text:
+        typer.echo(f"{path}: code deps are up to date")
+        return
+    if check:
+        _fail(f"{path}: code deps differ from the stages' imports; run `onevision stage dvc-deps` and commit", code=1)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+    typer.echo(f"{path}: code deps rewritten from the stages' imports")
+
+
 @stage_app.command("list")
 def stage_list() -> None:
     """List the pipeline stages in order."""
