@@ -165,6 +165,10 @@ class GenerativeModelConfig(Section):
     visual_grid: int = Field(
         0, ge=0, le=16, description="Average-pool the encoder's visual tokens to visual_grid x visual_grid cells first; 0: keep all (cost grows with tokens)."
     )
+    geometry: bool = Field(
+        True, description="Geometry-aware decoding: VRQ levels score the residual of the query's aligned embedding against their codebooks, the learned heads add corrections, a leaf head scores the beam's items (onevision.generative.geosearch); false: the purely learned decoder."
+    )
+    leaf_hidden: int = Field(32, ge=1, description="Hidden width of the leaf head's MLP over per-candidate features (onevision.generative.leaf).")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GenerativeModelConfig:
@@ -176,7 +180,11 @@ class GenerativeModelConfig(Section):
 class GenerativeDecodeConfig(Section):
     """Constrained beam search at evaluation and serving (onevision.generative.decode)."""
 
-    beam_width: int = Field(20, ge=1, description="Beams kept per level; the last level keeps the top k of all beams' continuations.")
+    beam_width: int = Field(20, ge=1, description="Beams kept per level; the last level keeps the top k of all beams' continuations (geometric decoding: the prefixes whose items the leaf head scores).")
+    learned_weights: list[float] = Field(
+        [0.0, 0.5, 1.0], min_length=1, description="Weights of the learned term tried on VAL after pretraining (geometric decoding); the one with the best VAL recall of the beam is kept (0: residual geometry alone, no decoder pass)."
+    )
+    max_leaves: int = Field(8, ge=1, description="Items expanded per kept prefix for the leaf head (geometric decoding).")
     batch_size: int = Field(256, ge=1, description="Queries decoded per forward pass.")
     probe_queries: int = Field(1000, ge=0, description="VAL queries every stage decodes for its HR@10 / simulated-orders probe (0: no probe).")
 
@@ -190,6 +198,8 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     catalog_views: bool = Field(True, description="Item (catalog) view -> its SID examples.")
     train_queries: bool = Field(True, description="TRAIN-split query photo -> its photographed item's SID examples.")
+    leaf_epochs: int = Field(20, ge=0, description="Epochs of the leaf head on TRAIN query photos -> the photographed item among the beam's items (anonymous; geometric decoding).")
+    leaf_lr: float = Field(1e-2, gt=0, description="AdamW learning rate of the leaf head.")
 
 
 class SFTConfig(Section):
@@ -205,6 +215,8 @@ class SFTConfig(Section):
         2.0, ge=0, description="Weight of replayed visual-prior examples (TRAIN query -> photographed item, with its user context); 0: none."
     )
     anonymize_prob: float = Field(0.15, ge=0, le=1, description="Context dropout: share of examples trained without user and history (anonymous serving).")
+    leaf_epochs: int = Field(20, ge=0, description="Epochs of the leaf head's position-debiased listwise loss over the logged impressions + the beam's items (geometric decoding).")
+    leaf_lr: float = Field(1e-2, gt=0, description="AdamW learning rate of the leaf head.")
     keep_best_epoch: bool = Field(
         True, description="Keep the weights of the epoch (0 = the stage's starting checkpoint) with the most simulated orders on the VAL probe: the stage never ships a model worse on VAL than its input."
     )

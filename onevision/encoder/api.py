@@ -107,6 +107,18 @@ class ImageEncoder:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
+    def embed_and_tokens(self, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Both :meth:`embed` and :meth:`visual_tokens` from one forward pass."""
+        self.net.eval()
+        embs, toks = [], []
+        for emb, fmap in self._batches(images, batch_size):
+            embs.append(emb.numpy())
+            toks.append(self.net.tokens(fmap).numpy())
+        if not embs:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, self.num_tokens, self.token_dim), np.float32)
+        return np.concatenate(embs).astype(np.float32), np.concatenate(toks).astype(np.float32)
+
+    @torch.inference_mode()
     def visual_tokens(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """uint8 images -> float32 (N, T, token_dim): pooled cells of the last feature map, row-major."""
         self.net.eval()

@@ -21,11 +21,20 @@ import pandas as pd
 import torch
 
 from onevision import paths
+from onevision.generative.leaf import LeafScorer
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 
 GENERATIVE_DIR = paths.MODELS / "generative"
 STAGE_NAMES = ("pretrain", "sft", "dpo")
-_FORMAT = 1
+_FORMAT = 2  # 2: geometric levels + leaf head
+
+
+def build_generator(cfg: GeneratorConfig) -> SIDGenerator:
+    """The network of ``cfg``, with its leaf head when it has one (``leaf_items > 0``)."""
+    model = SIDGenerator(cfg)
+    if cfg.leaf_items:
+        model.leaf = LeafScorer(cfg.leaf_items, cfg.geo_dim or cfg.embed_dim, cfg.leaf_categories, cfg.leaf_brands, cfg.n_users, cfg.leaf_hidden, cfg.leaf_views)
+    return model
 
 
 def checkpoint_dir(root: str | Path, stage: str) -> Path:
@@ -73,7 +82,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != _FORMAT:
         raise ValueError(f"checkpoint in {directory} has format {meta.get('format')}, this code reads {_FORMAT}")
-    model = SIDGenerator(GeneratorConfig(**meta["config"]))
+    model = build_generator(GeneratorConfig(**meta["config"]))
     model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
     history_path = directory / "user_history.parquet"

@@ -79,6 +79,12 @@ def beam_search(
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
+    if model.cfg.geo_levels and constrained:
+        from onevision.generative.geosearch import geometric_beam_search  # geosearch imports this module
+
+        widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
+        return geometric_beam_search(model, ctx, trie, beam_width=max(beam_width, k), k=k,
+                                     level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
     if pruning is not None and pruning.active:
         if not constrained:
             raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
@@ -152,6 +158,7 @@ def catalog_log_probs(model: SIDGenerator, ctx: Context, sids: torch.Tensor, chu
         for start in range(0, B, per):
             q = torch.arange(start, min(B, start + per))
             cross = model.cross_kv(memory[q])  # K/V once per query, shared by its N candidate SIDs
-            lp = model.sequence_log_prob(None, mask[q], sids.repeat(len(q), 1), cross)  # (q*N,)
+            query = None if ctx.image is None else ctx.image[q].float().repeat_interleave(N, 0)
+            lp = model.sequence_log_prob(None, mask[q], sids.repeat(len(q), 1), cross, query)  # (q*N,)
             out[q] = lp.view(len(q), N).float().cpu()
     return out

@@ -71,6 +71,18 @@ class GeneratorConfig:
     n_dec_layers: int = 2
     mlp_ratio: int = 4
     dropout: float = 0.1
+    # Geometry-aware decoding: the first geo_levels SID levels are VRQ residual levels whose codebooks
+    # (geo_dim wide) the model carries; their logits add the residual geometry of the query's aligned
+    # embedding to the learned term (see SIDGenerator.geo_logits). 0: a purely learned decoder.
+    geo_levels: int = 0
+    geo_dim: int = 0
+    geo_scale_init: float = 10.0
+    # The leaf head (onevision.generative.leaf) over the beam's items: catalog size, categories, brands; 0 items: none.
+    leaf_items: int = 0
+    leaf_categories: int = 0
+    leaf_brands: int = 0
+    leaf_hidden: int = 32
+    leaf_views: int = 1  # catalog views stored per item
 
     def __post_init__(self) -> None:
         self.codebook_sizes = tuple(int(v) for v in self.codebook_sizes)
@@ -79,6 +91,9 @@ class GeneratorConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         side = math.isqrt(self.n_visual_tokens)
+        if self.geo_levels and (self.geo_levels > len(self.codebook_sizes) or self.geo_dim < 1 or self.embed_dim != self.geo_dim):
+            raise ValueError(f"geo_levels={self.geo_levels} needs <= {len(self.codebook_sizes)} levels and embed_dim == geo_dim > 0 "
+                             f"(the query's aligned embedding), got embed_dim={self.embed_dim}, geo_dim={self.geo_dim}")
         if self.visual_grid and (side * side != self.n_visual_tokens or self.visual_grid > side):
             raise ValueError(f"visual_grid={self.visual_grid} needs a square token grid of at least that side, got {self.n_visual_tokens} tokens")
 
@@ -239,9 +254,19 @@ class SIDGenerator(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_dec_layers))
         self.dec_ln = nn.LayerNorm(C)
         self.heads = nn.ModuleList(nn.Linear(C, V) for V in cfg.codebook_sizes)
+        # ---- residual geometry of the VRQ levels: codebooks (sum V_l, D) at the code_emb offsets, a learnt scale per level
+        G = cfg.geo_levels
+        n_geo = int(sum(cfg.codebook_sizes[:G]))
+        self.register_buffer("codebooks", torch.zeros(n_geo, max(cfg.geo_dim, 1)))  # set by set_codebooks
+        self.geo_log_scale = nn.Parameter(torch.full((G,), math.log(cfg.geo_scale_init)))
+        # weight of the learned term in decoding, chosen on VAL after pretraining (0: the decoder is not run)
+        self.register_buffer("learned_weight", torch.ones(()))
+        self.leaf: nn.Module | None = None  # LeafScorer, attached by onevision.generative.checkpoint.build_generator
         self.apply(self._init_weights)
         for p in (self.visual_pos, self.dec_pos, self.bos):
             nn.init.normal_(p, std=0.02)
+        for head in self.heads[:G]:  # the learned term starts at 0: untrained = residual beam search over the SIDs
+            nn.init.zeros_(head.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -251,6 +276,41 @@ class SIDGenerator(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
+
+    # ------------------------------------------------------------------ geometry
+    def set_codebooks(self, codebooks: list) -> None:
+        """Copy the tokenizer's residual codebooks (level l: (K_l, D), K_l <= V_l; unused rows stay 0 and the trie never allows them)."""
+        G = self.cfg.geo_levels
+        if len(codebooks) < G:
+            raise ValueError(f"the model decodes {G} geometric levels, the tokenizer has {len(codebooks)} codebooks")
+        with torch.no_grad():
+            self.codebooks.zero_()
+            for level in range(G):
+                book = torch.as_tensor(codebooks[level], dtype=torch.float32)
+                start = int(self.offsets[level])
+                if book.shape[0] > self.cfg.codebook_sizes[level] or book.shape[1] != self.cfg.geo_dim:
+                    raise ValueError(f"codebook {level} is {tuple(book.shape)}, the model expects <= {self.cfg.codebook_sizes[level]} x {self.cfg.geo_dim}")
+                self.codebooks[start : start + book.shape[0]] = book
+
+    def codebook(self, level: int) -> torch.Tensor:
+        start = int(self.offsets[level])
+        return self.codebooks[start : start + self.cfg.codebook_sizes[level]]  # (V_l, D)
+
+    def geo_logits(self, resid: torch.Tensor, level: int) -> torch.Tensor:
+        """(N, D) residual of the query embedding before ``level`` -> (N, V_l) geometric logits.
+
+        ``scale_l * (||r||^2 - ||r - c_v||^2) = scale_l * (2 r.c_v - ||c_v||^2)``: how much code ``v`` shrinks the
+        residual. A beam's summed logits rank prefixes by the distance of the query to their reconstruction."""
+        book = self.codebook(level)
+        return self.geo_log_scale[level].exp() * (2 * resid @ book.T - (book * book).sum(-1))
+
+    def residuals(self, query: torch.Tensor, sids: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (N, D) query embeddings, (N, L) SIDs -> (N, G, D) residual before each geometric level."""
+        out, r = [], query
+        for level in range(self.cfg.geo_levels):
+            out.append(r)
+            r = r - self.codebook(level)[sids[:, level]]
+        return torch.stack(out, dim=1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -333,20 +393,32 @@ class SIDGenerator(nn.Module):
             x = block(x, cross_kv[i], mem_mask, None if caches is None else caches[i])
         return self.dec_ln(x)
 
-    def level_logits(self, h: torch.Tensor, level: int) -> torch.Tensor:
-        return self.heads[level](h)  # (..., V_level)
+    def level_logits(self, h: torch.Tensor | None, level: int, resid: torch.Tensor | None = None, learned_weight: float = 1.0) -> torch.Tensor:
+        """Logits of ``level``: the learned head on decoder state ``h`` (N, C), plus on geometric levels the
+        residual geometry of ``resid`` (N, D). ``learned_weight`` scales the learned term (0: geometry alone,
+        then ``h`` may be None and no decoder runs)."""
+        geo = level < self.cfg.geo_levels
+        if not geo:
+            return self.heads[level](h)  # (N, V_level)
+        out = self.geo_logits(resid, level)
+        if learned_weight and h is not None:
+            out = out + learned_weight * self.heads[level](h)
+        return out
 
-    def logits_for(self, memory, mem_mask, sids, cross=None) -> list[torch.Tensor]:
+    def logits_for(self, memory, mem_mask, sids, cross=None, query=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of L tensors (N, V_l); memory rows align with sids rows.
 
-        ``cross``: precomputed ``cross_kv`` rows (then ``memory`` is not read)."""
+        ``cross``: precomputed ``cross_kv`` rows (then ``memory`` is not read); ``query`` (N, D): the
+        aligned query embeddings that geometric levels read."""
         cross = self.cross_kv(memory) if cross is None else cross
         h = self.decode(self.decoder_inputs(sids), cross, mem_mask)  # (N, L, C)
-        return [self.level_logits(h[:, level], level) for level in range(self.cfg.n_levels)]
+        resid = self.residuals(query, sids) if self.cfg.geo_levels else None  # (N, G, D)
+        return [self.level_logits(h[:, level], level, None if resid is None or level >= self.cfg.geo_levels else resid[:, level])
+                for level in range(self.cfg.n_levels)]
 
-    def sequence_log_prob(self, memory, mem_mask, sids, cross=None) -> torch.Tensor:
+    def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None) -> torch.Tensor:
         """log p(sid | context) = sum over levels of log p(code_l | context, code_<l) -> (N,)."""
-        logits = self.logits_for(memory, mem_mask, sids, cross)
+        logits = self.logits_for(memory, mem_mask, sids, cross, query)
         return sum(F.log_softmax(lg, dim=-1).gather(1, sids[:, lvl : lvl + 1]).squeeze(1) for lvl, lg in enumerate(logits))
 
     def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None):
@@ -359,9 +431,9 @@ class SIDGenerator(nn.Module):
             memory, mask = self.encode(ctx)
             n = memory.shape[0]
             h = self.decode(self.step_input(0, None, n), self.cross_kv(memory), mask)  # (B, 1, C)
-            return [self.level_logits(h[:, 0], 0)], None
+            return [self.level_logits(h[:, 0], 0, ctx.image)], None
         memory, mask = self.encode(ctx)
-        logits = self.logits_for(memory, mask, targets)
+        logits = self.logits_for(memory, mask, targets, query=ctx.image)
         nll = sum(F.cross_entropy(lg, targets[:, lvl], reduction="none") for lvl, lg in enumerate(logits))  # (B,)
         if weights is None:
             return logits, nll.mean()

@@ -87,8 +87,16 @@ class OneVisionRetriever:
 
     def context(self, images: np.ndarray, user_ids: np.ndarray) -> Context:
         """Encode images and look up users -> the model's context (Q rows)."""
-        visual = torch.from_numpy(self.encoder.visual_tokens(images))  # (Q, T, D)
-        image = torch.from_numpy(self.encoder.embed(images)) if self.model.cfg.embed_dim > 0 else None  # (Q, E)
+        cfg = self.model.cfg
+        if cfg.geo_levels and float(self.model.learned_weight) == 0.0:
+            # geometric decoding without the learned term reads only the aligned embedding: no visual tokens needed
+            image = torch.from_numpy(self.encoder.embed(images))
+            visual = torch.zeros(len(image), cfg.n_visual_tokens, cfg.token_dim)
+        elif cfg.embed_dim > 0:
+            emb, tokens = self.encoder.embed_and_tokens(images)
+            image, visual = torch.from_numpy(emb), torch.from_numpy(tokens)  # (Q, E), (Q, T, D)
+        else:
+            image, visual = None, torch.from_numpy(self.encoder.visual_tokens(images))
         rows = torch.from_numpy(self.checkpoint.user_rows(np.asarray(user_ids, dtype=np.int64).reshape(-1)))  # (Q,)
         return Context(visual, image, rows, self.history[rows], self.action[rows])
 

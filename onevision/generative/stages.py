@@ -32,7 +32,7 @@ import torch
 
 from onevision import paths
 from onevision.config import Config
-from onevision.generative.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from onevision.generative.checkpoint import build_generator, checkpoint_dir, load_checkpoint, save_checkpoint
 from onevision.generative.data import (
     anonymous_examples,
     context_rows,
@@ -44,6 +44,8 @@ from onevision.generative.data import (
     target_examples,
 )
 from onevision.generative.decode import beam_search, catalog_log_probs
+from onevision.generative.geosearch import geometric_beam_search
+from onevision.generative.leaf_train import build_leaf_examples, fit_leaf, fit_leaf_dpo, list_kl, preference_accuracy, set_feature_scale
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 from onevision.generative.train import (
     ContextRows,
@@ -365,9 +367,26 @@ def _finish(root: Path, stage: str, cfg: Config, model: SIDGenerator, data: Gene
 # --------------------------------------------------------------------------- stages
 
 
-def build_model(cfg: Config, data: GenerativeData) -> SIDGenerator:
+def build_model(cfg: Config, data: GenerativeData, root: Path | None = None) -> SIDGenerator:
+    """A fresh generator for ``data``; geometric (VRQ codebooks + leaf head over the item store) when
+    ``generative.model.geometry`` is on and ``root`` has the tokenizer and the item embeddings."""
+    from onevision.encoder.api import ITEM_EMBEDDINGS, VIEW_EMBEDDINGS, load_item_embeddings, load_view_embeddings
+    from onevision.vrq.api import VRQ_DIR, VRQTokenizer
+
     m = cfg.generative.model
-    return SIDGenerator(
+    geo: dict[str, Any] = {}
+    tok = emb = views = None
+    if m.geometry and root is not None and data.embed_dim and (Path(root) / VRQ_DIR).exists() and (Path(root) / ITEM_EMBEDDINGS).exists():
+        tok = VRQTokenizer.load(Path(root) / VRQ_DIR)
+        if tok.dim == data.embed_dim and tok.num_levels < data.trie.n_levels:
+            emb = load_item_embeddings(root)
+            if (Path(root) / VIEW_EMBEDDINGS).exists():
+                v = load_view_embeddings(root)
+                views = (v["item_ids"][v["kind"] == 0], v["embeddings"][v["kind"] == 0])
+            n_views = int(np.unique(views[0], return_counts=True)[1].max()) if views is not None and len(views[0]) else 1
+            geo = {"leaf_views": n_views, "geo_levels": tok.num_levels, "geo_dim": tok.dim, "leaf_items": len(emb[0]), "leaf_hidden": m.leaf_hidden,
+                   "leaf_categories": int(data.items["category"].max()) + 1, "leaf_brands": int(data.items["brand"].nunique())}
+    model = build_generator(
         GeneratorConfig(
             codebook_sizes=data.trie.codebook_sizes,
             token_dim=data.token_dim,
@@ -382,7 +401,54 @@ def build_model(cfg: Config, data: GenerativeData) -> SIDGenerator:
             n_dec_layers=m.n_dec_layers,
             mlp_ratio=m.mlp_ratio,
             dropout=m.dropout,
+            **geo,
         )
+    )
+    if geo:
+        model.set_codebooks(tok.codebooks)
+        train_imp = data.impressions[data.impressions["query_id"].isin(data.train.frame["query_id"])]
+        model.leaf.fill(data.items, emb[0], emb[1], train_imp, data.events)
+        if views is not None:
+            model.leaf.fill_views(*views)
+    return model
+
+
+def _user_rows(data: GenerativeData, user_ids: np.ndarray) -> np.ndarray:
+    pos = np.clip(np.searchsorted(data.user_ids, user_ids), 0, max(len(data.user_ids) - 1, 0))
+    return np.where(data.user_ids[pos] == user_ids, pos + 1, 0)
+
+
+def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config) -> dict[str, Any]:
+    """Pick the learned term's weight with the best VAL recall of the beam (anonymous; ties: the smaller weight)."""
+    W = cfg.generative.decode.beam_width
+    val = data.val
+    rows = ContextRows.anonymous(val.rows.image_idx, val.rows.history.shape[1], data.trie.n_levels)
+    target = val.frame["item_id"].to_numpy(np.int64)
+    recall = {}
+    for lam in cfg.generative.decode.learned_weights:
+        hits = []
+        for start in range(0, len(rows), cfg.generative.decode.batch_size):
+            idx = torch.arange(start, min(len(rows), start + cfg.generative.decode.batch_size))
+            res = geometric_beam_search(model, rows.context(data.bank, idx), data.trie, beam_width=W, k=W, learned_weight=lam, use_leaf=False)
+            hits.append((res.item_ids.numpy() == target[idx.numpy(), None]).any(1))
+        recall[float(lam)] = float(np.concatenate(hits).mean()) if hits else 0.0
+    best = max(recall, key=lambda lam: (recall[lam], -lam))
+    model.learned_weight.fill_(best)
+    log.info("learned-term weight %.2f (VAL recall@%d of the beam by weight: %s)", best, W, recall)
+    return {"learned_weight": best, "val_beam_recall": {f"w{lam:g}": round(r, 5) for lam, r in recall.items()}}
+
+
+def leaf_lists(model: SIDGenerator, data: GenerativeData, cfg: Config, qs: QuerySet, events: pd.DataFrame | None, *, personal: bool,
+               exclude_own: bool = False, anonymize_prob: float = 0.0, seed: int = 0):
+    """The leaf head's training lists for a query set: the beam's items + the photographed item (+ the logged
+    impressions and their clicks/orders when ``personal``)."""
+    s, d = cfg.generative.sft, cfg.generative.dpo
+    imp = data.impressions[data.impressions["query_id"].isin(qs.frame["query_id"])] if personal else None
+    return build_leaf_examples(
+        model, data.bank, qs.rows, qs.frame, data.trie, impressions=imp, events=events if personal else None,
+        beam_width=cfg.generative.decode.beam_width, exact_weight=s.replay_weight if personal else 1.0,
+        click_weight=s.click_weight, order_weight=s.order_weight, skip_positions=d.skip_positions, anonymous=not personal,
+        exclude_own=exclude_own, anonymize_prob=anonymize_prob, pair_types=tuple(d.pairs), seed=seed,
     )
 
 
@@ -401,10 +467,22 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
         raise ValueError("generative.pretrain needs catalog_views or train_queries (both are off)")
     examples = SIDExamples.concat(parts)
     val = anonymous_examples(data.val.rows.image_idx.numpy(), data.val.frame["item_id"].to_numpy(), data.trie, H)
-    model = build_model(cfg, data)
+    model = build_model(cfg, data, root)
     t1 = time.perf_counter()
     history = train_sid_model(model, data.bank, examples, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=cfg.seed, val=val)
+    geo: dict[str, Any] = {}
+    if model.cfg.geo_levels:
+        geo = choose_learned_weight(model, data, cfg)
+        t2 = time.perf_counter()
+        lists = leaf_lists(model, data, cfg, data.train, None, personal=False)
+        set_feature_scale(model.leaf, lists)
+        leaf_history = fit_leaf(model.leaf, lists, epochs=p.leaf_epochs, lr=p.leaf_lr, seed=cfg.seed, val=leaf_lists(model, data, cfg, data.val, None, personal=False))
+        geo["leaf_seconds"] = round(time.perf_counter() - t2, 2)
+        if leaf_history:
+            geo["leaf_loss"] = round(leaf_history[-1]["loss"], 5)
+            geo["leaf_val_loss"] = round(leaf_history[-1].get("val_loss", float("nan")), 5)
     metrics = {
+        **geo,
         "n_examples": len(examples),
         "n_parameters": model.num_parameters(),
         "sid_levels": data.trie.n_levels,
@@ -427,6 +505,8 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
     model = load_checkpoint(checkpoint_dir(root, "pretrain")).model
     if model.cfg.n_users != len(data.user_ids):
         raise ValueError(f"pretrain checkpoint has {model.cfg.n_users} user rows, the users table {len(data.user_ids)}: rerun pretrain")
+    if model.cfg.geo_levels:
+        return _sft_leaf(cfg, root, data, model, t0)
     train_ids, val_ids = data.train.frame["query_id"].to_numpy(), data.val.frame["query_id"].to_numpy()
     parts = [personalised_examples(data.train.rows, train_ids, data.events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)]
     if s.replay_weight > 0:  # the photographed item, now with its user's context
@@ -455,6 +535,78 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
     return metrics
 
 
+def _fill_users(model: SIDGenerator, data: GenerativeData) -> None:
+    ev = data.events
+    model.leaf.fill_users(_user_rows(data, ev["user_id"].to_numpy(np.int64)), ev["item_id"].to_numpy(np.int64), ev["action"].to_numpy(np.int64))
+
+
+def _val_events(root: Path, data: GenerativeData) -> pd.DataFrame:
+    return interaction_events(pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet"), data.val.frame)
+
+
+def _sft_leaf(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator, t0: float) -> dict[str, Any]:
+    """Geometric SFT: the user representation from the TRAIN logs, then the leaf head's position-debiased
+    listwise loss over the logged impressions + the beam's items (the decoder stays as pretrained)."""
+    s, H = cfg.generative.sft, cfg.generative.model.history_len
+    _fill_users(model, data)
+    t1 = time.perf_counter()
+    train = leaf_lists(model, data, cfg, data.train, data.events, personal=True, exclude_own=True, anonymize_prob=s.anonymize_prob, seed=cfg.seed)
+    val = leaf_lists(model, data, cfg, data.val, _val_events(root, data), personal=True)
+    set_feature_scale(model.leaf, train)  # the user features, constant (0) while pretraining
+    keeper = BestEpoch(model, data, cfg, s.keep_best_epoch, served_anonymously=True)
+    history = fit_leaf(model.leaf, train, epochs=s.leaf_epochs, lr=s.leaf_lr, seed=cfg.seed, val=val, on_epoch=keeper)
+    kept = keeper.restore()
+    metrics = {
+        **kept,
+        "n_lists": len(train),
+        "n_list_items": int((train.cand >= 0).sum()),
+        "train_loss": round(history[-1]["loss"], 5) if history else float("nan"),
+        "val_loss": round(history[-1].get("val_loss", float("nan")), 5) if history else float("nan"),
+        "history": by_epoch(history),
+        "train_seconds": round(time.perf_counter() - t1, 2),
+    }
+    metrics = _finish(root, "sft", cfg, model, data, history, metrics, latest_history(data.events, H), ["loss", "val_loss"])
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics
+
+
+def _dpo_leaf(cfg: Config, root: Path, data: GenerativeData, ckpt, t0: float) -> dict[str, Any]:
+    """Geometric DPO: the leaf head against the frozen SFT head on logged preference pairs over the model's own lists."""
+    d = cfg.generative.dpo
+    policy = ckpt.model
+    reference = copy.deepcopy(policy.leaf).eval()
+    train = leaf_lists(policy, data, cfg, data.train, data.events, personal=True, exclude_own=True, seed=cfg.seed)
+    val = leaf_lists(policy, data, cfg, data.val, _val_events(root, data), personal=True)
+    if not len(train.pairs):
+        raise ValueError("no preference pairs in the TRAIN logs; check generative.dpo.pairs and the interactions table")
+    t1 = time.perf_counter()
+    keeper = BestEpoch(policy, data, cfg, d.keep_best_epoch)
+    history = train_history = fit_leaf_dpo(
+        policy.leaf, reference, train, beta=d.beta, epochs=d.epochs, lr=d.lr, sft_weight=d.sft_weight, batch_size=d.batch_size,
+        seed=cfg.seed, val=val, on_epoch=keeper,
+    )
+    kept = keeper.restore()
+    val_metrics = {"preference_accuracy": preference_accuracy(policy.leaf, val), "reference_preference_accuracy": preference_accuracy(reference, val),
+                   "list_kl_to_reference": list_kl(policy.leaf, reference, val)}
+    metrics = {
+        **kept,
+        "n_pairs": len(train.pairs),
+        "n_val_pairs": len(val.pairs),
+        "beta": d.beta,
+        "train_loss": round(train_history[-1]["loss"], 5),
+        "train_preference_accuracy": round(train_history[-1]["preference_accuracy"], 5),
+        "preference_accuracy": round(val_metrics["preference_accuracy"], 5),
+        "catalog_kl_to_reference": round(val_metrics["list_kl_to_reference"], 5),
+        "history": by_epoch(history),
+        "train_seconds": round(time.perf_counter() - t1, 2),
+        "val": val_metrics,
+    }
+    keys = ["loss", "preference_accuracy", "val_preference_accuracy"]
+    metrics = _finish(root, "dpo", cfg, policy, data, history, metrics, ckpt.user_history, keys)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics
+
+
 def catalog_kl(policy: SIDGenerator, reference: SIDGenerator, data: GenerativeData, n_queries: int) -> float:
     """Exact KL(pi || pi_ref) over the catalog (both renormalised over existing SIDs) on VAL contexts."""
     n = min(n_queries, len(data.val))
@@ -473,6 +625,8 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
     d = cfg.generative.dpo
     data = load_generative_data(cfg, root, catalog_views=False)
     ckpt = load_checkpoint(checkpoint_dir(root, "sft"))
+    if ckpt.model.cfg.geo_levels:
+        return _dpo_leaf(cfg, root, data, ckpt, t0)
     policy, reference = ckpt.model, load_checkpoint(checkpoint_dir(root, "sft")).model
     interactions = pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet")
     val_events = interaction_events(interactions, data.val.frame)

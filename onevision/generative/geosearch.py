@@ -1,0 +1,145 @@
+"""Geometry-aware constrained beam search: residual search over the VRQ levels, learned corrections on top,
+the leaf head over the beam's items.
+
+For a model with ``geo_levels = G`` (onevision.generative.model) the search is
+
+1. **levels 0 .. G-1** (the tokenizer's residual levels): each beam carries the
+   residual ``r`` of the query's aligned embedding after its prefix's codes; the
+   level's logits are the geometric term ``scale_l (2 r.c - ||c||^2)`` plus
+   ``learned_weight`` x the decoder head (skipped, decoder and all, when the
+   weight is 0). Codes that continue no catalog SID are masked (the trie), the
+   top ``beam_width`` prefixes survive, ``r`` moves on by the chosen code.
+2. **the remaining levels** (disambiguation) are not decoded step by step: the
+   items under each kept prefix are contiguous leaves of the trie, so they are
+   expanded at once (at most ``max_leaves`` per prefix) - no forced
+   single-child steps.
+3. **the leaf head** (onevision.generative.leaf), when the model has one, scores
+   those candidates with the per-item store and the user's history; without
+   one, the prefix's beam score ranks them.
+
+Nothing is proportional to the catalog: per query the work is
+``G x beam_width x V_l`` for the levels and ``beam_width x max_leaves`` for the
+leaves. Every returned item is a catalog leaf, so the invalid-SID rate is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onevision.generative.decode import BeamSearchResult
+from onevision.generative.model import Context, SIDGenerator, eval_mode
+from onevision.generative.trie import SIDTrie
+
+MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rare and dropped)
+
+
+@torch.inference_mode()
+def geometric_beam_search(
+    model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
+    learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None,
+) -> BeamSearchResult:
+    """Top-``k`` items per query (see the module docstring). ``learned_weight`` None: the model's own
+    (chosen on VAL); ``use_leaf`` False: rank by the beam score alone (an ablation); ``level_widths``: beams
+    kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items."""
+    with eval_mode(model):
+        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths)
+
+
+def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths) -> BeamSearchResult:
+    cfg = model.cfg
+    G, L = cfg.geo_levels, cfg.n_levels
+    lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
+    query = ctx.image.float()  # (B, D) aligned embedding
+    B = query.shape[0]
+    learned = lam != 0.0
+    if learned:
+        memory, mem_mask = model.encode(ctx)
+        cross = model.cross_kv(memory)
+        caches: list[dict] = [{} for _ in model.decoder]
+    width = 1
+    beam = torch.zeros(B, 1)
+    nodes = torch.zeros(B, 1, dtype=torch.long)
+    resid = query.unsqueeze(1)  # (B, 1, D)
+    prev = None
+    for level in range(G):
+        V = cfg.codebook_sizes[level]
+        h = None
+        if learned:
+            x = model.step_input(level, prev, B * width)
+            h = model.decode(x, cross, mem_mask, caches)[:, 0]
+        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0))
+        logp = logp.masked_fill(~allowed, float("-inf"))
+        cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
+        keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
+        keep = min(keep, width * V)
+        beam, idx = cand.topk(keep, dim=-1)
+        parent, code = idx // V, idx % V
+        nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
+        resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
+        if learned and level < G - 1:
+            rows = (torch.arange(B).unsqueeze(1) * width + parent).reshape(-1)
+            for cache in caches:
+                cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
+        width, prev = keep, code.reshape(-1)
+    dead = ~torch.isfinite(beam)  # (B, W) masked prefixes that filled the top-k
+    nodes = nodes.masked_fill(dead, -1)
+    # expand the leaves under each kept prefix: a contiguous run of sorted trie rows
+    start = trie.leaf_start[G][nodes.clamp(min=0)]  # (B, W)
+    count = torch.where(nodes >= 0, trie.leaf_count[G][nodes.clamp(min=0)], torch.zeros_like(nodes)).clamp(max=max_leaves)
+    m = torch.arange(max_leaves)
+    leaves = (start.unsqueeze(-1) + m).reshape(B, -1)  # (B, W*ml)
+    ok = (m < count.unsqueeze(-1)).reshape(B, -1)
+    prefix = beam.unsqueeze(-1).expand(-1, -1, max_leaves).reshape(B, -1)
+    # compact: real leaves first (stable, so beam order is kept), the width cut to the fullest query's count
+    order = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, : max(int(ok.sum(1).max()), 1)]
+    leaves, ok, prefix = leaves.gather(1, order), ok.gather(1, order), prefix.gather(1, order)
+    leaves = leaves.masked_fill(~ok, -1)
+    prefix = prefix.masked_fill(~ok, float("-inf"))
+    items = torch.where(ok, trie.leaf_item[leaves.clamp(min=0)], torch.full_like(leaves, -1))
+    leaf = model.leaf if use_leaf else None
+    if leaf is not None:
+        users = ctx.user if ctx.user is not None else torch.zeros(B, dtype=torch.long)
+        score = leaf(query, leaf.rows(items), prefix.masked_fill(~ok, 0.0), leaf.profile(users))
+        score = score.masked_fill(~ok, float("-inf"))
+    else:
+        score = prefix
+    n = min(k, score.shape[1])
+    top, pos = score.topk(n, dim=1)
+    chosen = leaves.gather(1, pos)
+    out_items = items.gather(1, pos)
+    finite = torch.isfinite(top)
+    out_items = out_items.masked_fill(~finite, -1)
+    sids = trie.sids[chosen.clamp(min=0)].masked_fill(~finite.unsqueeze(-1), -1)
+    if n < k:
+        pad = k - n
+        sids = torch.cat([sids, sids.new_full((B, pad, L), -1)], dim=1)
+        top = torch.cat([top, top.new_full((B, pad), float("-inf"))], dim=1)
+        out_items = torch.cat([out_items, out_items.new_full((B, pad), -1)], dim=1)
+    return BeamSearchResult(sids=sids, scores=top, item_ids=out_items)
+
+
+def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None) -> torch.Tensor:
+    """Beam score of given items' prefixes: ctx (B rows), sids (B, M, L) (-1 rows pad) -> (B, M) summed
+    log-probabilities over the geometric levels (-inf for pads), the value beam search gives them."""
+    cfg = model.cfg
+    G = cfg.geo_levels
+    lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
+    B, M, L = sids.shape
+    valid = (sids >= 0).all(-1)
+    flat = sids.clamp(min=0).reshape(B * M, L)
+    query = ctx.image.float().repeat_interleave(M, 0)
+    resid = model.residuals(query, flat)  # (BM, G, D)
+    h = None
+    with torch.no_grad(), eval_mode(model):
+        if lam != 0.0:
+            memory, mask = model.encode(ctx)
+            cross = [(k_.repeat_interleave(M, 0), v_.repeat_interleave(M, 0)) for k_, v_ in model.cross_kv(memory)]
+            h = model.decode(model.decoder_inputs(flat), cross, mask.repeat_interleave(M, 0))
+        total = torch.zeros(B * M)
+        for level in range(G):
+            logits = model.level_logits(None if h is None else h[:, level], level, resid[:, level], lam)
+            total += F.log_softmax(logits.float(), -1).gather(1, flat[:, level : level + 1]).squeeze(1)
+    return total.view(B, M).masked_fill(~valid, float("-inf"))
