@@ -226,10 +226,10 @@ class DPOConfig(Section):
     """Stage `dpo`: Direct Preference Optimization (arXiv 2305.18290) against the frozen SFT model."""
 
     beta: float = Field(0.1, gt=0, description="DPO β: inverse strength of the KL anchor to the reference (higher: stay closer).")
-    pairs: list[Literal["order>click", "order>skip", "click>skip"]] = Field(
+    pairs: list[Literal["order>click", "order>skip", "click>skip", "photo>above"]] = Field(
         ["order>click", "order>skip", "click>skip"],
         min_length=1,
-        description="Pair types from the logs: ordered > clicked-only > shown-but-skipped.",
+        description="Pair types: from the logs, ordered > clicked-only > shown-but-skipped; photo>above (geometric decoding, on-policy): the photographed item > each item the SFT head ranks above it.",
     )
     skip_positions: int = Field(10, ge=1, description="Only items shown above this position count as skipped (they were likely seen).")
     max_pairs_per_query: int = Field(8, ge=1, description="Pairs sampled (seeded) per TRAIN query, at most.")

@@ -241,23 +241,31 @@ def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, show
     return SystemRun(system.name, metrics, per_query, ranked)
 
 
+# Each alignment stage against the one before it (same queries): does SFT add to pretraining, DPO to SFT?
+STAGE_PAIRS = (("onevision_sft", "onevision_pretrain"), ("onevision", "onevision_sft"))
+
+
+def _paired(run: SystemRun, base: SystemRun, prefix: str, ecfg: EvaluateConfig, seed: int) -> None:
+    for key in (k for k in ("hr@10", "mrr", "sim_orders") if k in base.per_query):
+        scale = 1e3 if key.startswith("sim_") else 1.0
+        name = f"{key}_per_1k" if key.startswith("sim_") else key
+        delta, lo, hi = paired_delta_ci(run.per_query[key], base.per_query[key], n_resamples=ecfg.bootstrap, level=ecfg.ci_level, seed=seed)
+        run.metrics[f"{prefix}_{name}_delta"] = delta * scale
+        run.metrics[f"{prefix}_{name}_delta_ci_lo"] = lo * scale
+        run.metrics[f"{prefix}_{name}_delta_ci_hi"] = hi * scale
+
+
 def compare_with_baseline(runs: list[SystemRun], baseline: str, ecfg: EvaluateConfig, seed: int = 0) -> None:
-    """Add paired bootstrap deltas (system - baseline, same queries) of HR@10, MRR and simulated orders."""
-    base = next((r for r in runs if r.name == baseline), None)
-    if base is None:
-        return
-    keys = [k for k in ("hr@10", "mrr", "sim_orders") if k in base.per_query]
+    """Add paired bootstrap deltas (system - baseline, same queries) of HR@10, MRR and simulated orders, and
+    each stage's gain over the stage before it (``stage_gain_*``, :data:`STAGE_PAIRS`)."""
+    by_name = {r.name: r for r in runs}
+    base = by_name.get(baseline)
     for run in runs:
-        if run is base:
-            continue
-        for key in keys:
-            scale = 1e3 if key.startswith("sim_") else 1.0
-            name = f"{key}_per_1k" if key.startswith("sim_") else key
-            delta, lo, hi = paired_delta_ci(run.per_query[key], base.per_query[key], n_resamples=ecfg.bootstrap,
-                                            level=ecfg.ci_level, seed=seed)
-            run.metrics[f"vs_{baseline}_{name}_delta"] = delta * scale
-            run.metrics[f"vs_{baseline}_{name}_delta_ci_lo"] = lo * scale
-            run.metrics[f"vs_{baseline}_{name}_delta_ci_hi"] = hi * scale
+        if base is not None and run is not base:
+            _paired(run, base, f"vs_{baseline}", ecfg, seed)
+    for later, earlier in STAGE_PAIRS:
+        if later in by_name and earlier in by_name:
+            _paired(by_name[later], by_name[earlier], "stage_gain", ecfg, seed)
 
 
 def evaluate_systems(systems: list[Retriever], test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,

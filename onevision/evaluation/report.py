@@ -73,6 +73,13 @@ def markdown_report(results: dict[str, dict[str, Any]], ks: list[int], facts: di
                                         "d_ci_hi": m.get(f"vs_{base}_{key}_delta_ci_hi")}, "d", digits)
                                    for key, digits in (("hr@10", 3), ("mrr", 3), ("sim_orders_per_1k", 1))])
             lines += _table(["system", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
+        gains = [n for n in names if "stage_gain_sim_orders_per_1k_delta" in results[n]]
+        if gains:
+            lines += ["Each alignment stage against the one before it (onevision_sft - onevision_pretrain, onevision - onevision_sft; paired):", ""]
+            rows = [[n] + [_ci({"d": results[n].get(f"stage_gain_{key}_delta"), "d_ci_lo": results[n].get(f"stage_gain_{key}_delta_ci_lo"),
+                                "d_ci_hi": results[n].get(f"stage_gain_{key}_delta_ci_hi")}, "d", digits)
+                           for key, digits in (("hr@10", 3), ("mrr", 3), ("sim_orders_per_1k", 1))] for n in gains]
+            lines += _table(["stage", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
 
     if any("latency_p50_ms" in results[n] for n in names):
         lines += ["## Cost", "", "Batch-1 latency after warm-up (ms), throughput in batches, peak memory of one batch call.", ""]

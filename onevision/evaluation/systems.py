@@ -184,4 +184,11 @@ def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
     pruning = load_pruning(ctx.root)
     if pruning is not None and stages[0] == "dpo":
         systems.insert(1, systems[0].with_pruning(pruning, name="onevision_pruned"))
+    final = systems[0]
+    if final.model.cfg.geo_levels:  # ablations of the geometric decoder: prior only, learned only, both (no leaf head)
+        systems += [
+            final.with_options("onevision_prior_only", learned_weight=0.0, use_leaf=False),
+            final.with_options("onevision_learned_only", geo_weight=0.0, use_leaf=False),
+            final.with_options("onevision_prior_learned", learned_weight=1.0, use_leaf=False),
+        ]
     return systems

@@ -37,22 +37,25 @@ MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rar
 @torch.inference_mode()
 def geometric_beam_search(
     model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
-    learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None,
+    learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None, geo_weight: float = 1.0,
 ) -> BeamSearchResult:
     """Top-``k`` items per query (see the module docstring). ``learned_weight`` None: the model's own
     (chosen on VAL); ``use_leaf`` False: rank by the beam score alone (an ablation); ``level_widths``: beams
-    kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items."""
+    kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items; ``geo_weight``
+    0: the learned term alone (an ablation)."""
     with eval_mode(model):
-        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths)
+        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight)
 
 
-def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths) -> BeamSearchResult:
+def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight) -> BeamSearchResult:
     cfg = model.cfg
     G, L = cfg.geo_levels, cfg.n_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
     query = ctx.image.float()  # (B, D) aligned embedding
     B = query.shape[0]
-    learned = lam != 0.0
+    learned = lam != 0.0 or geo_weight == 0.0
+    if geo_weight == 0.0 and lam == 0.0:
+        lam = 1.0
     if learned:
         memory, mem_mask = model.encode(ctx)
         cross = model.cross_kv(memory)
@@ -68,7 +71,7 @@ def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_lea
         if learned:
             x = model.step_input(level, prev, B * width)
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
-        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam)
+        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam, geo_weight)
         logp = F.log_softmax(logits.float(), dim=-1)
         allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0))
         logp = logp.masked_fill(~allowed, float("-inf"))

@@ -65,7 +65,7 @@ def build_leaf_examples(
     model: SIDGenerator, bank: ImageBank, rows: ContextRows, frame: pd.DataFrame, trie: SIDTrie, *,
     impressions: pd.DataFrame | None, events: pd.DataFrame | None, beam_width: int, exact_weight: float,
     click_weight: float, order_weight: float, skip_positions: int = 10, anonymous: bool = False, exclude_own: bool = False,
-    anonymize_prob: float = 0.0, pair_types: tuple[str, ...] = ("order>click", "order>skip", "click>skip"), seed: int = 0,
+    anonymize_prob: float = 0.0, pair_types: tuple[str, ...] = ("order>click", "order>skip", "click>skip"), photo_pairs: int = 3, seed: int = 0,
     batch_size: int = 512,
 ) -> LeafExamples:
     """Candidate lists with features and targets for the queries of ``frame`` (query_id, item_id) whose contexts are ``rows``.
@@ -146,6 +146,14 @@ def build_leaf_examples(
         feats.append(f)
         tgts.append(tgt)
         cands.append(cand)
+        if "photo>above" in pair_types:  # on-policy: the head's own mistakes above the photographed item are rejected
+            with torch.no_grad():
+                s = leaf.score(f).masked_fill(cand < 0, float("-inf"))  # (b, M)
+            for j, e in enumerate(idx.tolist()):
+                t_pos = int((item_mat[j] == int(targets[e])).nonzero()[0, 0])
+                above = torch.nonzero(s[j] > s[j, t_pos]).flatten()
+                above = above[torch.argsort(s[j, above], descending=True)][:photo_pairs]
+                pairs += [(offset + j, t_pos, int(m)) for m in above.tolist()]
         for j, e in enumerate(idx.tolist()):
             q, t = int(qids[e]), int(targets[e])
             acts = acted.get(q, {})

@@ -393,14 +393,15 @@ class SIDGenerator(nn.Module):
             x = block(x, cross_kv[i], mem_mask, None if caches is None else caches[i])
         return self.dec_ln(x)
 
-    def level_logits(self, h: torch.Tensor | None, level: int, resid: torch.Tensor | None = None, learned_weight: float = 1.0) -> torch.Tensor:
+    def level_logits(self, h: torch.Tensor | None, level: int, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
+                     geo_weight: float = 1.0) -> torch.Tensor:
         """Logits of ``level``: the learned head on decoder state ``h`` (N, C), plus on geometric levels the
         residual geometry of ``resid`` (N, D). ``learned_weight`` scales the learned term (0: geometry alone,
-        then ``h`` may be None and no decoder runs)."""
+        then ``h`` may be None and no decoder runs); ``geo_weight`` the geometry (0: the learned term alone, an ablation)."""
         geo = level < self.cfg.geo_levels
         if not geo:
             return self.heads[level](h)  # (N, V_level)
-        out = self.geo_logits(resid, level)
+        out = geo_weight * self.geo_logits(resid, level)
         if learned_weight and h is not None:
             out = out + learned_weight * self.heads[level](h)
         return out

@@ -22,6 +22,7 @@ import torch
 from onevision.generative.checkpoint import Checkpoint, checkpoint_dir, load_checkpoint
 from onevision.generative.data import history_table
 from onevision.generative.decode import beam_search
+from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context
 from onevision.generative.pruning import PruningConfig
 from onevision.generative.trie import SIDTrie
@@ -36,6 +37,7 @@ class OneVisionRetriever:
         self.name = name
         self.pruning = pruning
         self._generated = self._invalid = 0  # SIDs retrieve() generated, and those naming no item (evaluation_metrics)
+        self.search_options: dict = {}  # geometric-search options of an ablation row (with_options)
         self.encoder = encoder
         self.model = checkpoint.model.eval()
         self.checkpoint = checkpoint
@@ -77,6 +79,13 @@ class OneVisionRetriever:
             pruning=pruning,
         )
 
+    def with_options(self, name: str, **options) -> OneVisionRetriever:
+        """The same model decoding with geometric-search options (an ablation row): ``learned_weight``,
+        ``geo_weight``, ``use_leaf`` (onevision.generative.geosearch.geometric_beam_search)."""
+        other = self.with_pruning(None, name=name)
+        other.search_options = dict(options)
+        return other
+
     def with_pruning(self, pruning: PruningConfig | None, name: str | None = None) -> OneVisionRetriever:
         """The same model, trie and user histories (shared, not copied) decoding with ``pruning``."""
         other = copy.copy(self)
@@ -88,7 +97,8 @@ class OneVisionRetriever:
     def context(self, images: np.ndarray, user_ids: np.ndarray) -> Context:
         """Encode images and look up users -> the model's context (Q rows)."""
         cfg = self.model.cfg
-        if cfg.geo_levels and float(self.model.learned_weight) == 0.0:
+        needs_tokens = float(self.model.learned_weight) != 0.0 or self.search_options.get("geo_weight", 1.0) == 0.0 or self.search_options.get("learned_weight", 0.0)
+        if cfg.geo_levels and not needs_tokens:
             # geometric decoding without the learned term reads only the aligned embedding: no visual tokens needed
             image = torch.from_numpy(self.encoder.embed(images))
             visual = torch.zeros(len(image), cfg.n_visual_tokens, cfg.token_dim)
@@ -113,7 +123,10 @@ class OneVisionRetriever:
             t0 = time.perf_counter()
             ctx = self.context(images[sl], np.asarray(user_ids).reshape(-1)[sl])
             t1 = time.perf_counter()
-            res = beam_search(self.model, ctx, self.trie, beam_width=self.beam_width, k=k, pruning=self.pruning)
+            if self.search_options:
+                res = geometric_beam_search(self.model, ctx, self.trie, beam_width=max(self.beam_width, k), k=k, **self.search_options)
+            else:
+                res = beam_search(self.model, ctx, self.trie, beam_width=self.beam_width, k=k, pruning=self.pruning)
             timings["encode"] += t1 - t0
             timings["generate"] += time.perf_counter() - t1
             item_ids[sl] = res.item_ids.numpy()

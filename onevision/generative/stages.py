@@ -45,7 +45,14 @@ from onevision.generative.data import (
 )
 from onevision.generative.decode import beam_search, catalog_log_probs
 from onevision.generative.geosearch import geometric_beam_search
-from onevision.generative.leaf_train import build_leaf_examples, fit_leaf, fit_leaf_dpo, list_kl, preference_accuracy, set_feature_scale
+from onevision.generative.leaf_train import (
+    build_leaf_examples,
+    fit_leaf,
+    fit_leaf_dpo,
+    list_kl,
+    preference_accuracy,
+    set_feature_scale,
+)
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 from onevision.generative.train import (
     ContextRows,

@@ -119,6 +119,9 @@ class FakeEncoder:
         x = torch.from_numpy(np.asarray(images, np.float32)).reshape(len(images), -1)[:, :6] + 1
         return torch.nn.functional.normalize(x, dim=1).numpy()
 
+    def embed_and_tokens(self, images):
+        return self.embed(images), self.visual_tokens(images)
+
 
 def test_retriever_serves_known_unknown_and_anonymous_users():
     trie = trie_of_items()
