@@ -25,38 +25,16 @@ nothing runs the plain search below unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
+from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context, SIDGenerator, eval_mode
+from onevision.generative.pruning import PruningConfig, pruned_beam_search
+from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
-if TYPE_CHECKING:
-    from onevision.generative.pruning import PruningConfig
-
-
-@dataclass
-class BeamSearchResult:
-    """Top-k generations per query, best first.
-
-    sids:     (B, k, L) long   generated SIDs; -1 rows pad when fewer than k candidates exist
-    scores:   (B, k) float     log p(SID | context); -inf where padded
-    item_ids: (B, k) long      catalog item of each SID; -1 for padding and for SIDs no item has
-    """
-
-    sids: torch.Tensor
-    scores: torch.Tensor
-    item_ids: torch.Tensor
-
-    @property
-    def invalid_rate(self) -> float:
-        """Share of generated (non-padding) SIDs that name no catalog item."""
-        generated = torch.isfinite(self.scores)
-        n = int(generated.sum())
-        return float(((self.item_ids < 0) & generated).sum()) / n if n else 0.0
+__all__ = ["BeamSearchResult", "beam_search", "catalog_log_probs"]
 
 
 @torch.inference_mode()
@@ -80,16 +58,12 @@ def beam_search(
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
     if model.cfg.geo_levels and constrained:
-        from onevision.generative.geosearch import geometric_beam_search  # geosearch imports this module
-
         widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
         return geometric_beam_search(model, ctx, trie, beam_width=max(beam_width, k), k=k,
                                      level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
     if pruning is not None and pruning.active:
         if not constrained:
             raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
-        from onevision.generative.pruning import pruned_beam_search
-
         return pruned_beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.

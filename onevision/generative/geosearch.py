@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onevision.generative.decode import BeamSearchResult
 from onevision.generative.model import Context, SIDGenerator, eval_mode
+from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
 MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rare and dropped)

@@ -103,7 +103,7 @@ class LeafScorer(nn.Module):
         if table["category"].isna().any():
             missing = ids[table["category"].isna().to_numpy()][:5].tolist()
             raise ValueError(f"items {missing} have embeddings but no row in the items table")
-        category = table["category"].to_numpy(np.int64)
+        category = np.array(table["category"].to_numpy(np.int64))  # a writable copy
         brands = pd.Categorical(table["brand"].astype(str))
         price = table["price"].to_numpy(np.float64)
         median = pd.Series(price).groupby(category).transform("median").to_numpy()

@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from onevision import paths
-from onevision.generative.decode import BeamSearchResult
 from onevision.generative.model import Context, SIDGenerator, eval_mode
+from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
 PRUNING_FILE = paths.PRUNING / "pruning.json"

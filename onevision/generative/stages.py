@@ -219,7 +219,8 @@ def generate(model: SIDGenerator, bank: ImageBank, rows: ContextRows, trie: SIDT
 
 
 def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: bool = False) -> dict[str, float]:
-    """VAL-query probe: exact-item HR@10 / MRR, simulated clicks and orders, favourite-brand share, decode time.
+    """VAL-query probe: exact-item HR@10 / MRR, simulated clicks and orders of the list the evaluation shows
+    (``evaluate.shown``, default ``data.impressions_per_query``), favourite-brand share, decode time.
 
     ``anonymous``: without user and history (the pretrain model's only context; for the others, the
     personalisation gain is the difference to the personalised probe).
@@ -232,8 +233,9 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
     rows = val.rows
     if anonymous:
         rows = ContextRows.anonymous(rows.image_idx, rows.history.shape[1], data.trie.n_levels)
+    shown = max(PROBE_K, cfg.evaluate.shown or cfg.data.impressions_per_query)  # the simulator sees what the evaluation shows
     t0 = time.perf_counter()
-    ranked, invalid = generate(model, data.bank, rows, data.trie, k=PROBE_K, beam_width=cfg.generative.decode.beam_width, batch_size=cfg.generative.decode.batch_size)
+    ranked, invalid = generate(model, data.bank, rows, data.trie, k=shown, beam_width=cfg.generative.decode.beam_width, batch_size=cfg.generative.decode.batch_size)
     seconds = time.perf_counter() - t0
     target = val.frame["item_id"].to_numpy(np.int64)
     users = val.frame["user_id"].to_numpy(np.int64)
@@ -251,7 +253,7 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
         score = sim.score(users, target, ranked)
         out["sim_clicks_per_query"] = score["clicks_per_query"]
         out["sim_orders_per_query"] = score["orders_per_query"]
-        out["favorite_brand_share_at_10"] = favorite_brand_share(ranked, users, data.items, data.user_tastes)
+        out["favorite_brand_share_at_10"] = favorite_brand_share(ranked[:, :PROBE_K], users, data.items, data.user_tastes)
     return out
 
 
@@ -448,14 +450,18 @@ def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
 def leaf_lists(model: SIDGenerator, data: GenerativeData, cfg: Config, qs: QuerySet, events: pd.DataFrame | None, *, personal: bool,
                exclude_own: bool = False, anonymize_prob: float = 0.0, seed: int = 0):
     """The leaf head's training lists for a query set: the beam's items + the photographed item (+ the logged
-    impressions and their clicks/orders when ``personal``)."""
+    impressions, their clicks/orders with ``generative.sft``'s weights and ``generative.dpo``'s pairs when
+    ``personal``; pretraining reads neither section)."""
+    common = dict(beam_width=cfg.generative.decode.beam_width, seed=seed)
+    if not personal:
+        return build_leaf_examples(model, data.bank, qs.rows, qs.frame, data.trie, impressions=None, events=None, exact_weight=1.0,
+                                   click_weight=0.0, order_weight=0.0, anonymous=True, pair_types=(), **common)
     s, d = cfg.generative.sft, cfg.generative.dpo
-    imp = data.impressions[data.impressions["query_id"].isin(qs.frame["query_id"])] if personal else None
+    imp = data.impressions[data.impressions["query_id"].isin(qs.frame["query_id"])]
     return build_leaf_examples(
-        model, data.bank, qs.rows, qs.frame, data.trie, impressions=imp, events=events if personal else None,
-        beam_width=cfg.generative.decode.beam_width, exact_weight=s.replay_weight if personal else 1.0,
-        click_weight=s.click_weight, order_weight=s.order_weight, skip_positions=d.skip_positions, anonymous=not personal,
-        exclude_own=exclude_own, anonymize_prob=anonymize_prob, pair_types=tuple(d.pairs), seed=seed,
+        model, data.bank, qs.rows, qs.frame, data.trie, impressions=imp, events=events, exact_weight=s.replay_weight,
+        click_weight=s.click_weight, order_weight=s.order_weight, skip_positions=d.skip_positions, exclude_own=exclude_own,
+        anonymize_prob=anonymize_prob, pair_types=tuple(d.pairs), **common,
     )
 
 

@@ -1,0 +1,28 @@
+"""What a beam search returns (onevision.generative.decode, .pruning, .geosearch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BeamSearchResult:
+    """Top-k generations per query, best first.
+
+    sids:     (B, k, L) long   generated SIDs; -1 rows pad when fewer than k candidates exist
+    scores:   (B, k) float     log p(SID | context); -inf where padded
+    item_ids: (B, k) long      catalog item of each SID; -1 for padding and for SIDs no item has
+    """
+
+    sids: torch.Tensor
+    scores: torch.Tensor
+    item_ids: torch.Tensor
+
+    @property
+    def invalid_rate(self) -> float:
+        """Share of generated (non-padding) SIDs that name no catalog item."""
+        generated = torch.isfinite(self.scores)
+        n = int(generated.sum())
+        return float(((self.item_ids < 0) & generated).sum()) / n if n else 0.0
