@@ -51,9 +51,9 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "align_encoder": ("data", "encoder"),
     "vrq": ("vrq",),
     "mca": ("data", "mca"),
-    "pretrain": ("data", "generative"),
-    "sft": ("data", "generative"),
-    "dpo": ("data", "generative"),
+    "pretrain": ("data", "evaluate", "generative"),  # evaluate.shown: the VAL probe shows what the evaluation shows
+    "sft": ("data", "evaluate", "generative"),
+    "dpo": ("data", "evaluate", "generative"),
     "calibrate_pruning": ("data", "evaluate", "generative", "pruning"),
     "evaluate": ("data", "mca", "evaluate", "generative"),
 }
