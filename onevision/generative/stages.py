@@ -69,6 +69,7 @@ from onevision.generative.trie import SIDTrie, sid_columns
 log = logging.getLogger(__name__)
 
 PROBE_K = 10
+LEARNED_MIN_GAIN = 0.005  # VAL beam recall a learned-term weight must add over geometry alone to be kept
 
 
 # --------------------------------------------------------------------------- inputs
@@ -428,7 +429,8 @@ def _user_rows(data: GenerativeData, user_ids: np.ndarray) -> np.ndarray:
 
 
 def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config) -> dict[str, Any]:
-    """Pick the learned term's weight with the best VAL recall of the beam (anonymous; ties: the smaller weight)."""
+    """Pick the learned term's weight with the best VAL recall of the beam (anonymous); a non-zero weight must beat
+    geometry alone by ``LEARNED_MIN_GAIN`` (it costs a decoder pass per level), ties go to the smaller weight."""
     W = cfg.generative.decode.beam_width
     val = data.val
     rows = ContextRows.anonymous(val.rows.image_idx, val.rows.history.shape[1], data.trie.n_levels)
@@ -441,7 +443,10 @@ def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
             res = geometric_beam_search(model, rows.context(data.bank, idx), data.trie, beam_width=W, k=W, learned_weight=lam, use_leaf=False)
             hits.append((res.item_ids.numpy() == target[idx.numpy(), None]).any(1))
         recall[float(lam)] = float(np.concatenate(hits).mean()) if hits else 0.0
-    best = max(recall, key=lambda lam: (recall[lam], -lam))
+    # a non-zero weight runs the decoder at every level (slower decoding): it must buy a real recall gain
+    base = recall.get(0.0, -1.0)
+    worth = [lam for lam in recall if lam == 0.0 or recall[lam] >= base + LEARNED_MIN_GAIN]
+    best = max(worth, key=lambda lam: (recall[lam], -lam))
     model.learned_weight.fill_(best)
     log.info("learned-term weight %.2f (VAL recall@%d of the beam by weight: %s)", best, W, recall)
     return {"learned_weight": best, "val_beam_recall": {f"w{lam:g}": round(r, 5) for lam, r in recall.items()}}
