@@ -56,6 +56,11 @@ class Profile:
     price: torch.Tensor
     order_cat: torch.Tensor
 
+    def masked(self, keep: torch.Tensor) -> Profile:
+        """Rows where ``keep`` (B,) is False become anonymous (all counts 0)."""
+        k = keep.float()
+        return Profile(self.cat * k[:, None], self.brand * k[:, None], self.price * k, self.order_cat * k[:, None])
+
     def __sub__(self, other: Profile) -> Profile:
         return Profile(self.cat - other.cat, self.brand - other.brand, self.price - other.price, self.order_cat - other.order_cat)
 VOTE_TEMPERATURE = 0.05

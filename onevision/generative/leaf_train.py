@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from onevision.generative.geosearch import candidate_prefix_scores, geometric_beam_search
-from onevision.generative.leaf import LeafScorer, Profile, listwise_loss
+from onevision.generative.leaf import LeafScorer, listwise_loss
 from onevision.generative.model import ACTION_ORDER, SIDGenerator
 from onevision.generative.train import ContextRows, ImageBank
 from onevision.generative.trie import SIDTrie
@@ -57,8 +57,9 @@ class LeafExamples:
         return self.feats.shape[0]
 
 
-def _examination_weight(position: np.ndarray) -> np.ndarray:
-    return np.minimum(np.log2(position.astype(np.float64) + 2.0), MAX_PROPENSITY_WEIGHT)
+def _examination_weight(position: int) -> float:
+    """1 / examination probability of a logged position (the simulator's DCG discount), capped."""
+    return min(math.log2(position + 2.0), MAX_PROPENSITY_WEIGHT)
 
 
 def build_leaf_examples(
@@ -115,7 +116,7 @@ def build_leaf_examples(
             for i, a in acted.get(q, {}).items():
                 if i in seen:
                     base = order_weight if a == ACTION_ORDER else click_weight
-                    w[items.index(i)] += base * (_examination_weight(np.array([pos_of.get(i, 0)]))[0])
+                    w[items.index(i)] += base * _examination_weight(pos_of.get(i, 0))
             lists.append(items)
             weights.append(w)
             shown_pos.append(pos_of)
@@ -140,8 +141,7 @@ def build_leaf_examples(
             if own_items:
                 profile = profile - leaf.event_counts(torch.tensor(own_items), torch.tensor(own_actions), torch.tensor(own_rows), len(idx))
         if anonymize_prob > 0:
-            keep = (torch.rand(len(idx), generator=gen) >= anonymize_prob).float()
-            profile = Profile(profile.cat * keep[:, None], profile.brand * keep[:, None], profile.price * keep, profile.order_cat * keep[:, None])
+            profile = profile.masked(torch.rand(len(idx), generator=gen) >= anonymize_prob)
         f = leaf.features(ctx.image, cand, prefix.masked_fill(~torch.isfinite(prefix), -30.0), profile)
         feats.append(f)
         tgts.append(tgt)
@@ -213,7 +213,7 @@ def fit_leaf(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, n = total + float(loss) * len(idx), n + len(idx)
+            total, n = total + loss.item() * len(idx), n + len(idx)
         leaf.eval()
         record = {"epoch": epoch, "loss": total / max(n, 1)}
         if val is not None and len(val):
@@ -265,7 +265,7 @@ def fit_leaf_dpo(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             correct += float(((margin > 0).float() + 0.5 * (margin == 0).float()).sum())  # ties count 0.5
             n += len(idx)
         policy.eval()

@@ -97,8 +97,9 @@ class OneVisionRetriever:
     def context(self, images: np.ndarray, user_ids: np.ndarray) -> Context:
         """Encode images and look up users -> the model's context (Q rows)."""
         cfg = self.model.cfg
-        needs_tokens = float(self.model.learned_weight) != 0.0 or self.search_options.get("geo_weight", 1.0) == 0.0 or self.search_options.get("learned_weight", 0.0)
-        if cfg.geo_levels and not needs_tokens:
+        opts = self.search_options
+        learned = float(opts.get("learned_weight", self.model.learned_weight)) != 0.0 or opts.get("geo_weight", 1.0) == 0.0
+        if cfg.geo_levels and not learned:
             # geometric decoding without the learned term reads only the aligned embedding: no visual tokens needed
             image = torch.from_numpy(self.encoder.embed(images))
             visual = torch.zeros(len(image), cfg.n_visual_tokens, cfg.token_dim)

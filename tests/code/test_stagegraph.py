@@ -30,7 +30,7 @@ def test_stages_that_probe_with_the_simulator_depend_on_it():
     assert "onevision/evaluation/cost.py" in stage_code_deps("mca")
 
 
-def test_function_level_imports_are_followed(tmp_path):
+def test_function_level_imports_are_followed():
     closure = {p.as_posix() for p in import_closure("onevision.generative.stages")}
     # stages.py imports the simulator only inside probe()
     assert any(p.endswith("onevision/data/simulator.py") for p in closure)

@@ -9,6 +9,8 @@ shown); the other users click the photographed item and little else.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,6 +79,34 @@ class Shop:
         return queries, impressions, interactions
 
 
+@dataclass
+class Logs:
+    queries: pd.DataFrame
+    impressions: pd.DataFrame
+    events: pd.DataFrame
+
+
+def logged_shop(H: int, seed: int = 0):
+    """The shop, its logs, an image bank (catalog photos clean, logged query photos and 96 fresh test photos for
+    the brand lover noisy) and the contexts of the logged queries and of the test photos (the lover's history)."""
+    shop = Shop(seed=seed)
+    queries, impressions, interactions = shop.log(n_users=4, per_user=60)
+    events = interaction_events(interactions, queries)
+    catalog_visual, catalog_emb = shop.photos(shop.items, noise=0.1)
+    query_visual, query_emb = shop.photos(queries["item_id"].to_numpy(), noise=0.5)
+    test_items = shop.rng.integers(len(shop.items), size=96)
+    test_visual, test_emb = shop.photos(test_items, noise=0.5)
+    bank = ImageBank(torch.from_numpy(np.concatenate([catalog_visual, query_visual, test_visual])), torch.from_numpy(np.concatenate([catalog_emb, query_emb, test_emb])))
+    n_cat, n_q = len(shop.items), len(queries)
+    ts = queries["ts"].astype("int64").to_numpy()
+    hist_items, hist_actions = histories_before(events, queries["user_id"].to_numpy(), ts, H)
+    query_rows = context_rows(n_cat + np.arange(n_q), queries["user_id"].to_numpy(), hist_items, hist_actions, shop.trie)
+    later = np.full(len(test_items), ts.max() + 1)
+    t_items, t_actions = histories_before(events, np.full(len(test_items), LOVER), later, H)
+    test_rows = context_rows(n_cat + n_q + np.arange(len(test_items)), np.full(len(test_items), LOVER), t_items, t_actions, shop.trie)
+    return shop, Logs(queries, impressions, events), bank, query_rows, test_rows, test_items
+
+
 def brand_share_and_hits(model, shop: Shop, bank: ImageBank, rows, targets) -> tuple[float, float]:
     res = beam_search(model, rows.context(bank), shop.trie, beam_width=10, k=10)
     ids = res.item_ids.numpy()
@@ -90,25 +120,9 @@ def brand_share_and_hits(model, shop: Shop, bank: ImageBank, rows, targets) -> t
 def test_loved_brand_share_rises_from_pretrain_to_sft_and_dpo():
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    shop = Shop(seed=0)
-    queries, impressions, interactions = shop.log(n_users=4, per_user=60)
-    events = interaction_events(interactions, queries)
-    H = 4
-
-    # image bank: catalog photos (clean), the logged query photos (noisy), fresh test photos for the brand lover
-    catalog_visual, catalog_emb = shop.photos(shop.items, noise=0.1)
-    query_visual, query_emb = shop.photos(queries["item_id"].to_numpy(), noise=0.5)
-    test_items = shop.rng.integers(len(shop.items), size=96)
-    test_visual, test_emb = shop.photos(test_items, noise=0.5)
-    bank = ImageBank(torch.from_numpy(np.concatenate([catalog_visual, query_visual, test_visual])), torch.from_numpy(np.concatenate([catalog_emb, query_emb, test_emb])))
-    n_cat, n_q = len(shop.items), len(queries)
-
-    ts = queries["ts"].astype("int64").to_numpy()
-    hist_items, hist_actions = histories_before(events, queries["user_id"].to_numpy(), ts, H)
-    query_rows = context_rows(n_cat + np.arange(n_q), queries["user_id"].to_numpy(), hist_items, hist_actions, shop.trie)
-    later = np.full(len(test_items), ts.max() + 1)
-    t_items, t_actions = histories_before(events, np.full(len(test_items), LOVER), later, H)
-    test_rows = context_rows(n_cat + n_q + np.arange(len(test_items)), np.full(len(test_items), LOVER), t_items, t_actions, shop.trie)
+    shop, logged, bank, query_rows, test_rows, test_items = logged_shop(H=4)
+    queries, impressions, events = logged.queries, logged.impressions, logged.events
+    n_cat, n_q, H = len(shop.items), len(queries), 4
 
     cfg = GeneratorConfig(codebook_sizes=shop.trie.codebook_sizes, token_dim=D, n_visual_tokens=T, embed_dim=E, n_users=4, history_len=H, d_model=48, n_heads=4, n_enc_layers=1, n_dec_layers=1, dropout=0.0)
     model = SIDGenerator(cfg)

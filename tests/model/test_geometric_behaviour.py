@@ -17,12 +17,20 @@ import pytest
 import torch
 
 from onevision.generative.checkpoint import build_generator
-from onevision.generative.data import context_rows, histories_before, interaction_events
 from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.leaf_train import build_leaf_examples, fit_leaf, fit_leaf_dpo, set_feature_scale
 from onevision.generative.model import GeneratorConfig
 from onevision.generative.train import ContextRows, ImageBank
-from tests.model.test_generative_behaviour import LOVED_BRAND, LOVER, N_CLUSTERS, PER_CLUSTER, D, E, Shop, T
+from tests.model.test_generative_behaviour import (
+    LOVED_BRAND,
+    N_CLUSTERS,
+    PER_CLUSTER,
+    D,
+    E,
+    Shop,
+    T,
+    logged_shop,
+)
 
 
 def residual_codebooks(shop: Shop, emb: np.ndarray) -> list[np.ndarray]:
@@ -43,22 +51,10 @@ def top10(model, shop: Shop, bank: ImageBank, rows: ContextRows) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
-    shop = Shop(seed=0)
-    queries, impressions, interactions = shop.log(n_users=4, per_user=60)
-    events = interaction_events(interactions, queries)
     H = 4
-    catalog_visual, catalog_emb = shop.photos(shop.items, noise=0.1)
-    query_visual, query_emb = shop.photos(queries["item_id"].to_numpy(), noise=0.5)
-    test_items = shop.rng.integers(len(shop.items), size=96)
-    test_visual, test_emb = shop.photos(test_items, noise=0.5)
-    bank = ImageBank(torch.from_numpy(np.concatenate([catalog_visual, query_visual, test_visual])),
-                     torch.from_numpy(np.concatenate([catalog_emb, query_emb, test_emb])))
-    n_cat, n_q = len(shop.items), len(queries)
-    ts = queries["ts"].astype("int64").to_numpy()
-    hist_items, hist_actions = histories_before(events, queries["user_id"].to_numpy(), ts, H)
-    query_rows = context_rows(n_cat + np.arange(n_q), queries["user_id"].to_numpy(), hist_items, hist_actions, shop.trie)
-    t_items, t_actions = histories_before(events, np.full(len(test_items), LOVER), np.full(len(test_items), ts.max() + 1), H)
-    test_rows = context_rows(n_cat + n_q + np.arange(len(test_items)), np.full(len(test_items), LOVER), t_items, t_actions, shop.trie)
+    shop, logged, bank, query_rows, test_rows, test_items = logged_shop(H)
+    queries, impressions, events = logged.queries, logged.impressions, logged.events
+    catalog_emb = bank.image[: len(shop.items)].numpy()  # the bank starts with the catalog photos
     anon_test = ContextRows.anonymous(test_rows.image_idx, H, shop.trie.n_levels)
 
     cfg = GeneratorConfig(codebook_sizes=shop.trie.codebook_sizes, token_dim=D, n_visual_tokens=T, embed_dim=E, n_users=4, history_len=H,
