@@ -22,7 +22,9 @@ do not stop it: they go through as they are so that the validate stage
 quarantines the row and says why (text in a numeric column, a photo that does
 not decode, a file that is missing). Decodable photos are oriented by their
 EXIF tag, centre-cropped to a square, resized to ``image_size`` and converted
-to grayscale (1 channel) or RGB (3), then stored as PNG bytes in ``image``; a
+to grayscale (1 channel) or RGB (3), transparency flattened on white
+(:func:`onevision.data.images.normalize_photo`, which serving applies to query
+photos too), then stored as PNG bytes in ``image``; a
 photo that does not decode keeps its raw bytes (rule ``image_decodable``), a
 missing file keeps its path in ``image_path`` (rule ``image_file_missing``).
 
@@ -35,17 +37,15 @@ were first seen relative to the first query); there are no ``user_tastes``
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from onevision.data.images import ImageError, decode_image, encode_png, resolve_image_path
+from onevision.data.images import ImageError, encode_png, normalize_photo, resolve_image_path
 from onevision.data.schemas import coerce_table, is_null
 from onevision.data.tables import TABLES
 
@@ -55,17 +55,6 @@ CATALOG_COLUMNS = ("item_id", "image_paths", "category", "brand", "price")
 QUERY_COLUMNS = ("query_id", "user_id", "item_id", "ts", "image_path")
 LOG_COLUMNS = ("shown", "clicked", "ordered")  # optional: ';'-separated item ids
 SEPARATOR = ";"
-# EXIF orientation tag -> the transpose that shows the photo upright (as PIL's ImageOps.exif_transpose).
-EXIF_ORIENTATION = 0x0112
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class CatalogImportError(ValueError):
@@ -75,35 +64,14 @@ class CatalogImportError(ValueError):
 # --------------------------------------------------------------------------- photos
 
 
-def _orientation(raw: bytes) -> int:
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            return int(img.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block only costs the rotation
-        return 1
-
-
-def square_photo(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop ``(H, W[, 3])`` pixels to a square and resize it to ``size`` x ``size``."""
-    height, width = pixels.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = Image.fromarray(np.ascontiguousarray(pixels[top : top + side, left : left + side]))
-    if side != size:
-        crop = crop.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return np.asarray(crop, dtype=np.uint8)
-
-
 def prepare_photo(raw: bytes, image_size: int, image_channels: int) -> bytes:
-    """PNG bytes of the upright, square, resized photo; the raw bytes unchanged if they do not decode."""
+    """PNG bytes of the normalised photo (:func:`~onevision.data.images.normalize_photo`, as serving
+    sees queries); the raw bytes unchanged if they do not decode."""
     try:
-        pixels = decode_image(raw, mode="L" if image_channels == 1 else "RGB")
+        pixels = normalize_photo(raw, image_size, image_channels)
     except ImageError:
         return raw  # validation quarantines it with rule image_decodable and the decoder's reason
-    transpose = _UPRIGHT.get(_orientation(raw))
-    if transpose is not None:
-        pixels = np.asarray(Image.fromarray(pixels).transpose(transpose), dtype=np.uint8)
-    return encode_png(square_photo(pixels, image_size))
+    return encode_png(pixels)
 
 
 # --------------------------------------------------------------------------- CSV helpers
@@ -162,6 +130,7 @@ class _Photos:
         self.root = self.root.resolve()
         self.size, self.channels = image_size, image_channels
         self.loaded = self.undecodable = self.missing = 0
+        self.missing_where: list[str] = []  # "<csv> line N: 'path'" of the first missing photos, for the log
 
     def confine(self, path: str, where: str) -> Path:
         try:
@@ -174,6 +143,8 @@ class _Photos:
         file = self.confine(path, where)
         if not file.is_file():
             self.missing += 1
+            if len(self.missing_where) < 5:
+                self.missing_where.append(f"{where}: {path!r}")
             return None, path  # validation: image_file_missing
         raw = file.read_bytes()
         image = prepare_photo(raw, self.size, self.channels)
@@ -327,4 +298,11 @@ def import_catalog(
         "import: %d items, %d views, %d queries; photos: %d prepared, %d undecodable, %d missing",
         len(items), len(views), len(events["queries"]), photos.loaded, photos.undecodable, photos.missing,
     )
+    if photos.missing:
+        more = f" (and {photos.missing - len(photos.missing_where)} more)" if photos.missing > len(photos.missing_where) else ""
+        log.warning(
+            "import: %d photo(s) not found under %s: %s%s; validation will quarantine these rows "
+            "(rule image_file_missing): add the files or fix the paths, then import again",
+            photos.missing, photos.root, "; ".join(photos.missing_where), more,
+        )
     return {"items": items, "views": views, **events}

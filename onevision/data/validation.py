@@ -399,7 +399,7 @@ def _check_images(table: _Table, image_root: str | Path | None, image_size: int,
         else:
             column, shown = "image_path", paths[row]
             if root is None:
-                records.append((row, column, "image_file_missing", shown, "image_path is set but no image root was given"))
+                records.append((row, column, "image_file_missing", shown, "image_path is set but no image root was given: pass the photo folder (--image-root, or data.import_dir)"))
                 continue
             try:
                 file = resolve_image_path(paths[row], root)

@@ -55,16 +55,39 @@ def _resume_paused_flow(cfg, root: Path, version: str, reviewer: str, decision: 
         typer.echo(f"note: could not resume flow run {flow_run_id} ({exc}); the decision is recorded in the registry")
 
 
+def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str]:
+    """For a version whose gates failed: which gates, where its gate report is, what to do instead."""
+    from onevision.registry.model_registry import GATES_FAILED
+    from onevision.registry.promotion import GATE_REPORT, open_registry
+    from onevision.registry.report import where_to_read
+
+    try:
+        registry = open_registry(cfg, root)
+        mv = registry.version(version)
+    except Exception:  # noqa: BLE001 - no such version, registry down: the refusal stands without the hint
+        return []
+    if registry.status(mv) != GATES_FAILED:
+        return []
+    lines = where_to_read(root.resolve() / GATE_REPORT, registry.name, str(mv.version), mv.tags, registry.tracking_uri)
+    if decision == "approve":
+        lines.append("a version whose gates failed cannot be approved: fix what failed (retrain), then `onevision promote` "
+                     "registers a new candidate")
+    return lines
+
+
 def _decide(decision: str, version: str, reviewer: str, reason: str, root: Path) -> None:
     from onevision.cli import _fail
     from onevision.registry.model_registry import PromotionError
-    from onevision.registry.promotion import decide
+    from onevision.registry.promotion import ReviewerNotAllowed, decide
 
     cfg = _cfg(root)
     try:
         record = decide(cfg, root, version, reviewer, decision, reason)
-    except PromotionError as exc:
+    except ReviewerNotAllowed as exc:
         _fail(str(exc))
+    except PromotionError as exc:
+        hint = _gates_failed_hint(cfg, root, version, decision) if reason.strip() else []  # no reason: refused before the registry
+        _fail("\n".join([str(exc), *hint]))
     _echo_record(record)
     _resume_paused_flow(cfg, root, record["version"], record["by"], decision, reason)
 

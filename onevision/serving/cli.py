@@ -14,6 +14,12 @@ import typer
 commands = typer.Typer()
 
 
+def registry_uri(cfg, root: Path) -> str:
+    from onevision.tracking import tracking_uri
+
+    return tracking_uri(root.resolve(), cfg.tracking.tracking_uri)
+
+
 def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | None):
     """A pyfunc-like object with predict(frame, params): a local project's artifacts, or a registry/model URI."""
     if project is not None:
@@ -27,16 +33,58 @@ def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | No
     import mlflow
 
     from onevision.registry.model_registry import scoped_tracking_uri
-    from onevision.tracking import tracking_uri
 
     uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
-    with scoped_tracking_uri(tracking_uri(root.resolve(), cfg.tracking.tracking_uri)):
+    with scoped_tracking_uri(registry_uri(cfg, root)):
         return mlflow.pyfunc.load_model(uri), uri
+
+
+def registered_versions(cfg, root: Path) -> list[tuple[str, str]] | None:
+    """(version, status) of the registered model, newest first; None when the registry does not answer."""
+    from onevision.registry.model_registry import ModelRegistry
+
+    try:
+        registry = ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root))
+        return [(str(mv.version), registry.status(mv)) for mv in registry.versions()]
+    except Exception:  # noqa: BLE001 - the listing only decorates an error message
+        return None
+
+
+def has_champion(cfg, root: Path) -> bool | None:
+    """Whether the champion alias is set; None when the registry does not answer."""
+    from onevision.registry.model_registry import CHAMPION, ModelRegistry
+
+    try:
+        return ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)).by_alias(CHAMPION) is not None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def no_champion_message(cfg, root: Path, image: Path) -> str:
+    """What to do when ``models:/<name>@champion`` does not exist: how to make one, and what works meanwhile."""
+    name = cfg.registry.model_name
+    versions = registered_versions(cfg, root)
+    lines = [
+        f"no champion yet: model '{name}' has no 'champion' alias in {registry_uri(cfg, root)}.",
+        "To make one:",
+        "  onevision promote                                        # register this project's model, check its gates",
+        "  onevision approve VERSION --reviewer NAME --reason TEXT  # a reviewer in registry.reviewers makes it champion",
+        "Meanwhile, search another model:",
+    ]
+    if versions:
+        shown = ", ".join(f"{v} ({status})" for v, status in versions[:8]) + (", ..." if len(versions) > 8 else "")
+        lines.append(f"  onevision search --image {image} --model models:/{name}/{versions[0][0]}   # versions: {shown}")
+    elif versions is None:
+        lines.append(f"  onevision search --image {image} --model models:/{name}/VERSION   # `onevision models` lists them")
+    lines.append(f"  onevision search --image {image} --project DIR   # a local trained project root, no registry")
+    if versions == []:
+        lines.append(f"(no version of '{name}' is registered yet, so --model has nothing to load)")
+    return "\n".join(lines)
 
 
 @commands.command()
 def search(
-    image: Annotated[Path, typer.Option("--image", help="Query photo (PNG or JPEG).", exists=True, dir_okay=False)],
+    image: Annotated[Path, typer.Option("--image", help="Query photo: PNG or JPEG, any size (cropped and resized as at import).", exists=True, dir_okay=False)],
     user: Annotated[int, typer.Option("--user", help="Shopper id; -1 or an unknown id: anonymous.")] = -1,
     k: Annotated[int, typer.Option("--k", "-k", help="Results to return.")] = 10,
     model: Annotated[str | None, typer.Option("--model", help="MLflow model URI (default: models:/<registry.model_name>@champion).")] = None,
@@ -57,8 +105,13 @@ def search(
 
     try:
         predictor, source = load_search_model(cfg, root, model, project)
-    except (MlflowException, FileNotFoundError, ValueError) as exc:
-        _fail(f"cannot load the model: {exc}")
+    except (MlflowException, OSError, ValueError, ImportError) as exc:
+        if model is None and project is None and has_champion(cfg, root) is False:
+            _fail(no_champion_message(cfg, root, image))
+        if project is not None:
+            _fail(f"cannot load the project {project}: {exc}\n--project needs a trained project root (`onevision retrain` writes its artifacts)")
+        _fail(f"cannot load the model {model or 'champion'}: {exc}\n`onevision models` lists the registered versions "
+              "(--model models:/NAME/VERSION); --project DIR searches a local trained project")
     frame = pd.DataFrame({"image": [image.read_bytes()], "user_id": [user]})
     try:
         if hasattr(predictor, "search"):  # a local project: the same checks, without MLflow

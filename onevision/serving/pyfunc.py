@@ -2,7 +2,8 @@
 
 Request (a table; JSON ``dataframe_records``/``dataframe_split`` over REST)::
 
-    image    binary  PNG/JPEG bytes (base64 string in JSON), data.image_size square, data.image_channels
+    image    binary  PNG/JPEG bytes (base64 string in JSON), any size: normalised as at import
+                     (EXIF orientation, centre square, data.image_size, data.image_channels)
     user_id  long    optional column; -1 or unknown id: anonymous
     params   {"k": 10}  results per query, 1..serving.max_k
 
@@ -10,7 +11,8 @@ Response: one row per query, ``item_ids`` (list of long, best first) and
 ``scores`` (list of double, higher is better); fewer than k when the catalog
 is smaller. A bad request raises an MlflowException with
 INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400 and
-the reason (row, what is wrong).
+a short message: the row, what is wrong and what to send instead (never a
+dump of the request: see :class:`BadRequest`).
 
 The model is logged "from code" (``model_code.py``), not pickled: loading it
 runs this module's current code over the bundled artifacts. A generative
@@ -27,6 +29,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from onevision.data.images import encode_png
 from onevision.serving.bundle import load_retriever, read_manifest
@@ -36,11 +39,33 @@ BUNDLE_ARTIFACT = "bundle"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
-def to_mlflow_error(exc: InvalidQuery):
-    from mlflow.exceptions import MlflowException
+class BadRequest(MlflowException):
+    """A refused request (HTTP 400) whose message stays ours.
+
+    MLflow's scoring server (``mlflow.pyfunc.scoring_server.invocations``)
+    rewrites the message of any MlflowException that ``predict`` raises to
+    ``Failed to predict data '<the whole request table>'. \\nError: <message>``:
+    with base64 photos that is a screenful of echo around one line of reason.
+    Setting ``message`` to that form keeps the original message.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        own = getattr(self, "_message", None)
+        if own is not None and value.startswith("Failed to predict data") and value.endswith(own):
+            return
+        self._message = value
+
+
+def to_mlflow_error(exc: InvalidQuery) -> BadRequest:
+    """The error a refused request raises: INVALID_PARAMETER_VALUE (HTTP 400), ``bad request: <row: why; what to do>``."""
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    return MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE)
+    return BadRequest(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE)
 
 
 class OneVisionModel(mlflow.pyfunc.PythonModel):

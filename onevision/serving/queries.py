@@ -1,13 +1,17 @@
 """Serving requests -> model inputs, with every check a bad request deserves.
 
-A query is one image (PNG or JPEG; raw bytes, or a base64 string as JSON
-carries them) and an optional user id. Images are decoded by the one image
-loader, :mod:`onevision.data.images`, so serving applies the same rules as
-training data (format, pixel bound against decompression bombs) plus the
-model's own: the encoded size is bounded and the decoded image must have the
-side and channels the model was trained on. Every failure is an
-:class:`InvalidQuery` whose message names the row and the reason; the pyfunc
-model turns it into an HTTP 400.
+A query is one photo (PNG or JPEG, any size, any orientation: raw bytes, or a
+base64 string as JSON carries them, a ``data:image/...;base64,`` prefix
+allowed) and an optional user id. Photos are normalised by
+:func:`onevision.data.images.normalize_photo`, exactly as catalog photos are
+at import: upright by their EXIF tag, centre-cropped to a square, resized to
+the side the model was trained on and converted to its channels (transparency
+on white, 16-bit scaled to 8 bits). Refused: anything that is not PNG or JPEG
+or does not decode, an empty image, more encoded bytes than
+``max_image_bytes`` (checked before decoding) and more pixels than the image
+loader's bound (checked on the header, before decoding: decompression bombs).
+Every failure is an :class:`InvalidQuery` whose message names the row, the
+reason and what to send instead; the pyfunc model turns it into an HTTP 400.
 
 User ids: ``-1`` (or no ``user_id`` column) is an anonymous shopper. An id the
 model has never seen is served as anonymous too (image-only context), never an
@@ -18,14 +22,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from onevision.data.images import ImageError, decode_image
+from onevision.data.images import ImageError, normalize_photo
 
 ANONYMOUS = -1
+DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)  # what a browser's FileReader gives
+TOO_BIG_FIX = "send a smaller photo (a JPEG of about 1000 pixels a side is plenty; the model sees it resized)"
 
 
 class InvalidQuery(ValueError):
@@ -55,40 +62,32 @@ def image_bytes(value: Any, max_bytes: int) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     elif isinstance(value, str):
+        value = DATA_URL.sub("", value.lstrip(), count=1)
         # base64 grows 4/3: refuse an oversized payload before decoding it.
         if len(value) > max_bytes * 4 // 3 + 4:
-            raise InvalidQuery(f"image is larger than {max_bytes} bytes")
+            raise InvalidQuery(f"image is larger than {max_bytes} bytes: {TOO_BIG_FIX}")
         try:
             data = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidQuery(f"image string is not valid base64 ({exc})") from None
+            raise InvalidQuery(f"image string is not valid base64 ({exc}): send the photo file's bytes base64-encoded (standard alphabet)") from None
     elif value is None or (isinstance(value, float) and np.isnan(value)):
-        raise InvalidQuery("image is missing")
+        raise InvalidQuery("image is missing: put the photo's PNG or JPEG bytes in the 'image' column")
     else:
         raise InvalidQuery(f"image must be PNG/JPEG bytes or a base64 string, got {type(value).__name__}")
     if not data:
-        raise InvalidQuery("image is empty")
+        raise InvalidQuery("image is empty: send the photo's PNG or JPEG bytes")
     if len(data) > max_bytes:
-        raise InvalidQuery(f"image of {len(data)} bytes is larger than the {max_bytes} byte limit")
+        raise InvalidQuery(f"image of {len(data)} bytes is larger than the {max_bytes} byte limit: {TOO_BIG_FIX}")
     return data
 
 
 def decode_query_image(value: Any, spec: QuerySpec) -> np.ndarray:
-    """One request image -> uint8 (S, S) or (S, S, 3) with S = spec.image_size."""
+    """One request photo -> uint8 (S, S) or (S, S, 3), S = spec.image_size, normalised as at import."""
     data = image_bytes(value, spec.max_image_bytes)
     try:
-        pixels = decode_image(data)
+        return normalize_photo(data, spec.image_size, spec.image_channels)
     except ImageError as exc:
         raise InvalidQuery(str(exc)) from None
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if channels != spec.image_channels:
-        kind = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
-        raise InvalidQuery(f"model expects {kind[spec.image_channels]} images, got {kind[channels]}")
-    if pixels.shape[:2] != (spec.image_size, spec.image_size):
-        raise InvalidQuery(
-            f"model expects {spec.image_size}x{spec.image_size} images, got {pixels.shape[1]}x{pixels.shape[0]}"
-        )
-    return pixels
 
 
 def user_ids_of(values: Any, n: int) -> np.ndarray:
@@ -112,9 +111,9 @@ def user_ids_of(values: Any, n: int) -> np.ndarray:
 def parse_queries(frame, spec: QuerySpec) -> tuple[np.ndarray, np.ndarray]:
     """A request table (``image``, optional ``user_id``) -> images (Q, S, S[, 3]) uint8, user ids (Q,) int64."""
     if "image" not in getattr(frame, "columns", ()):
-        raise InvalidQuery("request has no 'image' column")
+        raise InvalidQuery("request has no 'image' column: send one row per query with 'image' (the photo) and optionally 'user_id'")
     if len(frame) == 0:
-        raise InvalidQuery("request has no rows")
+        raise InvalidQuery("request has no rows: send one row per query photo")
     images = []
     for i, value in enumerate(frame["image"].tolist()):
         try:

@@ -1,4 +1,4 @@
-"""The one image loader: decode errors are ImageErrors with a reason; paths never leave their root."""
+"""The one image loader: decode errors are ImageErrors with a reason; photos normalise to the model's input; paths never leave their root."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from onevision.data import images
-from onevision.data.images import ImageError, decode_image, encode_png, load_image, resolve_image_path
+from onevision.data.images import ImageError, decode_image, encode_png, load_image, normalize_photo, resolve_image_path
 
 
 def encoded(pixels: np.ndarray, fmt: str, **kwargs) -> bytes:
@@ -47,7 +47,7 @@ def test_jpeg_decodes_and_modes_convert():
     assert decode_image(jpeg, mode="L").shape == (8, 8)
     assert decode_image(encode_png(GRAY), mode="RGB").shape == (8, 8, 3)
     rgba = encoded(np.dstack([RGB, np.full((8, 8), 255, np.uint8)]), "PNG")
-    assert decode_image(rgba).shape == (8, 8, 3)  # anything but L/RGB becomes RGB
+    np.testing.assert_array_equal(decode_image(rgba), RGB)  # anything but grayscale becomes RGB; opaque alpha keeps the pixels
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,9 @@ def test_jpeg_decodes_and_modes_convert():
         (b"", "empty"),
         (None, "empty or not bytes"),
         ("a string", "not bytes"),
-        (b"definitely not an image", "does not decode"),
-        (encode_png(GRAY)[:40], "does not decode"),  # truncated
+        (b"definitely not an image", r"does not decode as PNG or JPEG \(no PNG or JPEG signature"),
+        (encode_png(GRAY)[:40], "does not decode as PNG or JPEG"),  # truncated
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", r"\(it is HEIC/HEIF"),
         (encoded(RGB, "GIF"), "unsupported image format GIF"),
         (encoded(RGB, "BMP"), "unsupported image format BMP"),
     ],
@@ -65,6 +66,18 @@ def test_jpeg_decodes_and_modes_convert():
 def test_bad_bytes_raise_image_error_with_a_reason(data, reason):
     with pytest.raises(ImageError, match=reason):
         decode_image(data)
+    if isinstance(data, bytes) and data:
+        with pytest.raises(ImageError, match=reason):
+            normalize_photo(data, 28, 1)
+
+
+@pytest.mark.parametrize("data", [b"definitely not an image", encode_png(GRAY)[:40], b"\xff\xd8\xff\xe0 this is not really a jpeg"])
+def test_decode_errors_say_what_to_do_without_object_reprs(data):
+    with pytest.raises(ImageError) as err:
+        normalize_photo(data, 28, 1)
+    message = str(err.value)
+    assert "object at 0x" not in message and "BytesIO" not in message and "<" not in message, message
+    assert message.startswith("image does not decode as PNG or JPEG (") and "save or export the photo as PNG or JPEG" in message
 
 
 def test_decompression_bomb_is_refused_before_decoding():
@@ -75,6 +88,8 @@ def test_decompression_bomb_is_refused_before_decoding():
     # 50000 x 50000: Pillow refuses it while reading the header; still an ImageError.
     with pytest.raises(ImageError, match="pixel limit"):
         decode_image(png_header_only(50_000, 50_000))
+    with pytest.raises(ImageError, match="8000x8000 exceeds the pixel limit"):
+        normalize_photo(png_header_only(8000, 8000), 28, 1)  # the header carries almost no data: refused before decoding
 
 
 def test_pixel_limit_is_the_module_setting(monkeypatch):
@@ -84,6 +99,85 @@ def test_pixel_limit_is_the_module_setting(monkeypatch):
     assert "8x8" in str(err.value) and "63" in str(err.value)
     monkeypatch.setattr(images, "MAX_PIXELS", 64)
     assert decode_image(encode_png(GRAY)).shape == (8, 8)
+
+
+# --------------------------------------------------------------------------- normalize_photo
+
+
+def phone_jpeg(orientation: int = 6) -> bytes:
+    """A 1200 x 900 JPEG as a phone stores it: sideways pixels plus an EXIF orientation tag.
+
+    Stored 1200 wide x 900 high, left half dark, right half light; orientation 6
+    (rotate 90° clockwise to view) makes the upright photo 900 x 1200, dark on top.
+    """
+    pixels = np.full((900, 1200, 3), 30, np.uint8)
+    pixels[:, 600:] = 220
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = orientation
+    return encoded(pixels, "JPEG", quality=85, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(("size", "channels", "shape"), [(28, 1, (28, 28)), (64, 3, (64, 64, 3))])
+def test_phone_jpeg_becomes_the_model_input_upright(size, channels, shape):
+    out = normalize_photo(phone_jpeg(), size, channels)
+    assert out.shape == shape and out.dtype == np.uint8
+    gray = out if channels == 1 else out.mean(axis=2)
+    assert gray[: size // 4].mean() < 60 and gray[-size // 4 :].mean() > 190  # rotated by the EXIF tag: dark on top
+    unrotated = normalize_photo(phone_jpeg(orientation=1), size, channels)
+    gray = unrotated if channels == 1 else unrotated.mean(axis=2)
+    assert gray[:, : size // 4].mean() < 60 and gray[:, -size // 4 :].mean() > 190  # no tag: dark on the left
+
+
+def test_transparency_is_flattened_on_white():
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., :3] = (200, 0, 0)
+    rgba[:, 30:, 3] = 255  # left half fully transparent (its hidden colour must not show), right half opaque red
+    out = normalize_photo(encoded(rgba, "PNG"), 20, 3)
+    assert out.shape == (20, 20, 3)
+    np.testing.assert_array_equal(out[:, :5], 255)  # white where transparent
+    np.testing.assert_array_equal(out[:, -5:], np.broadcast_to(np.array([200, 0, 0], np.uint8), (20, 5, 3)))
+    assert normalize_photo(encoded(rgba, "PNG"), 20, 1).shape == (20, 20)
+    la = Image.fromarray(np.dstack([GRAY, np.where(GRAY < 32, 0, 255).astype(np.uint8)]), mode="LA")
+    buf = io.BytesIO()
+    la.save(buf, format="PNG")
+    out = normalize_photo(buf.getvalue(), 8, 1)
+    assert (out[:4] == 255).all() and (out[4:] == GRAY[4:]).all()
+    buf = io.BytesIO()
+    Image.fromarray(RGB).convert("P").save(buf, format="PNG", transparency=0)
+    assert normalize_photo(buf.getvalue(), 8, 3).shape == (8, 8, 3)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 50 * 70).astype(np.uint16).reshape(50, 70)
+    png16 = encoded(ramp, "PNG")
+    assert Image.open(io.BytesIO(png16)).mode.startswith("I;16")
+    out = normalize_photo(png16, 32, 1)
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+    assert out.min() < 20 and out.max() > 235 and 100 < out.mean() < 155  # the whole range, mid-grey on average
+    assert normalize_photo(png16, 32, 3).shape == (32, 32, 3)
+    np.testing.assert_array_equal(decode_image(encoded(np.full((4, 4), 65535, np.uint16), "PNG")), np.full((4, 4), 255))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "1", "P", "L", "RGB"])
+def test_every_mode_reaches_the_model_channels(mode):
+    img = Image.fromarray(RGB).resize((30, 20)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG" if mode == "CMYK" else "PNG")
+    data = buf.getvalue()
+    assert normalize_photo(data, 16, 1).shape == (16, 16)
+    assert normalize_photo(data, 16, 3).shape == (16, 16, 3)
+
+
+def test_a_photo_of_the_model_shape_passes_unchanged():
+    np.testing.assert_array_equal(normalize_photo(encode_png(GRAY), 8, 1), GRAY)
+    np.testing.assert_array_equal(normalize_photo(encode_png(RGB), 8, 3), RGB)
+    np.testing.assert_array_equal(normalize_photo(encode_png(GRAY), 8, 3), np.repeat(GRAY[:, :, None], 3, axis=2))
+
+
+def test_centre_crop_keeps_the_middle():
+    wide = np.zeros((10, 30), np.uint8)
+    wide[:, 10:20] = 255  # only the middle third is white
+    np.testing.assert_array_equal(normalize_photo(encode_png(wide), 10, 1), np.full((10, 10), 255))
 
 
 def test_encode_png_refuses_wrong_arrays():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -48,3 +49,73 @@ def test_unknown_reviewer_is_refused(project):
 def test_promote_refuses_an_unknown_approval_mode(project):
     result = runner.invoke(app, ["promote", "--approval", "maybe", "--root", str(project)])
     assert result.exit_code == 2 and "--approval must be" in result.output
+
+
+# --------------------------------------------------------------------------- messages that say what to do
+
+
+@pytest.fixture
+def registry_project(project, monkeypatch):
+    """The project with reviewer alice and an empty local SQLite registry (no server, no model files)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["overrides"] = {"registry": {"reviewers": ["alice"]}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    return project
+
+
+def client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def query_photo(project: Path) -> Path:
+    from onevision.data.images import encode_png
+
+    path = project / "query.png"
+    path.write_bytes(encode_png(np.zeros((28, 28), np.uint8)))
+    return path
+
+
+def test_search_without_a_champion_says_how_to_get_one(registry_project):
+    result = runner.invoke(app, ["search", "--image", str(query_photo(registry_project)), "--root", str(registry_project)])
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert "Traceback" not in out and "no champion yet: model 'onevision' has no 'champion' alias" in out
+    assert "onevision promote" in out and "onevision approve VERSION --reviewer NAME --reason TEXT" in out
+    assert "--project DIR" in out and "no version of 'onevision' is registered yet" in out
+
+
+def test_search_without_a_champion_lists_the_versions_to_search(registry_project):
+    registry = client(registry_project)
+    registry.create_registered_model("onevision")
+    for status in ("gates-failed", "awaiting-approval"):
+        registry.create_model_version("onevision", source=str(registry_project), tags={"status": status})
+    result = runner.invoke(app, ["search", "--image", str(query_photo(registry_project)), "--root", str(registry_project)])
+    assert result.exit_code == 2, result.output
+    assert "--model models:/onevision/2   # versions: 2 (awaiting-approval), 1 (gates-failed)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_approving_a_gates_failed_version_says_where_its_gate_report_is(registry_project):
+    registry = client(registry_project)
+    registry.create_registered_model("onevision")
+    artifact = "runs:/0123abcd/gate_report/gate_report.md"
+    registry.create_model_version("onevision", source=str(registry_project), tags={
+        "status": "gates-failed", "gates.passed": "false", "gates.failed": "baseline.hr@10,champion.hr@10", "gate_report": artifact,
+    })
+    report = registry_project / "reports" / "gate_report.md"
+    report.parent.mkdir()
+    report.write_text("# Gate report: `onevision` version 1\n\nVerdict: **FAILED**\n")
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)])
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert "not awaiting approval (status: gates-failed)" in out and "failed gates: baseline.hr@10, champion.hr@10" in out
+    assert f"gate report: {report.resolve()}" in out and f"gate report in MLflow: {artifact}" in out
+    assert f"mlflow artifacts download -u {artifact}" in out and "cannot be approved" in out and "onevision promote" in out
+    # A local report of another version is not offered as this version's.
+    report.write_text("# Gate report: `onevision` version 2\n")
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)])
+    assert "gate report: " + str(report.resolve()) not in result.output and f"gate report in MLflow: {artifact}" in result.output
