@@ -34,6 +34,7 @@ def evaluate_command(
     if max_queries:
         extra.append(f"evaluate.max_queries={max_queries}")
     cfg = _load(root, profile, extra)
+    from onevision.evaluation.metrics import ORDERS, resolve_metric
     from onevision.evaluation.stage import run_evaluation
     from onevision.stages import write_metrics
 
@@ -41,7 +42,7 @@ def evaluate_command(
     write_metrics(root, "evaluate", results)
     typer.echo(f"\n{'system':<16} {'HR@10':>7} {'MRR':>7} {'orders/1k':>10} {'p50 ms':>8} {'QPS':>8}")
     for name, m in results.items():
-        cells = [m.get("hr@10"), m.get("mrr"), m.get("sim_orders_per_1k"), m.get("latency_p50_ms"), m.get("qps")]
+        cells = [m.get("hr@10"), m.get("mrr"), m.get(resolve_metric(ORDERS, m)), m.get("latency_p50_ms"), m.get("qps")]
         typer.echo(f"{name:<16} " + " ".join(f"{c:>{w}.{d}f}" if c is not None else f"{'-':>{w}}"
                                              for c, w, d in zip(cells, (7, 7, 10, 8, 8), (3, 3, 1, 2, 0), strict=True)))
     typer.echo(f"\nreport: {root / 'reports/evaluate.md'}   metrics: {root / 'metrics/evaluate.json'}")

@@ -41,6 +41,7 @@ from onevision.evaluation.metrics import (
     category_lookup,
     category_precision_at_k,
     hit_rate_at_k,
+    hits_at_k,
     json_safe,
     ndcg_at_k,
     pad_item_lists,
@@ -178,6 +179,29 @@ def simulated_metrics(ranked: np.ndarray, test: TestSet, shown: int, ecfg: Evalu
     return out, {"sim_clicks": clicks, "sim_orders": orders}
 
 
+def logged_metrics(ranked: np.ndarray, test: TestSet, shown: int, ecfg: EvaluateConfig, seed: int
+                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Replay of the search log: logged clicks / orders per 1,000 queries whose item is in the top ``shown``.
+
+    What the system's result page would have contained of what shoppers really clicked and ordered. It
+    needs no simulator, so it is the orders measurement of an imported catalog; it favours lists like
+    the logging system's (shoppers only acted on what they were shown), so read it as a lower bound
+    for a system that surfaces items the log never showed.
+    """
+    out: dict[str, float] = {}
+    per_query: dict[str, np.ndarray] = {}
+    for name, logged in (("clicks", test.clicked), ("orders", test.ordered)):
+        if logged.size == 0 or not (logged >= 0).any():
+            continue
+        hits = hits_at_k(ranked, logged, min(shown, ranked.shape[1]))
+        out[f"logged_{name}_per_1k"] = 1e3 * float(hits.mean())
+        _ci(f"logged_{name}_per_1k", hits, out, ecfg, seed, scale=1e3)
+        per_query[f"logged_{name}"] = hits
+    if out:
+        out["logged_shown"] = shown
+    return out, per_query
+
+
 def stage_breakdown(system: Retriever, test: TestSet, final: dict[str, float], batch_size: int) -> dict[str, Any] | None:
     """Exact-item hit rate after each cut of a staged system, and the loss each cut causes."""
     stage_fn = getattr(system, "stage_candidates", None)
@@ -222,6 +246,9 @@ def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, show
     sim, sim_per_query = simulated_metrics(ranked, test, shown, ecfg, seed)
     metrics.update(sim)
     per_query.update(sim_per_query)
+    logged, logged_per_query = logged_metrics(ranked, test, shown, ecfg, seed)
+    metrics.update(logged)
+    per_query.update(logged_per_query)
     if measure_cost:
         latency = cost.time_single_queries(system, test.images, test.user_ids, k_max, ecfg.latency_queries, ecfg.warmup)
         metrics.update({f"latency_{k}": v for k, v in latency.items() if k != "stage_p50_ms" and k != "n_calls"})
@@ -246,9 +273,10 @@ STAGE_PAIRS = (("onevision_sft", "onevision_pretrain"), ("onevision", "onevision
 
 
 def _paired(run: SystemRun, base: SystemRun, prefix: str, ecfg: EvaluateConfig, seed: int) -> None:
-    for key in (k for k in ("hr@10", "mrr", "sim_orders") if k in base.per_query):
-        scale = 1e3 if key.startswith("sim_") else 1.0
-        name = f"{key}_per_1k" if key.startswith("sim_") else key
+    for key in (k for k in ("hr@10", "mrr", "sim_orders", "logged_orders") if k in base.per_query):
+        per_1k = key.endswith("_orders")
+        scale = 1e3 if per_1k else 1.0
+        name = f"{key}_per_1k" if per_1k else key
         delta, lo, hi = paired_delta_ci(run.per_query[key], base.per_query[key], n_resamples=ecfg.bootstrap, level=ecfg.ci_level, seed=seed)
         run.metrics[f"{prefix}_{name}_delta"] = delta * scale
         run.metrics[f"{prefix}_{name}_delta_ci_lo"] = lo * scale

@@ -84,6 +84,29 @@ def hit_rate_at_k(ranked: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarra
     return relevance_matrix(ranked[:, :k], relevant).any(axis=1).astype(np.float64)
 
 
+def hits_at_k(ranked: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per query: how many of its relevant items are in the top K (float, for means and bootstraps)."""
+    _check_k(ranked, k)
+    return relevance_matrix(ranked[:, :k], relevant).sum(axis=1).astype(np.float64)
+
+
+# "orders" in a config (gates, pruning guard) means the best orders measurement the evaluation has:
+# the user simulator's where one exists (the demo shop), else the replay of the logged orders (a catalog
+# import with a search log). Both are per 1,000 queries, higher is better.
+ORDERS = "orders"
+ORDERS_METRICS = ("sim_orders_per_1k", "logged_orders_per_1k")
+ORDERS_LABELS = {"sim_orders_per_1k": "simulated orders / 1k", "logged_orders_per_1k": "logged orders shown / 1k"}
+
+
+def resolve_metric(name: str, available: Any) -> str:
+    """``orders`` -> the first of :data:`ORDERS_METRICS` in ``available`` (a mapping or key collection);
+    any other name unchanged. With neither present, the simulator's key (so "missing" names it)."""
+    if name != ORDERS:
+        return name
+    keys = set(available or ())
+    return next((key for key in ORDERS_METRICS if key in keys), ORDERS_METRICS[0])
+
+
 def recall_at_k(ranked: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     """Recall@K per query: share of the query's relevant items found in the top K."""
     _check_k(ranked, k)

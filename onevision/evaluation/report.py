@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onevision.evaluation.metrics import pareto_front
+from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, pareto_front, resolve_metric
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -56,30 +56,38 @@ def markdown_report(results: dict[str, dict[str, Any]], ks: list[int], facts: di
         rows = [[n, *[_fmt(results[n].get(f"{prefix}_{m}@{k}")) for m in ("hr", "recall", "mrr") for k in ks]] for n in names]
         lines += _table(header, rows)
 
+    level = f"{facts.get('ci_level', 0.95):.0%}"
     if any("sim_orders_per_1k" in results[n] for n in names):
         shown = results[names[0]].get("sim_shown")
-        lines += [f"## Simulated shoppers (top {shown} shown; per 1,000 queries, {facts.get('ci_level', 0.95):.0%} bootstrap intervals)", ""]
+        lines += [f"## Simulated shoppers (top {shown} shown; per 1,000 queries, {level} bootstrap intervals)", ""]
         rows = [[n, _ci(results[n], "sim_clicks_per_1k"), _ci(results[n], "sim_orders_per_1k"), _ci(results[n], "sim_conversion", 3),
                  _fmt(results[n].get("sim_exact_click_rate"))] for n in names]
         lines += _table(["system", "clicks / 1k", "orders / 1k", "conversion (orders/click)", "P(click exact)"], rows)
-        base = facts.get("baseline")
-        deltas = [n for n in names if f"vs_{base}_sim_orders_per_1k_delta" in results[n]]
-        if deltas:
-            lines += [f"Paired differences against `{base}` (same queries, bootstrap over queries):", ""]
-            rows = []
-            for n in deltas:
-                m = results[n]
-                rows.append([n] + [_ci({"d": m.get(f"vs_{base}_{key}_delta"), "d_ci_lo": m.get(f"vs_{base}_{key}_delta_ci_lo"),
-                                        "d_ci_hi": m.get(f"vs_{base}_{key}_delta_ci_hi")}, "d", digits)
-                                   for key, digits in (("hr@10", 3), ("mrr", 3), ("sim_orders_per_1k", 1))])
-            lines += _table(["system", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
-        gains = [n for n in names if "stage_gain_sim_orders_per_1k_delta" in results[n]]
-        if gains:
-            lines += ["Each alignment stage against the one before it (onevision_sft - onevision_pretrain, onevision - onevision_sft; paired):", ""]
-            rows = [[n] + [_ci({"d": results[n].get(f"stage_gain_{key}_delta"), "d_ci_lo": results[n].get(f"stage_gain_{key}_delta_ci_lo"),
-                                "d_ci_hi": results[n].get(f"stage_gain_{key}_delta_ci_hi")}, "d", digits)
-                           for key, digits in (("hr@10", 3), ("mrr", 3), ("sim_orders_per_1k", 1))] for n in gains]
-            lines += _table(["stage", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
+    if any("logged_orders_per_1k" in results[n] or "logged_clicks_per_1k" in results[n] for n in names):
+        shown = results[names[0]].get("logged_shown")
+        lines += [f"## Replay of the search log (top {shown} shown; per 1,000 queries, {level} bootstrap intervals)", "",
+                  "Logged clicks and orders whose item the system's result page contains. Shoppers acted only on what "
+                  "the logging system showed them, so this favours lists like that system's.", ""]
+        rows = [[n, _ci(results[n], "logged_clicks_per_1k"), _ci(results[n], "logged_orders_per_1k")] for n in names]
+        lines += _table(["system", "logged clicks shown / 1k", "logged orders shown / 1k"], rows)
+    orders = resolve_metric(ORDERS, results[names[0]]) if names else None
+    pairs = (("hr@10", 3), ("mrr", 3), (orders, 1))
+    base = facts.get("baseline")
+    deltas = [n for n in names if f"vs_{base}_{orders}_delta" in results[n]]
+    if deltas:
+        lines += [f"Paired differences against `{base}` (same queries, bootstrap over queries; orders: {ORDERS_LABELS[orders]}):", ""]
+        rows = []
+        for n in deltas:
+            m = results[n]
+            rows.append([n] + [_ci({"d": m.get(f"vs_{base}_{key}_delta"), "d_ci_lo": m.get(f"vs_{base}_{key}_delta_ci_lo"),
+                                    "d_ci_hi": m.get(f"vs_{base}_{key}_delta_ci_hi")}, "d", digits) for key, digits in pairs])
+        lines += _table(["system", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
+    gains = [n for n in names if f"stage_gain_{orders}_delta" in results[n]]
+    if gains:
+        lines += ["Each alignment stage against the one before it (onevision_sft - onevision_pretrain, onevision - onevision_sft; paired):", ""]
+        rows = [[n] + [_ci({"d": results[n].get(f"stage_gain_{key}_delta"), "d_ci_lo": results[n].get(f"stage_gain_{key}_delta_ci_lo"),
+                            "d_ci_hi": results[n].get(f"stage_gain_{key}_delta_ci_hi")}, "d", digits) for key, digits in pairs] for n in gains]
+        lines += _table(["stage", "Δ HR@10", "Δ MRR", "Δ orders / 1k"], rows)
 
     if any("latency_p50_ms" in results[n] for n in names):
         lines += ["## Cost", "", "Batch-1 latency after warm-up (ms), throughput in batches, peak memory of one batch call.", ""]
@@ -116,8 +124,9 @@ def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: P
     timed = [n for n in names if results[n].get("latency_p50_ms") is not None]
     if timed:
         panels = [(f"hr@{k10}", f"exact-item HR@{k10}")]
-        if all(results[n].get("sim_orders_per_1k") is not None for n in timed):
-            panels.append(("sim_orders_per_1k", "simulated orders / 1k queries"))
+        orders = resolve_metric(ORDERS, results[timed[0]])
+        if all(results[n].get(orders) is not None for n in timed):
+            panels.append((orders, f"{ORDERS_LABELS[orders]} queries"))
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
         for ax, (key, label) in zip(axes[0], panels, strict=True):
             pts = [(results[n][key], results[n]["latency_p50_ms"]) for n in timed]

@@ -47,7 +47,7 @@ import torch
 
 from onevision import paths
 from onevision.config import Config, PruningSweepConfig
-from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front
+from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front, resolve_metric
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE = paths.METRICS / "pruning.json"
 PLOT = paths.PLOTS / "pruning_pareto.png"
 REPORT = paths.REPORTS / "pruning.md"
-QUALITY_KEYS = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_1k")
+QUALITY_KEYS = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_1k", "logged_clicks_per_1k", "logged_orders_per_1k")
 
 
 # --------------------------------------------------------------------------- the grid and the choice
@@ -87,6 +87,15 @@ def relative_loss(value: float | None, reference: float | None) -> float:
     if reference <= 0:
         return 0.0 if value >= reference else math.inf
     return 1.0 - value / reference
+
+
+def resolve_guards(guarded: list[str], measured: dict[str, float]) -> tuple[list[str], list[str]]:
+    """The configured guards as keys of ``measured`` (``orders``: simulated, else logged orders) and the ones
+    this project cannot measure (e.g. simulated orders of an imported catalog): those are dropped, not
+    counted as an infinite loss that would forbid every point. HR@10 guards when nothing else is left."""
+    keys = list(dict.fromkeys(resolve_metric(m, measured) for m in guarded))
+    kept = [m for m in keys if measured.get(m) is not None]
+    return kept or ["hr@10"], [m for m in keys if m not in kept]
 
 
 def score_points(points: list[dict[str, Any]], guarded: list[str], baseline: int = 0) -> None:
@@ -177,12 +186,13 @@ def time_batch1(retriever, data: DecodeSet, k: int, configs: list[PruningConfig]
 
 
 def quality_of(ranked: np.ndarray, test, cfg: Config, shown: int) -> dict[str, float]:
-    """The evaluation's relevance and simulator metrics for one ranked list per query."""
-    from onevision.evaluation.harness import relevance_metrics, simulated_metrics
+    """The evaluation's relevance, simulator and search-log replay metrics for one ranked list per query."""
+    from onevision.evaluation.harness import logged_metrics, relevance_metrics, simulated_metrics
 
     rel, _ = relevance_metrics(ranked, test, [10])
     sim, _ = simulated_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
-    out = {**rel, **{k: v for k, v in sim.items() if not k.endswith(("_ci_lo", "_ci_hi"))}}
+    logged, _ = logged_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
+    out = {**rel, **{k: v for k, v in {**sim, **logged}.items() if not k.endswith(("_ci_lo", "_ci_hi"))}}
     return {key: float(out[key]) for key in out if key in QUALITY_KEYS or key.startswith("sim_")}
 
 
@@ -228,7 +238,7 @@ def _sample(cfg: Config, root: Path, split: str, n: int):
     return load_test_set(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"max_queries": n})}), root, split)
 
 
-def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
+def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int, guarded: list[str]) -> dict[str, Any]:
     """Unpruned vs chosen on the same queries: quality, relative loss, interleaved batch-1 and batched speed-up."""
     out: dict[str, Any] = {"queries": len(data)}
     rows = {}
@@ -239,7 +249,7 @@ def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config,
     for name, lat in zip(("unpruned", "chosen"), b1, strict=True):
         rows[name]["latency"].update(lat)
     out.update(rows)
-    out["loss"] = {m: relative_loss(rows["chosen"]["quality"].get(m), rows["unpruned"]["quality"].get(m)) for m in cfg.pruning.guarded_metrics}
+    out["loss"] = {m: relative_loss(rows["chosen"]["quality"].get(m), rows["unpruned"]["quality"].get(m)) for m in guarded}
     out["speedup"] = speedups(rows["unpruned"]["latency"], rows["chosen"]["latency"])
     return out
 
@@ -269,7 +279,11 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
         for config in tqdm(grid, desc="pruning sweep", unit="point"):
             points.append(measure_point(retriever, val, config, cfg, k, shown))
         adjust_batch1(points)
-        score_points(points, sweep.guarded_metrics)
+        guarded, unmeasured = resolve_guards(sweep.guarded_metrics, points[0]["quality"])
+        if unmeasured:
+            log.warning("calibrate_pruning: %s not measured in this project (no simulator or no order log): not guarded; "
+                        "guarding %s", ", ".join(unmeasured), ", ".join(guarded))
+        score_points(points, guarded)
         latency_key = sweep.select_latency
         front = pareto_set(points, latency_key)
         chosen_i = choose_point(points, sweep.max_relative_loss, latency_key)
@@ -277,7 +291,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
         test = None
         if sweep.test_queries > 0:
             test_set = decode_set(retriever, _sample(cfg, root, "test", sweep.test_queries))
-            test = head_to_head(retriever, test_set, chosen, cfg, k, shown)
+            test = head_to_head(retriever, test_set, chosen, cfg, k, shown, guarded)
     for i, point in enumerate(points):
         point["pareto"] = i in front
         point["speedup"] = speedups(points[0]["latency"], point["latency"])
@@ -288,7 +302,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     _log_choice(points, chosen_i, front, sweep, latency_key, test)
     result = {
         "k": k, "shown": shown, "val_queries": len(val), "beam_width": retriever.beam_width, "enabled": sweep.enabled,
-        "guarded_metrics": list(sweep.guarded_metrics), "max_relative_loss": sweep.max_relative_loss, "select_latency": latency_key,
+        "guarded_metrics": guarded, "unmeasured_guards": unmeasured, "max_relative_loss": sweep.max_relative_loss, "select_latency": latency_key,
         "points": points, "pareto": [points[i]["label"] for i in front],
         "chosen": best, "unpruned": points[0],
         "speedup": best["speedup"], "quality_loss": best["loss"],
@@ -311,7 +325,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                            "val_queries": result["val_queries"], "k": result["k"], "seconds": result["seconds"]}
     out.update({f"val_speedup_{k}": v for k, v in best["speedup"].items()})
     out.update({f"val_loss_{m}": v for m, v in best["loss"].items()})
-    out.update({f"val_{m}": best["quality"].get(m) for m in ("hr@10", "ndcg@10", "sim_orders_per_1k")})
+    out.update({f"val_{m}": best["quality"][m] for m in ("hr@10", "ndcg@10", "sim_orders_per_1k", "logged_orders_per_1k") if m in best["quality"]})
     if result["test"]:
         test = result["test"]
         out.update({f"test_speedup_{k}": v for k, v in test["speedup"].items()})
@@ -324,7 +338,7 @@ def _log_choice(points, chosen_i, front, sweep, latency_key, test) -> None:
     losses = ", ".join(f"{m} {100 * v:+.2f}%" for m, v in best["loss"].items())
     if chosen_i == 0:
         log.info("calibrate_pruning: chose no pruning: no point of %d was faster within %.1f%% relative loss on %s",
-                 len(points), 100 * sweep.max_relative_loss, ", ".join(sweep.guarded_metrics))
+                 len(points), 100 * sweep.max_relative_loss, ", ".join(best["loss"]))
     else:
         log.info("calibrate_pruning: chose %s: fastest within %.1f%% loss (loss %s); %s %.2f ms vs %.2f ms unpruned (%.2fx); Pareto set: %s",
                  best["label"], 100 * sweep.max_relative_loss, losses, latency_key, best["latency"][latency_key],

@@ -118,6 +118,8 @@ class GenerativeData:
     token_dim: int
     n_visual_tokens: int
     embed_dim: int
+    val_clicked: np.ndarray | None = None  # (Qv, R) item ids the VAL shoppers clicked in the log, -1 padded
+    val_ordered: np.ndarray | None = None  # (Qv, R') ordered
 
 
 def _encode_images(encoder, frames: list[pd.DataFrame], cfg: Config, with_embedding: bool) -> tuple[ImageBank, list[np.ndarray]]:
@@ -193,7 +195,20 @@ def load_generative_data(cfg: Config, root: Path, *, catalog_views: bool) -> Gen
         token_dim=encoder.token_dim,
         n_visual_tokens=encoder.num_tokens,
         embed_dim=encoder.dim if use_emb else 0,
+        val_clicked=_logged_items(interactions, val_q["query_id"].to_numpy(np.int64), "click"),
+        val_ordered=_logged_items(interactions, val_q["query_id"].to_numpy(np.int64), "order"),
     )
+
+
+def _logged_items(interactions: pd.DataFrame, query_ids: np.ndarray, action: str) -> np.ndarray:
+    """(Q, R) item ids with ``action`` in each query's logged session, -1 padded (R >= 1)."""
+    acts = interactions.loc[interactions["action"].astype(str) == action, ["query_id", "item_id"]].drop_duplicates()
+    grouped = acts.groupby("query_id")["item_id"].apply(list)
+    lists = [grouped.get(q, []) for q in query_ids]
+    out = np.full((len(lists), max([1, *map(len, lists)])), -1, np.int64)
+    for i, row in enumerate(lists):
+        out[i, : len(row)] = row
+    return out
 
 
 # --------------------------------------------------------------------------- probe
@@ -220,13 +235,14 @@ def generate(model: SIDGenerator, bank: ImageBank, rows: ContextRows, trie: SIDT
 
 
 def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: bool = False) -> dict[str, float]:
-    """VAL-query probe: exact-item HR@10 / MRR, simulated clicks and orders of the list the evaluation shows
+    """VAL-query probe: exact-item HR@10 / MRR, simulated clicks and orders (with a simulator) and logged
+    clicks and orders the list contains (with a search log) for the list the evaluation shows
     (``evaluate.shown``, default ``data.impressions_per_query``), favourite-brand share, decode time.
 
     ``anonymous``: without user and history (the pretrain model's only context; for the others, the
     personalisation gain is the difference to the personalised probe).
     """
-    from onevision.evaluation.metrics import hit_rate_at_k, reciprocal_rank
+    from onevision.evaluation.metrics import hit_rate_at_k, hits_at_k, reciprocal_rank
 
     val = data.val
     if not len(val):
@@ -255,52 +271,77 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
         out["sim_clicks_per_query"] = score["clicks_per_query"]
         out["sim_orders_per_query"] = score["orders_per_query"]
         out["favorite_brand_share_at_10"] = favorite_brand_share(ranked[:, :PROBE_K], users, data.items, data.user_tastes)
+    # Replay of the search log: logged clicks / orders whose item is in the list shown (both worlds).
+    for name, logged in (("clicks", data.val_clicked), ("orders", data.val_ordered)):
+        if logged is not None and (logged >= 0).any():
+            out[f"logged_{name}_per_query"] = float(hits_at_k(ranked, logged, shown).mean())
     return out
 
 
-class BestEpoch:
-    """Early stopping by the business metric: keep the epoch with the most simulated orders on VAL.
+def selection_key(p: dict[str, float]) -> str:
+    """The VAL probe metric that ranks epochs: simulated orders with a simulator, else the logged orders the
+    list would show (an imported catalog with an order log), else exact-item HR@10."""
+    for key in ("sim_orders_per_query", "logged_orders_per_query"):
+        if key in p:
+            return key
+    return "hr_at_10"
 
-    Epoch 0 is the stage's starting checkpoint (pretrain for SFT, SFT for DPO), so
-    a fine-tuning stage that does not raise VAL orders ships its input unchanged
-    instead of a worse model; the metrics say which epoch was kept. Used as the
-    training loop's ``on_epoch`` callback; each call adds the VAL probe's HR@10
-    and orders per query to that epoch's record (and so to the curves).
+
+SELECTION_NAMES = {
+    "sim_orders_per_query": "VAL simulated orders/query",
+    "logged_orders_per_query": "VAL logged orders shown/query",
+    "hr_at_10": "VAL HR@10",
+}
+
+
+class BestEpoch:
+    """Early stopping by the business metric: keep the epoch with the most orders on VAL.
+
+    Orders are the simulator's where one exists, else the logged orders the
+    shown list contains (:func:`selection_key`; exact-item HR@10 when there is
+    no order log). Epoch 0 is the stage's starting checkpoint (pretrain for SFT,
+    SFT for DPO), so a fine-tuning stage that does not raise VAL orders ships
+    its input unchanged instead of a worse model; the metrics say which epoch
+    was kept and by what. Used as the training loop's ``on_epoch`` callback;
+    each call adds the VAL probe's HR@10 and the selection metric to that
+    epoch's record (and so to the curves).
     """
 
     def __init__(self, model: SIDGenerator, data: GenerativeData, cfg: Config, enabled: bool = True, served_anonymously: bool = False):
         self.model, self.data, self.cfg, self.enabled = model, data, cfg, enabled
-        self.start = self._score()
+        first = probe(model, data, cfg)
+        self.key = selection_key(first)
+        self.start = self._score(first)
         # The pretrain checkpoint knows no users and serves everyone anonymously: what SFT must beat is that,
         # not the same weights fed user contexts they were never trained on. Reported, not used to select.
-        self.start_served = probe(model, data, cfg, anonymous=True).get("sim_orders_per_query") if served_anonymously else None
-        self.best_epoch, self.best_score = 0, self.start["sim_orders_per_query"]
+        self.start_served = probe(model, data, cfg, anonymous=True).get(self.key) if served_anonymously else None
+        self.best_epoch, self.best_score = 0, self.start[self.key]
         self.best_state = copy.deepcopy(model.state_dict()) if enabled else None
 
-    def _score(self) -> dict[str, float]:
-        p = probe(self.model, self.data, self.cfg)
-        # Without a user simulator (imported catalogs without tastes) exact-item HR@10 ranks the epochs.
-        return {"sim_orders_per_query": p.get("sim_orders_per_query", p.get("hr_at_10", 0.0)), "hr_at_10": p.get("hr_at_10", 0.0)}
+    def _score(self, p: dict[str, float] | None = None) -> dict[str, float]:
+        p = probe(self.model, self.data, self.cfg) if p is None else p
+        return {self.key: p.get(self.key, 0.0), "hr_at_10": p.get("hr_at_10", 0.0)}
 
     def __call__(self, epoch: int, record: dict) -> None:
         score = self._score()
-        record["val_sim_orders_per_query"], record["val_hr_at_10"] = score["sim_orders_per_query"], score["hr_at_10"]
-        if self.enabled and score["sim_orders_per_query"] > self.best_score:
-            self.best_epoch, self.best_score = epoch, score["sim_orders_per_query"]
+        record[f"val_{self.key}"], record["val_hr_at_10"] = score[self.key], score["hr_at_10"]
+        if self.enabled and score[self.key] > self.best_score:
+            self.best_epoch, self.best_score = epoch, score[self.key]
             self.best_state = copy.deepcopy(self.model.state_dict())
 
     def restore(self) -> dict[str, Any]:
         """Load the kept weights; returns what to report."""
+        name = SELECTION_NAMES[self.key]
         if self.enabled and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            log.info("keeping epoch %d (VAL simulated orders/query %.4f; start %.4f)", self.best_epoch, self.best_score, self.start["sim_orders_per_query"])
-        out = {"kept_epoch": self.best_epoch if self.enabled else -1, "val_sim_orders_per_query_start": round(self.start["sim_orders_per_query"], 5),
-               "val_sim_orders_per_query_kept": round(self.best_score, 5)}
+            log.info("keeping epoch %d (%s %.4f; start %.4f)", self.best_epoch, name, self.best_score, self.start[self.key])
+        out = {"kept_epoch": self.best_epoch if self.enabled else -1, "selection_metric": self.key,
+               f"val_{self.key}_start": round(self.start[self.key], 5), f"val_{self.key}_kept": round(self.best_score, 5)}
         if self.start_served is not None:
-            out["val_sim_orders_per_query_input_as_served"] = round(self.start_served, 5)
+            out[f"val_{self.key}_input_as_served"] = round(self.start_served, 5)
             if self.best_score <= self.start_served:
-                log.warning("kept epoch %d does not beat its input as served (VAL orders/query %.4f <= %.4f anonymous)",
-                            self.best_epoch, self.best_score, self.start_served)
+                log.warning("kept epoch %d does not beat its input as served (%s %.4f <= %.4f anonymous)",
+                            self.best_epoch, name, self.best_score, self.start_served)
         return out
 
 

@@ -196,7 +196,7 @@ def training_queries(cfg: Config, root: Path, encoder, index: ItemIndex, catalog
     queries, impressions, interactions = load_split_logs(root, split)
     logged = impression_log(queries, impressions, interactions, catalog)
     emb = encoder.embed(decode_image_column(queries, cfg.data.import_dir, cfg.data.image_channels))  # (Q, D)
-    rows, sims = index.search_rows(emb, cfg.mca.recall_k)  # (Q, R)
+    rows, sims = index.search_rows(emb, min(cfg.mca.recall_k, len(catalog.item_ids)))  # (Q, R): never more than the catalog
     query_ids = queries["query_id"].to_numpy(np.int64)
     user_ids = queries["user_id"].to_numpy(np.int64)
     tq = TrainingQueries(
@@ -205,6 +205,14 @@ def training_queries(cfg: Config, root: Path, encoder, index: ItemIndex, catalog
         fold=query_folds(query_ids, FEATURE_FOLDS, cfg.seed), emb=emb, rows=rows, sims=sims, neighbours=cfg.mca.neighbours,
     )
     return tq, logged
+
+
+def capped_sizes(recall_k: int, prerank_k: int, neighbours: int, n_items: int) -> CascadeSizes:
+    """The configured cuts, none larger than the catalog (a 64-item shop recalls 64, not 500)."""
+    if recall_k > n_items:
+        log.info("mca: recall_k %d capped at the catalog's %d items", recall_k, n_items)
+    recall = min(recall_k, n_items)
+    return CascadeSizes(recall_k=recall, prerank_k=min(prerank_k, recall), neighbours=min(neighbours, recall))
 
 
 def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, dict[str, Any]]:
@@ -264,7 +272,8 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
         "ranker_rows": len(x), "ranker_positives": int(y.sum()), "ranker_iterations": int(ranker.n_iter_),
     })
     facts["prerank_weights"] = {n: round(float(w), 4) for n, w in zip(pre_names, prerank.weights, strict=True)}
-    sizes = CascadeSizes(recall_k=m.recall_k, prerank_k=m.prerank_k, neighbours=m.neighbours)
+    sizes = capped_sizes(m.recall_k, m.prerank_k, m.neighbours, len(item_ids))
+    facts.update({"recall_k": sizes.recall_k, "prerank_k": sizes.prerank_k})
     cascade = MCACascade(encoder=encoder, index=index, catalog=catalog, stats=stats, prerank=prerank, ranker=ranker,
                          ranker_features=rank_names, sizes=sizes)
     facts.update(validation_check(cfg, root, cascade))

@@ -13,7 +13,7 @@ Tolerances are relative: a gate against a reference value ``r`` passes when
 | gate | passes when |
 |---|---|
 | ``baseline.<metric>`` | quality metric not below the baseline (MCA) by more than ``quality_tolerance`` |
-| ``baseline.orders`` | simulated orders not below the baseline by more than ``orders_tolerance`` |
+| ``baseline.orders`` | orders (simulated, or logged orders shown for an imported catalog) not below the baseline by more than ``orders_tolerance`` |
 | ``champion.<metric>``, ``champion.orders`` | no regression beyond ``champion_tolerance`` against the current champion (passes when there is none) |
 | ``invalid_sid_rate`` | exactly 0 |
 | ``latency_p95`` | within ``latency_budget_ms`` |
@@ -120,12 +120,21 @@ def at_least(name: str, value: Any, reference: Any, tolerance: float, what: str,
     return GateResult(name, ok, v, threshold, f"{_fmt(v)} {'>=' if ok else '<'} {_fmt(threshold)} ({what} {_fmt(r)}, tolerance {tolerance:.1%})")
 
 
+def resolved_gates(gates: GatesConfig, inputs: GateInputs) -> GatesConfig:
+    """``gates`` with ``orders_metric: orders`` named for what the candidate's evaluation measured:
+    simulated orders (demo shop) or the replay of logged orders (an imported catalog)."""
+    from onevision.evaluation.metrics import resolve_metric
+
+    return gates.model_copy(update={"orders_metric": resolve_metric(gates.orders_metric, inputs.candidate or {})})
+
+
 def candidate_metric(inputs: GateInputs, key: str) -> Any:
     return lookup(inputs.candidate, key)
 
 
 def evaluate_gates(inputs: GateInputs, gates: GatesConfig) -> GateReport:
     """Every gate, in a fixed order (the report's rows)."""
+    gates = resolved_gates(gates, inputs)
     results: list[GateResult] = []
     cand_src = f"metrics/evaluate.json['{gates.candidate_system}']"
     base_src = f"metrics/evaluate.json['{gates.baseline_system}']"
@@ -254,6 +263,7 @@ def collect_gate_inputs(cfg: Config, root: Path, champion: dict[str, Any] | None
 
 def candidate_metrics(inputs: GateInputs, gates: GatesConfig) -> dict[str, float]:
     """The candidate's gated metrics, recorded on its version so a later candidate can be compared with it."""
+    gates = resolved_gates(gates, inputs)
     keys = [*gates.quality_metrics, gates.orders_metric, gates.latency_metric, gates.invalid_sid_metric]
     out = {}
     for key in keys:

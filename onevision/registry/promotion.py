@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from onevision import paths
 from onevision.config import Config
-from onevision.registry.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates
+from onevision.registry.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
 from onevision.registry.model_registry import (
     AWAITING,
     CHALLENGER,
@@ -138,12 +138,13 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
         raise PromotionError(f"version {version} was already gated (status: {registry.status(mv)})")
     champion = registry.by_alias(CHAMPION)
     inputs = collect_gate_inputs(cfg, root, registry.metrics_of(champion) if champion else None, version_id(champion))
-    report = evaluate_gates(inputs, cfg.registry.gates)
+    gates = resolved_gates(cfg.registry.gates, inputs)  # "orders": simulated or logged, whichever this project measures
+    report = evaluate_gates(inputs, gates)
 
     from onevision.registry.report import markdown_report, plot_report
 
-    plot = plot_report(root / GATE_PLOT, inputs, cfg.registry.gates, report)
-    text = markdown_report(registry.name, version, report, inputs, cfg.registry.gates, plot_name=f"gate_report/{plot.name}")
+    plot = plot_report(root / GATE_PLOT, inputs, gates, report)
+    text = markdown_report(registry.name, version, report, inputs, gates, plot_name=f"gate_report/{plot.name}")
     (root / GATE_REPORT).parent.mkdir(parents=True, exist_ok=True)
     (root / GATE_REPORT).write_text(text)
     (root / GATE_REPORT.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -158,7 +159,7 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
         tags[f"{key}.value"] = "" if r.value is None else f"{r.value:.6g}"
         if r.threshold is not None:
             tags[f"{key}.threshold"] = f"{r.threshold:.6g}"
-    metrics = candidate_metrics(inputs, cfg.registry.gates)
+    metrics = candidate_metrics(inputs, gates)
     tags.update({f"metric.{metric_key(k)}": f"{v:.6g}" for k, v in metrics.items()})
     tags[METRICS_TAG] = json.dumps(metrics, sort_keys=True)
     tags["gates.passed"] = str(report.passed).lower()

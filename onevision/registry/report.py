@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onevision.config import GatesConfig
+from onevision.evaluation.metrics import ORDERS_LABELS
 from onevision.registry.gates import GateInputs, GateReport, candidate_metric, lookup
 
 
@@ -23,12 +24,17 @@ def _fmt(value: Any) -> str:
 
 def compared_metrics(gates: GatesConfig) -> list[tuple[str, str]]:
     """(metric key, label) of the side-by-side table and plot."""
-    return [(k, k) for k in gates.quality_metrics] + [(gates.orders_metric, "orders / 1k (sim.)"), (gates.latency_metric, "latency p95 (ms)")]
+    return [(k, k) for k in gates.quality_metrics] + [(gates.orders_metric, ORDERS_LABELS.get(gates.orders_metric, gates.orders_metric)), (gates.latency_metric, "latency p95 (ms)")]
+
+
+def report_title(model_name: str, version: str) -> str:
+    """The report's first line; it tells which version a local ``reports/gate_report.md`` belongs to."""
+    return f"# Gate report: `{model_name}` version {version}"
 
 
 def markdown_report(model_name: str, version: str, report: GateReport, inputs: GateInputs, gates: GatesConfig, plot_name: str | None = None) -> str:
     verdict = "**PASSED**: waiting for a reviewer" if report.passed else f"**FAILED** ({len(report.failed)} of {len(report.results)} gates): cannot be approved"
-    lines = [f"# Gate report: `{model_name}` version {version}", "", f"Verdict: {verdict}.", ""]
+    lines = [report_title(model_name, version), "", f"Verdict: {verdict}.", ""]
     lines += ["| gate | result | candidate | threshold | why |", "|---|---|---|---|---|"]
     for r in report.results:
         lines.append(f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reason} |")
@@ -44,6 +50,25 @@ def markdown_report(model_name: str, version: str, report: GateReport, inputs: G
         lines += ["## Decide", "", "```", f"onevision approve {version} --reviewer NAME --reason TEXT",
                   f"onevision reject {version} --reviewer NAME --reason TEXT", "```", ""]
     return "\n".join(lines)
+
+
+def where_to_read(local_report: Path, model_name: str, version: str, tags: dict[str, str], tracking_uri: str) -> list[str]:
+    """Lines saying where a gated version's report is: the local file (when it is this version's) and its MLflow artifact."""
+    lines = []
+    failed = tags.get("gates.failed")
+    if failed:
+        lines.append(f"failed gates: {failed.replace(',', ', ')}")
+    try:
+        is_this_version = local_report.read_text().splitlines()[:1] == [report_title(model_name, version)]
+    except (OSError, UnicodeDecodeError):
+        is_this_version = False
+    if is_this_version:
+        lines.append(f"gate report: {local_report}")
+    artifact = tags.get("gate_report")
+    if artifact:
+        lines.append(f"gate report in MLflow: {artifact} (MLFLOW_TRACKING_URI={tracking_uri} mlflow artifacts download -u {artifact})")
+    lines.append(f"the report is also the description of version {version} of '{model_name}' in the MLflow UI (Models)")
+    return lines
 
 
 def plot_report(path: Path, inputs: GateInputs, gates: GatesConfig, report: GateReport) -> Path:

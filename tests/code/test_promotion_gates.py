@@ -136,3 +136,14 @@ def test_only_listed_reviewers_may_decide():
     assert authorize_reviewer(cfg, " alice ") == "alice"
     with pytest.raises(ReviewerNotAllowed, match="'mallory' is not a reviewer"):
         authorize_reviewer(cfg, "mallory")
+
+
+def test_an_imported_catalog_is_gated_on_logged_orders():
+    logged = {k: v for k, v in CANDIDATE.items() if k != "sim_orders_per_1k"} | {"logged_orders_per_1k": 80.0}
+    base = {k: v for k, v in MCA.items() if k != "sim_orders_per_1k"} | {"logged_orders_per_1k": 75.0}
+    report = evaluate_gates(inputs(candidate=logged, baseline=base), GATES)
+    assert report.passed, [(r.name, r.reason) for r in report.failed]
+    assert "80" in gate(report, "baseline.orders").reason
+    worse = evaluate_gates(inputs(candidate={**logged, "logged_orders_per_1k": 70.0}, baseline=base), GATES)
+    assert not gate(worse, "baseline.orders").passed
+    assert candidate_metrics(inputs(candidate=logged, baseline=base), GATES)["logged_orders_per_1k"] == 80.0
