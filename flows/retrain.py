@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
+from onevision.stagegraph import sync_dvc_yaml
 from onevision.tracking import Tracker, dvc_lock_hashes, git_revision
 from tasks.stages import run_stage
 
@@ -26,18 +27,25 @@ def retrain(
     overrides: list[str] | None = None,
     until: str | None = None,
     promote: bool = False,
+    reset: bool = False,
+    replace_trained: bool = False,
 ) -> list[dict]:
     """Retrain OneVision: prepare → validate → split → … up to `until`.
+
+    overrides are added to those recorded in params.yaml; reset drops the recorded ones first.
+    replace_trained: allow a switch of profile or data.source while models/ holds trained models.
 
     promote: then run the promotion flow (register, gates, reviewer); opt-in, it needs
     the stages through `evaluate` and a trained model (flows/promote.py).
     """
     logger = get_run_logger()
     root_path = Path(root).resolve()
-    changes = write_run_params(root_path, profile, overrides or [])
+    changes = write_run_params(root_path, profile, overrides or [], reset=reset, replace_trained=replace_trained)
     for key, (old, new) in changes.items():
         logger.info("params.yaml: %s %r -> %r", key, old, new)
     cfg = load_config(root_path / PARAMS_FILE)
+    if sync_dvc_yaml(root_path, cfg):  # e.g. a catalog import: its CSVs and photos become deps of prepare
+        logger.info("dvc.yaml: generated deps rewritten for this configuration")
     stages = stages_until(until)
     tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri)
     tags = {

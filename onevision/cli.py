@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,8 +48,9 @@ def _setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
     )
     if not verbose:
-        # The Prefect client logs every HTTP request to its API at INFO: noise, not news.
-        for noisy in ("httpx", "httpcore"):
+        # The Prefect client logs every HTTP request to its API at INFO, and faiss's loader each SIMD build it
+        # tries ("Could not load library with AVX512 support ... ModuleNotFoundError"): noise, not news.
+        for noisy in ("httpx", "httpcore", "faiss.loader"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -67,6 +69,18 @@ def _load(root: Path, profile: str | None, overrides: list[str] | None):
 # --------------------------------------------------------------------------- retrain
 
 
+class RetrainStopped(BaseException):
+    """SIGTERM while the retrain flow runs (a BaseException, like KeyboardInterrupt: nothing swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signal = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise RetrainStopped(signum)
+
+
 @app.command()
 def retrain(
     profile: ProfileOpt = None,
@@ -78,34 +92,94 @@ def retrain(
         bool,
         typer.Option("--promote/--no-promote", help="Afterwards register the model and run the promotion gates; it then waits for a reviewer (docs/reviewers.md)."),
     ] = False,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Drop the overrides recorded in params.yaml by earlier --set (it lists what it drops).")
+    ] = False,
+    replace_trained: Annotated[
+        bool,
+        typer.Option("--replace-trained", help="Allow switching the profile or data.source while models/ holds trained models."),
+    ] = False,
     root: RootOpt = Path("."),
 ) -> None:
     """Run the retrain flow (Prefect) over the DVC stages, tracked in MLflow.
 
     The profile and --set overrides are written to params.yaml (as `dvc exp run
     --set-param` does) so DVC sees them and `dvc repro` alone reproduces the run.
+    Each --set adds to the overrides recorded by earlier runs (--reset drops them).
     Unchanged stages are skipped.
     """
     _setup_logging()
     root = root.resolve()
-    _load(root, profile, overrides)  # fail fast on config errors, before Prefect starts
-    from onevision.pipeline import apply_local_state_env, stages_until
+    if not (root / PARAMS_FILE).exists():
+        _fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
+    from onevision.pipeline import apply_local_state_env, stages_until, write_run_params
 
     try:
         stages_until(until)
+        # Written before Prefect starts: config errors and refused switches fail fast, with nothing run.
+        changes = write_run_params(root, profile, overrides or [], reset=reset, replace_trained=replace_trained)
     except ConfigError as exc:
         _fail(str(exc))
+    for key, change in changes.items():
+        if key == "dropped overrides":
+            typer.echo(f"params.yaml: --reset dropped {', '.join(change)}")
+        elif key != "overrides":
+            typer.echo(f"params.yaml: {key} {change[0]!r} -> {change[1]!r}")
     apply_local_state_env(root)
+    from prefect.exceptions import TerminationSignal
+
     from flows.retrain import retrain as retrain_flow
 
+    # SIGTERM becomes an exception: Prefect marks the run Crashed and re-delivers the signal to this handler,
+    # so the process still unwinds (the running stage is stopped, Prefect's temporary server shut down)
+    # instead of dying on the default action with that server left running.
+    signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        outcomes = retrain_flow(root=str(root), profile=profile, overrides=overrides or [], until=until, promote=promote)
+        outcomes = retrain_flow(root=str(root), until=until, promote=promote)
+    except (KeyboardInterrupt, TerminationSignal, RetrainStopped) as exc:
+        signum = getattr(exc, "signal", signal.SIGINT)
+        _fail("retrain stopped: the running stage was stopped and DVC kept none of its outputs (dvc.lock is "
+              "unchanged for it); finished stages are kept, so `onevision retrain` resumes from that stage", code=128 + signum)
     except Exception as exc:  # the flow already logged the traceback
         _fail(f"retrain failed: {exc}", code=1)
     typer.echo("\nstage            status     seconds")
     for o in outcomes:
         typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}")
+    total = sum(o["seconds"] for o in outcomes)
+    typer.echo(f"{'total':<26} {total:8.1f}")
+    for line in retrain_summary(root):
+        typer.echo(line)
     typer.echo("\nMLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db   DVC: dvc metrics show")
+
+
+def retrain_summary(root: Path) -> list[str]:
+    """What a retrain produced, in a few lines: OneVision vs MCA on TEST, the gates, where to look."""
+    from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, resolve_metric
+
+    path = root / "metrics" / "evaluate.json"
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text())
+    ours, base = results.get("onevision"), results.get("mca")
+    lines = ["", "OneVision vs MCA on the TEST split:"]
+    if ours and base:
+        orders = resolve_metric(ORDERS, ours)
+        for key, label in (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), (orders, ORDERS_LABELS.get(orders, orders)), ("latency_p50_ms", "p50 ms (batch 1)")):
+            a, b = ours.get(key), base.get(key)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                ratio = f"{a / b:.3f}x" if b else "-"
+                lines.append(f"  {label:<26} {a:10.4g}  vs {b:10.4g}   {ratio}")
+    gate = root / "reports" / "gate_report.md"
+    if gate.exists():
+        verdict = next((ln for ln in gate.read_text().splitlines() if ln.startswith("Verdict:")), "")
+        lines.append(f"Gates: {verdict.removeprefix('Verdict: ').strip('.') or 'see the report'} ({gate})")
+    else:
+        lines.append("Gates: not checked yet (onevision promote, or retrain --promote)")
+    lines.append(f"Report: {root / 'reports' / 'evaluate.md'}")
+    html = root / "reports" / "evaluate.html"
+    if html.exists():
+        lines.append(f"Visual report: {html}")
+    return lines
 
 
 # --------------------------------------------------------------------------- stages
@@ -140,23 +214,21 @@ def stage_dvc_deps(
     check: Annotated[bool, typer.Option("--check", help="Only compare: exit 1 when dvc.yaml's code deps are stale.")] = False,
     root: RootOpt = Path("."),
 ) -> None:
-    """Rewrite the code deps of dvc.yaml from each stage's import closure (what it really runs)."""
-    from onevision.stagegraph import render_dvc_yaml
+    """Rewrite dvc.yaml's generated deps: each stage's code (its import closure) and, for an imported
+    catalog, the catalog CSV, query log and photo folder of params.yaml (`onevision retrain` does this too)."""
+    from onevision.stagegraph import render_dvc_yaml, sync_dvc_yaml
 
     path = root / "dvc.yaml"
     if not path.exists():
         _fail(f"{path} not found; run from the project root or pass --root")
-    text = path.read_text()
-    new = render_dvc_yaml(text)
-    if new == text:
-        typer.echo(f"{path}: code deps are up to date")
+    cfg = _load(root, None, None)
+    if render_dvc_yaml(path.read_text(), cfg) == path.read_text():
+        typer.echo(f"{path}: generated deps are up to date")
         return
     if check:
-        _fail(f"{path}: code deps differ from the stages' imports; run `onevision stage dvc-deps` and commit", code=1)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-    typer.echo(f"{path}: code deps rewritten from the stages' imports")
+        _fail(f"{path}: deps differ from the stages' imports or the configured data; run `onevision stage dvc-deps`", code=1)
+    sync_dvc_yaml(root, cfg)
+    typer.echo(f"{path}: deps rewritten from the stages' imports and the configured data")
 
 
 @stage_app.command("list")
@@ -205,20 +277,55 @@ def data_build_demo(
         typer.echo(f"{name:<14} {len(tables[name]):>8} rows  {path}")
 
 
+@data_app.command("example-catalog")
+def data_example_catalog(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write photos/, catalog.csv and queries.csv into.")],
+    items: Annotated[int, typer.Option(help="Products (3 photos each).", min=8)] = 64,
+    users: Annotated[int, typer.Option(help="Shoppers in the search log.", min=1)] = 20,
+    queries: Annotated[int, typer.Option(help="Photo searches in the log (10 results shown each, with clicks and orders).", min=20)] = 480,
+    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
+    root: RootOpt = Path("."),
+) -> None:
+    """Write a small example of your own catalog (colour JPEGs, catalog CSV, search log) to try the import path.
+
+    The files have the format `onevision data import` reads (docs/own-catalog.md); the garments come
+    from the Fashion-MNIST folder of params.yaml (data.fashion_mnist_dir), so nothing is downloaded.
+    """
+    _setup_logging()
+    from onevision.config import Config
+    from onevision.data.example_catalog import ExampleSpec, write_example_catalog
+
+    cfg = _load(root, None, None) if (root / PARAMS_FILE).exists() else Config()
+    try:
+        counts = write_example_catalog(out, cfg.data.fashion_mnist_dir, ExampleSpec(n_items=items, n_users=users, n_queries=queries, seed=seed))
+    except FileNotFoundError as exc:
+        _fail(f"{exc}; the example garments come from Fashion-MNIST: apt-get install dataset-fashion-mnist")
+    typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()) + f" written to {out}/ (photos/, catalog.csv, queries.csv)")
+
+
 @data_app.command("import")
 def data_import(
     catalog: Annotated[Path, typer.Option("--catalog", help="CSV: item_id, image_paths (';'-separated), category, brand, price.", exists=True, dir_okay=False)],
     images: Annotated[Path, typer.Option("--images", help="Folder holding the photos; paths in the CSVs are relative to it.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Parquet tables.")],
     queries: Annotated[Path | None, typer.Option("--queries", help="Optional query log CSV.", exists=True, dir_okay=False)] = None,
-    image_size: Annotated[int, typer.Option(help="Resize photos to this square side.")] = 64,
-    channels: Annotated[int, typer.Option(help="1 grayscale or 3 RGB.")] = 3,
+    image_size: Annotated[int | None, typer.Option(help="Resize photos to this square side (default: the project's data.image_size).")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 grayscale or 3 RGB (default: the project's data.image_channels).")] = None,
+    profile: ProfileOpt = None,
+    root: RootOpt = Path("."),
 ) -> None:
-    """Import a catalog of your own product photos into the canonical tables (photos are not modified)."""
+    """Import a catalog of your own product photos into the canonical tables (photos are not modified).
+
+    Sizes default to the project's params.yaml (as `onevision data validate` does), so the two agree.
+    """
     _setup_logging()
+    from onevision.config import Config
     from onevision.data.importer import import_catalog
     from onevision.data.tables import write_tables
 
+    cfg = _load(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
+    image_size = image_size or cfg.data.image_size
+    channels = channels or cfg.data.image_channels
     if channels not in (1, 3):
         _fail("--channels must be 1 or 3")
     try:

@@ -356,8 +356,9 @@ class PruningSweepConfig(Section):
     )
     early_exit: list[bool] = Field([False, True], min_length=1, description="Values swept: finish beams whose prefix has one catalog completion from the trie.")
     guarded_metrics: list[str] = Field(
-        ["hr@10", "sim_orders_per_1k"], min_length=1,
-        description="Quality metrics (higher is better; keys of the evaluation rows) whose relative loss is bounded; also the Pareto quality: the worst retained share of them.",
+        ["hr@10", "orders"], min_length=1,
+        description="Quality metrics (higher is better; keys of the evaluation rows) whose relative loss is bounded; also the Pareto quality: the worst retained share of them. "
+        "'orders': simulated orders where a simulator exists, else the logged orders the list shows; a metric the project cannot measure is dropped with a warning.",
     )
     max_relative_loss: float = Field(0.01, ge=0, lt=1, description="Largest allowed relative loss of each guarded metric against the unpruned model on the same queries.")
     select_latency: Literal["batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query"] = Field(
@@ -368,7 +369,7 @@ class PruningSweepConfig(Section):
     latency_queries: int = Field(100, ge=1, description="Timed batch-1 decodes per point (cycling over the VAL queries).")
     warmup: int = Field(10, ge=0, description="Untimed decodes before each point's timing.")
     batch_size: int = Field(64, ge=2, description="Queries per decode of the batched timing (batch 1 is always timed too).")
-    k: int | None = Field(None, ge=1, description="Results decoded per query; None: what stage evaluate asks for (max of evaluate.ks and the simulator's shown list).")
+    k: int | None = Field(None, ge=1, description="Results decoded per query; None: what stage evaluate asks for (max of evaluate.ks and the shown result page).")
     threads: int = Field(1, ge=0, description="torch threads while timing (1: one serving replica per core, stable timings); 0: torch's default.")
 
     @model_validator(mode="after")
@@ -473,8 +474,10 @@ class GatesConfig(Section):
     baseline_system: str = Field("mca", description="Row of metrics/evaluate.json the candidate must not fall below (the incumbent MCA).")
     quality_metrics: list[str] = Field(["hr@10", "ndcg@10"], min_length=1, description="Quality metrics (higher is better) gated against baseline and champion.")
     quality_tolerance: float = Field(0.02, ge=0, lt=1, description="Allowed relative shortfall of a quality metric below the baseline.")
-    orders_metric: str = Field("sim_orders_per_1k", description="Simulated orders metric (higher is better).")
-    orders_tolerance: float = Field(0.0, ge=0, lt=1, description="Allowed relative shortfall of simulated orders below the baseline (0: not below).")
+    orders_metric: str = Field(
+        "orders", description="Orders metric (higher is better): 'orders' is sim_orders_per_1k where a user simulator exists (the demo), "
+        "else logged_orders_per_1k (replay of an imported search log); or name any key of evaluate.json.")
+    orders_tolerance: float = Field(0.0, ge=0, lt=1, description="Allowed relative shortfall of orders below the baseline (0: not below).")
     champion_tolerance: float = Field(0.02, ge=0, lt=1, description="Allowed relative regression of quality and orders against the current champion.")
     invalid_sid_metric: str = Field("invalid_sid_rate", description="Must be exactly 0; read from evaluate.json, else the generative stage's probe.")
     latency_metric: str = Field("latency_p95_ms", description="Batch-1 latency percentile gated against the budget.")
@@ -628,8 +631,12 @@ def load_config(
     path: str | Path = PARAMS_FILE,
     profile: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    file_overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """Load ``params.yaml`` and return the effective, validated :class:`Config`."""
+    """Load ``params.yaml`` and return the effective, validated :class:`Config`.
+
+    ``file_overrides`` stands in for the file's ``overrides`` block (what it would hold after a write).
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"parameter file {path} not found")
@@ -639,6 +646,8 @@ def load_config(
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at top level")
+    if file_overrides is not None:
+        raw["overrides"] = file_overrides
     for name in raw.get("profiles") or {}:
         # Validate every profile, not only the active one, so a typo never waits for its turn.
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from onevision import paths
-from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, load_config, overrides_to_tree
+from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, deep_merge, load_config, overrides_to_tree
 from onevision.stages import STAGE_ARTIFACTS, STAGE_PARAMS, STAGES
 
 log = logging.getLogger(__name__)
@@ -60,37 +61,92 @@ def apply_local_state_env(root: Path) -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
-def write_run_params(root: Path, profile: str | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+class WouldReplaceTrained(ConfigError):
+    """A run would switch the data source or profile over trained outputs without the explicit flag."""
+
+
+def trained_outputs(root: Path) -> list[str]:
+    """Trained model folders under ``models/`` (what a switch of data or profile would overwrite)."""
+    models = root / paths.MODELS
+    return sorted(p.name for p in models.iterdir() if p.is_dir() and any(p.iterdir())) if models.is_dir() else []
+
+
+def write_run_params(
+    root: Path,
+    profile: str | None,
+    overrides: list[str] | tuple[str, ...],
+    *,
+    reset: bool = False,
+    replace_trained: bool = False,
+) -> dict[str, Any]:
     """Record this run's profile and overrides in params.yaml, as `dvc exp run --set-param` does.
 
     DVC reads params.yaml for change detection, so what the run uses must be
-    written there; comments and layout are preserved. Returns what changed.
+    written there; comments and layout are preserved. ``--set`` values are
+    added to the recorded ``overrides`` (a later ``--set b=2`` keeps an earlier
+    ``a=1``); ``reset`` drops the recorded ones first (the returned changes say
+    what was dropped). A run that switches the profile or ``data.source`` while
+    ``models/`` holds trained models raises :class:`WouldReplaceTrained` unless
+    ``replace_trained``. Returns what changed.
     """
     path = root / PARAMS_FILE
-    # Validate before touching the file: a bad --set must not leave a broken params.yaml.
-    load_config(path, profile=profile, overrides=overrides)
     yaml = YAML()
     yaml.preserve_quotes = True
     doc = yaml.load(path.read_text())
+    current = _plain(doc.get("overrides") or {})
+    tree = overrides_to_tree(overrides)
+    base = {} if reset else current
+    merged_tree = deep_merge(base, {k: v for k, v in tree.items() if k != "seed"})
+    new_overrides = complete_overrides(merged_tree)
+    # Validate before touching the file: a bad --set must not leave a broken params.yaml.
+    before = load_config(path)
+    after = load_config(path, profile=profile, overrides=overrides, file_overrides=new_overrides)
+    switched = [
+        f"{what} {old!r} -> {new!r}"
+        for what, old, new in (("profile", before.profile, after.profile), ("data.source", before.data.source, after.data.source))
+        if old != new
+    ]
+    trained = trained_outputs(root)
+    if switched and trained and not replace_trained:
+        raise WouldReplaceTrained(
+            f"this run switches {' and '.join(switched)} while models/ holds trained models ({', '.join(trained)}); "
+            "retraining would replace them. Pass --replace-trained to go ahead (DVC's cache keeps the current "
+            "models: switching back and rerunning restores them from its run cache without training), or train "
+            "the other setting in a copy of the project"
+        )
     changes: dict[str, Any] = {}
     if profile is not None and doc.get("profile") != profile:
         changes["profile"] = (doc.get("profile"), profile)
         doc["profile"] = profile
-    tree = overrides_to_tree(overrides)
     if "seed" in tree:  # a top-level value, not a section: written in place
-        seed = tree.pop("seed")
+        seed = tree["seed"]
         if doc.get("seed") != seed:
             changes["seed"] = (doc.get("seed"), seed)
             doc["seed"] = seed
-    current = doc.get("overrides") or {}
-    new_overrides = complete_overrides(tree if overrides else _plain(current))
-    if _plain(current) != new_overrides:
-        changes["overrides"] = (_plain(current), new_overrides)
+    if reset:
+        dropped = _leaves(current)
+        if dropped:
+            changes["dropped overrides"] = dropped
+    if current != new_overrides:
+        changes["overrides"] = (current, new_overrides)
         doc["overrides"] = new_overrides
     if changes:
-        with path.open("w") as fh:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as fh:
             yaml.dump(doc, fh)
+        tmp.replace(path)
     return changes
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{'data': {'n_users': 50}}`` -> ``['data.n_users=50']``."""
+    out: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.extend(_leaves(value, f"{prefix}{key}."))
+        else:
+            out.append(f"{prefix}{key}={value!r}")
+    return out
 
 
 def _plain(node: Any) -> Any:
@@ -139,16 +195,38 @@ class StageFailed(RuntimeError):
 def reproduce_stage(root: Path, stage: str) -> None:
     """`dvc repro --single-item STAGE`, streaming DVC's output to the log."""
     cmd, env = _dvc_command("repro", "--single-item", stage)
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Its own process group: a stop (SIGTERM / Ctrl-C of the flow) reaches dvc and the stage under it.
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     tail: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            log.info("[%s] %s", stage, line)
-            tail = (tail + [line])[-40:]
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                log.info("[%s] %s", stage, line)
+                tail = (tail + [line])[-40:]
+    except BaseException:  # the flow is being stopped (Prefect's TerminationSignal, KeyboardInterrupt, ...)
+        log.warning("stopping stage '%s': dvc keeps no output of an unfinished stage (dvc.lock is not updated), "
+                    "so the next run reruns it", stage)
+        stop_process_group(proc)
+        raise
     if proc.wait() != 0:
         raise StageFailed(f"stage '{stage}' failed (dvc repro exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Interrupt ``proc``'s process group as Ctrl-C would (dvc then releases its lock), then SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def read_stage_metrics(root: Path, stage: str) -> dict[str, Any]:

@@ -12,6 +12,13 @@ sees lazy imports too.
 
 ``onevision stage dvc-deps`` rewrites the code deps of ``dvc.yaml`` from it, and
 ``tests/code/test_stagegraph.py`` fails when the committed file differs.
+
+The user's own data is a dependency too: with ``data.source: import`` the
+catalog CSV, the query log and the photo folder are deps of ``prepare``
+(:func:`stage_input_deps`), so DVC content-hashes them and a changed price or
+photo reruns what depends on it. They come from the effective config, so
+``onevision retrain`` rewrites them whenever params.yaml points elsewhere
+(:func:`sync_dvc_yaml`), and ``prepare`` refuses to run when they are missing.
 """
 
 from __future__ import annotations
@@ -19,9 +26,13 @@ from __future__ import annotations
 import ast
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onevision
 from onevision.stages import STAGES
+
+if TYPE_CHECKING:
+    from onevision.config import Config
 
 PACKAGE = "onevision"
 PACKAGE_DIR = Path(onevision.__file__).resolve().parent
@@ -112,11 +123,29 @@ def is_code_dep(dep: str) -> bool:
     return dep.startswith(f"{PACKAGE}/") or dep == PACKAGE
 
 
-def render_dvc_yaml(text: str) -> str:
-    """``dvc.yaml`` text with every stage's code deps replaced by its import closure; data deps, params,
-    outs and comments stay as written (the file is edited line by line, not re-serialised)."""
+def stage_input_deps(stage: str, cfg: Config | None) -> list[str] | None:
+    """The user-data deps of ``stage`` under ``cfg`` (None: the stage has none that come from the config).
+
+    ``prepare`` of an imported catalog depends on the catalog CSV, the query log and the photo folder
+    (:func:`onevision.data.stages.import_inputs`).
+    """
+    if stage != "prepare" or cfg is None:
+        return None
+    from onevision.data.stages import import_inputs
+
+    return import_inputs(cfg)
+
+
+def render_dvc_yaml(text: str, cfg: Config | None = None) -> str:
+    """``dvc.yaml`` text with every stage's code deps replaced by its import closure and, given ``cfg``,
+    the user-data deps of ``prepare`` by :func:`stage_input_deps`; other data deps, params, outs and
+    comments stay as written (the file is edited line by line, not re-serialised)."""
     lines, out = text.splitlines(), []
     stage, in_deps, i = None, False, 0
+
+    def generated(name: str) -> list[str]:
+        return [f"      - {dep}" for dep in (stage_input_deps(name, cfg) or []) + stage_code_deps(name)]
+
     while i < len(lines):
         line = lines[i]
         stripped = line.strip()
@@ -124,14 +153,29 @@ def render_dvc_yaml(text: str) -> str:
         if indent == 2 and stripped.endswith(":") and not stripped.startswith("#"):
             stage, in_deps = stripped[:-1], False
         elif stage and indent == 4 and stripped.endswith(":"):
-            if in_deps:  # leaving deps: append the generated code deps
-                out.extend(f"      - {dep}" for dep in stage_code_deps(stage))
+            if in_deps:  # leaving deps: append the generated deps
+                out.extend(generated(stage))
             in_deps = stripped == "deps:" and stage in STAGES
-        elif in_deps and stripped.startswith("- ") and is_code_dep(stripped[2:].strip()):
-            i += 1
-            continue  # a hand-written code dep: replaced below
+        elif in_deps and stripped.startswith("- "):
+            dep = stripped[2:].strip()
+            if is_code_dep(dep) or stage_input_deps(stage, cfg) is not None:
+                i += 1
+                continue  # a generated dep: written below
         out.append(line)
         i += 1
     if in_deps and stage:
-        out.extend(f"      - {dep}" for dep in stage_code_deps(stage))
+        out.extend(generated(stage))
     return "\n".join(out) + "\n"
+
+
+def sync_dvc_yaml(root: Path, cfg: Config) -> bool:
+    """Rewrite ``root/dvc.yaml`` when its generated deps differ from ``cfg``'s (atomically); True when rewritten."""
+    path = root / "dvc.yaml"
+    text = path.read_text()
+    new = render_dvc_yaml(text, cfg)
+    if new == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+    return True

@@ -8,10 +8,34 @@ from pathlib import Path
 from typing import Any
 
 from onevision import paths
-from onevision.config import Config
+from onevision.config import Config, ConfigError
 from onevision.stages import write_metrics
 
 log = logging.getLogger(__name__)
+
+
+def import_inputs(cfg: Config) -> list[str]:
+    """What ``prepare`` reads of an imported catalog (catalog CSV, query log, photo folder), as configured.
+
+    These are deps of ``prepare`` in dvc.yaml (written by ``onevision stage dvc-deps`` and ``retrain``),
+    so DVC content-hashes them; paths are relative to the project root or absolute. Empty for the demo.
+    """
+    if cfg.data.source != "import":
+        return []
+    inputs = (cfg.data.import_catalog_csv, cfg.data.import_queries_csv, cfg.data.import_dir)
+    return [Path(p).as_posix() for p in inputs if p]
+
+
+def missing_input_deps(root: Path, cfg: Config) -> list[str]:
+    """Inputs of :func:`import_inputs` that ``root/dvc.yaml``'s prepare stage does not list."""
+    import yaml
+
+    path = root / "dvc.yaml"
+    if not path.exists():
+        return []
+    stage = ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).get("prepare") or {}
+    deps = stage.get("deps") or []
+    return [dep for dep in import_inputs(cfg) if dep not in deps]
 
 
 def prepare(cfg: Config, root: Path) -> dict[str, Any]:
@@ -25,7 +49,12 @@ def prepare(cfg: Config, root: Path) -> dict[str, Any]:
         tables = build_demo(cfg)
     else:
         from onevision.data.importer import import_catalog
-
+        missing = missing_input_deps(root, cfg)
+        if missing:
+            raise ConfigError(
+                f"dvc.yaml's prepare stage does not list the imported data ({', '.join(missing)}), so DVC would "
+                "not see it change; run `onevision stage dvc-deps` (onevision retrain does it for you)"
+            )
         tables = import_catalog(
             cfg.data.import_catalog_csv,
             cfg.data.import_dir,

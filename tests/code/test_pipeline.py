@@ -117,3 +117,39 @@ def test_artifacts_logged_to_mlflow_are_outputs_of_their_stage_in_dvc_yaml():
         declared = [d if isinstance(d, str) else next(iter(d)) for d in declared]
         for rel in files:
             assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in declared), (stage, rel)
+
+
+def test_a_second_set_keeps_the_first(project):
+    write_run_params(project, None, ["data.n_users=50"])
+    write_run_params(project, None, ["mca.recall_k=400"])
+    cfg = load_config(project / "params.yaml")
+    assert (cfg.data.n_users, cfg.mca.recall_k) == (50, 400)
+    # the same key again changes it, the other stays
+    write_run_params(project, None, ["data.n_users=60"])
+    cfg = load_config(project / "params.yaml")
+    assert (cfg.data.n_users, cfg.mca.recall_k) == (60, 400)
+
+
+def test_reset_drops_the_recorded_overrides_and_says_which(project):
+    write_run_params(project, None, ["data.n_users=50", "mca.recall_k=400"])
+    changes = write_run_params(project, None, ["split.val_fraction=0.2"], reset=True)
+    assert sorted(changes["dropped overrides"]) == ["data.n_users=50", "mca.recall_k=400"]
+    cfg = load_config(project / "params.yaml")
+    assert cfg.data.n_users == load_config(REPO / "params.yaml").data.n_users
+    assert cfg.split.val_fraction == 0.2
+
+
+def test_switching_profile_over_trained_models_needs_the_flag(project):
+    from onevision.pipeline import WouldReplaceTrained
+
+    (project / "models" / "vrq").mkdir(parents=True)
+    (project / "models" / "vrq" / "vrq.pt").write_bytes(b"trained")
+    before = (project / "params.yaml").read_text()
+    with pytest.raises(WouldReplaceTrained, match="--replace-trained"):
+        write_run_params(project, "small", [])
+    with pytest.raises(WouldReplaceTrained, match="data.source"):
+        write_run_params(project, None, ["data.source=import", "data.import_dir=x", "data.import_catalog_csv=x.csv"])
+    assert (project / "params.yaml").read_text() == before
+    # other changes on the same profile are fine, and the flag lets a switch through
+    write_run_params(project, None, ["data.n_users=50"])
+    assert write_run_params(project, "small", [], replace_trained=True)["profile"] == ("default", "small")
