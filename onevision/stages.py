@@ -67,7 +67,7 @@ STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "sft": ("plots/sft.png",),
     "dpo": ("plots/dpo.png",),
     "calibrate_pruning": ("metrics/pruning.json", "reports/pruning.md", "plots/pruning_pareto.png", "models/pruning/pruning.json"),
-    "evaluate": ("plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"),
+    "evaluate": ("reports/evaluate.html", "plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"),
 }
 
 

@@ -127,21 +127,27 @@ def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: P
         orders = resolve_metric(ORDERS, results[timed[0]])
         if all(results[n].get(orders) is not None for n in timed):
             panels.append((orders, f"{ORDERS_LABELS[orders]} queries"))
-        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 2.5, 4.8), squeeze=False)
+        # One colour and marker per system and a legend, not labels at the points: OneVision's variants sit
+        # on top of each other (pruned = unpruned, DPO = SFT when it kept its input) and their labels collided.
+        markers = "o^sDvP*Xh<>p"
+        colours = plt.get_cmap("tab10" if len(timed) <= 10 else "tab20")
         for ax, (key, label) in zip(axes[0], panels, strict=True):
             pts = [(results[n][key], results[n]["latency_p50_ms"]) for n in timed]
-            for n, (q, lat) in zip(timed, pts, strict=True):
-                ax.scatter(lat, q, s=40)
-                ax.annotate(n, (lat, q), textcoords="offset points", xytext=(5, 4), fontsize=9)
+            for i, (n, (q, lat)) in enumerate(zip(timed, pts, strict=True)):
+                ax.scatter(lat, q, s=70 if n in ("onevision", "mca") else 45, marker=markers[i % len(markers)],
+                           color=colours(i % colours.N), edgecolor="black" if n in ("onevision", "mca") else "none",
+                           label=n, zorder=3, alpha=0.9)
             front = pareto_front(pts)
-            ax.plot([pts[i][1] for i in front], [pts[i][0] for i in front], "--", color="grey", lw=1, label="Pareto front")
+            ax.plot([pts[i][1] for i in front], [pts[i][0] for i in front], "--", color="grey", lw=1, label="Pareto front", zorder=2)
             ax.set_xscale("log")
             ax.set_xlabel("p50 latency, batch 1 (ms, log)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-            ax.legend(loc="lower right", fontsize=8)
-        fig.suptitle("Quality vs latency")
-        fig.tight_layout()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=9, frameon=False)
+        fig.suptitle("Quality vs latency (TEST split)")
+        fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
         path = plots_dir / "evaluate_quality_latency.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

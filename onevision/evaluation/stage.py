@@ -1,7 +1,8 @@
 """Stage ``evaluate``: every available system on the TEST split, side by side.
 
 Writes ``metrics/evaluate.json`` (through the stage registry: one object per
-system, keyed by system name), ``reports/evaluate.md`` and the plots
+system, keyed by system name), ``reports/evaluate.md``, the visual report
+``reports/evaluate.html`` (photos of queries and results) and the plots
 ``plots/evaluate_quality_latency.png`` and ``plots/evaluate_per_k.png``.
 Systems come from :func:`onevision.evaluation.systems.build_systems`; a system
 whose artifacts are missing (OneVision before its stages ran) is skipped.
@@ -20,6 +21,7 @@ from onevision.config import Config
 log = logging.getLogger(__name__)
 
 REPORT = paths.REPORTS / "evaluate.md"
+VISUAL_REPORT = paths.REPORTS / "evaluate.html"  # self-contained: photos and plots inlined
 
 
 def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = True, encoder=None) -> dict[str, dict[str, Any]]:
@@ -56,10 +58,74 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
     }
     report = root / REPORT
     report.parent.mkdir(parents=True, exist_ok=True)
+    note = dpo_note(root)
+    if note:
+        facts["note"] = note
     report.write_text(markdown_report(results, cfg.evaluate.ks, facts))
     plot_results(results, cfg.evaluate.ks, root / paths.PLOTS)
+    try:
+        sheet = write_visual_report(cfg, root, test, runs, systems, results, facts)
+        log.info("evaluate: visual report %s", sheet)
+    except Exception:  # noqa: BLE001 - a picture must never fail the evaluation it illustrates
+        log.exception("evaluate: the visual report could not be written (the metrics and reports/evaluate.md are complete)")
     log.info("evaluate: %d systems on %d test queries in %.0f s (report: %s)", len(results), len(test), facts["seconds"], report)
     return results
+
+
+def dpo_note(root: Path) -> str | None:
+    """Say so when DPO kept its input (its row then equals onevision_sft's in every number)."""
+    import json
+
+    path = root / paths.metrics_file("dpo")
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text()).get("kept_epoch")
+    if kept == 0:
+        return ("DPO kept its input: no DPO epoch raised the VAL selection metric, so `onevision` is the SFT model "
+                "(its row equals `onevision_sft`).")
+    return None
+
+
+def write_visual_report(cfg: Config, root: Path, test, runs, systems, results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
+    """``reports/evaluate.html``: query photos with OneVision's and MCA's top 10, personalisation, the table and plots."""
+    import numpy as np
+    import pandas as pd
+
+    from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, resolve_metric
+    from onevision.evaluation.visual import (
+        EXAMPLES,
+        Page,
+        Row,
+        catalog_lookups,
+        favourite_brands,
+        headline_table,
+        personalisation_rows,
+        write_page,
+    )
+
+    items = pd.read_parquet(root / paths.VALIDATED / "items.parquet")
+    photo, label, category = catalog_lookups(root, items)
+    ranked = {run.name: run.ranked for run in runs}
+    shown = [name for name in ("onevision", "mca") if name in ranked] or list(ranked)[:2]
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x515]))
+    picks = np.sort(rng.choice(len(test), min(EXAMPLES, len(test)), replace=False))
+    rows = [Row(f"query {int(test.query_ids[q])}, shopper {int(test.user_ids[q])}", test.images[q], int(test.target_ids[q]),
+                {name: ranked[name][q] for name in shown}) for q in picks]
+    personal, note = [], ""
+    ours = next((s for s in systems if s.name == "onevision"), None)
+    if ours is not None:
+        brand_of = dict(zip(items["item_id"].astype(int), items["brand"].astype(str), strict=True))
+        personal, note = personalisation_rows(ours, test.images, test.target_ids, favourite_brands(root, items), brand_of)
+    orders = resolve_metric(ORDERS, next(iter(results.values()), {}))
+    header, table = headline_table(results, orders, ORDERS_LABELS.get(orders, orders))
+    page = Page(
+        title=f"OneVision offline evaluation — profile {cfg.profile}",
+        facts={k: v for k, v in facts.items() if k in ("test queries", "catalog items", "profile", "seed", "orders measured by")},
+        headline=header, table=table, rows=rows, personal=personal, personal_note=note,
+        plots=[root / paths.PLOTS / "evaluate_quality_latency.png", root / paths.PLOTS / "evaluate_per_k.png"],
+        item_photo=photo, item_label=label, category_of=category, notes=[n for n in (dpo_note(root),) if n],
+    )
+    return write_page(page, root / VISUAL_REPORT)
 
 
 def evaluate(cfg: Config, root: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from onevision.monitoring.features import (
     pc_columns,
     window_features,
 )
+from onevision.monitoring.page import drifted_columns, ordered_checks, with_verdict_first
 from onevision.monitoring.report import build_report, check_specs
 from onevision.monitoring.sids import SidAssigner, default_sid_assigner
 from onevision.monitoring.window import latest, read_window, reference_window, split_queries
@@ -229,7 +230,10 @@ def _write_outputs(summary: dict[str, Any], snapshot, out_dir: Path, t0: float) 
         t = time.perf_counter()
         files["report_html"] = out_dir / "report.html"
         files["evidently_json"] = out_dir / "evidently.json"
-        snapshot.save_html(str(files["report_html"]))
+        tmp = out_dir / ".report.html.tmp"
+        snapshot.save_html(str(tmp))
+        tmp.write_text(with_verdict_first(tmp.read_text(encoding="utf-8"), summary), encoding="utf-8")
+        tmp.replace(files["report_html"])  # the verdict on top of Evidently's details, written atomically
         files["evidently_json"].write_text(snapshot.json())
         summary.setdefault("timing", {})["html_seconds"] = round(time.perf_counter() - t, 3)
     summary.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - t0, 3)
@@ -265,11 +269,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "| check | status | score | threshold | what an alarm means |",
             "|---|---|---|---|---|",
         ]
-        for name, check in summary["checks"].items():
+        for name, check in ordered_checks(summary):  # the worst first
             worst = ""
-            drifted = [c for c, v in check.get("columns", {}).items() if v["drifted"]]
+            drifted = drifted_columns(check, limit=5)
             if drifted and len(check["columns"]) > 1:
-                worst = f" ({', '.join(drifted[:5])})"
+                worst = f" ({', '.join(f'{c} {s:.3f}' for c, s in drifted)})"
             lines.append(f"| {name} | {check['status']}{worst} | {_fmt(check['score'])} | {_fmt(check['threshold'])} | {check['meaning']} |")
         issues = summary["checks"].get("data_quality", {}).get("details", {}).get("issues")
         if issues:

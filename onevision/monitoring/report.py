@@ -158,7 +158,9 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, cfg: DriftConfi
     planned: list[tuple[CheckSpec, str, str, float, str]] = []  # spec, column, method, threshold, note
     numerical, categorical = [], []
     unusable: dict[str, dict[str, str]] = {}
-    for spec in specs:
+    # Evidently shows its blocks in this order: the embedding's many components last, after the few columns
+    # (photo statistics, category, brand, ...) whose drift a person reads at a glance.
+    for spec in sorted(specs, key=lambda s: s.name == "image_embedding"):
         if spec.name in skipped:
             continue
         configured = float(getattr(cfg, spec.threshold_field))

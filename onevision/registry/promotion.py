@@ -149,7 +149,9 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     (root / GATE_REPORT).write_text(text)
     (root / GATE_REPORT.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     run_id = mv.tags.get("run_id") or mv.run_id
-    for path in (root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot):
+    sheet = root / paths.REPORTS / "evaluate.html"  # photos of queries and results (stage evaluate)
+    attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
+    for path in attached:
         registry.client.log_artifact(run_id, str(path), "gate_report")
 
     tags: dict[str, Any] = {}

@@ -141,3 +141,27 @@ def test_mlflow_run_holds_scores_and_report(cfg, project, baseline, tmp_path):
     assert "image_embedding.score" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run_id, "drift")} >= {"drift/report.html", "drift/summary.json"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["artifacts"]["mlflow_run_id"] == run_id
+
+
+def test_drift_page_opens_on_the_verdict_in_a_real_browser(cfg, project, baseline, items, tmp_path):
+    from tests.browser import open_page
+
+    base = synthetic_window(project, 400, seed=21)
+    summary = check(cfg, project, baseline, simulate_shift("lighting", base, items, seed=3), tmp_path)
+    seen = open_page(tmp_path / "run" / "report.html")
+    # what a reader meets, in order: the verdict, then Evidently's blocks with the photo statistics
+    # before the 16 embedding components
+    text = seen.text
+    assert text.index("DRIFT: ") < text.index("Drift in column 'brightness'") < text.index("Drift in column 'pc00'")
+    first_screen = seen.text[:1500]
+    assert first_screen.lstrip().startswith("DRIFT: ") and "image_stats" in first_screen and "What to do" in seen.text
+    # checks sorted by score / threshold: the alarms lead the table
+    import re
+
+    block = (tmp_path / "run" / "report.html").read_text().split('id="onevision-verdict"', 1)[1].split("</table>", 1)[0]
+    names = re.findall(r'<tr class="[^"]*"><td>([a-z_]+)</td>', block)
+    assert set(names) == set(summary["checks"]) and names[0] in summary["alarms"]
+    checks = [summary["checks"][n] for n in names if summary["checks"][n]["score"] is not None]
+    ratios = [c["score"] / c["threshold"] for c in checks]
+    assert ratios == sorted(ratios, reverse=True)
+    (tmp_path / "drift.png").write_bytes(seen.screenshot)

@@ -92,6 +92,21 @@ def test_promotion_gates_on_logged_orders(catalog_project):
     assert f"mca {mca:.4g}" in row, row
 
 
+def test_the_visual_report_shows_photos_and_numbers_in_a_browser(catalog_project):
+    from tests.browser import open_page
+
+    project, outputs = catalog_project
+    sheet = project / "reports/evaluate.html"
+    assert str(sheet) in outputs["retrain"].stdout  # the retrain summary points to it
+    seen = open_page(sheet)
+    assert seen.images >= 8 * 21 and seen.images_rendered == seen.images  # 8 queries x (photo + 2 x 10), plots
+    results = json.loads((project / "metrics/evaluate.json").read_text())
+    for system in ("onevision", "mca"):
+        assert f"{results[system]['hr@10']:.3f}" in seen.text and f"{results[system]['logged_orders_per_1k']:.1f}" in seen.text
+    assert "one photo, two shoppers" in seen.text
+    (project / "reports/evaluate.png").write_bytes(seen.screenshot)
+
+
 def test_search_takes_a_phone_sized_photo(catalog_project):
     project, outputs = catalog_project
     assert "rank" in outputs["search"].stdout
