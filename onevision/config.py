@@ -497,6 +497,9 @@ class RegistryConfig(Section):
     )
     approval_timeout_hours: float = Field(72.0, gt=0, description="A paused promotion flow gives up waiting after this; the candidate still waits as challenger.")
     approval_poll_s: int = Field(10, ge=1, description="How often a paused flow checks whether it was resumed, seconds.")
+    unapproved_champion: Literal["refuse", "warn"] = Field(
+        "refuse", description="When the champion alias points to a version without a matching approval record (set outside "
+        "`onevision approve`, e.g. in the MLflow UI): refuse to search/serve it (exit 2), or only warn.")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Promotion gates.")
 
 

@@ -59,6 +59,12 @@ def drift_command(
     from onevision.pipeline import apply_local_state_env
 
     apply_local_state_env(root)  # MLflow's SQLite store inside the project, like `onevision retrain`
+    from onevision.registry.promotion import UnapprovedChampion, check_registry_champion
+
+    try:
+        check_registry_champion(cfg, root, "onevision drift")  # monitoring a champion nobody approved: refuse or warn
+    except UnapprovedChampion as exc:
+        fail(str(exc))
     try:
         frame, label = monitor.current_traffic(cfg, root, current, window, simulate_shift, drill_rows, seed)
         summary = monitor.run_drift_check(cfg, root, frame, current_label=label, out_dir=out)

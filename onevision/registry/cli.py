@@ -136,6 +136,12 @@ def models(root: RootOpt = Path(".")) -> None:
         typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
     if not rows:
         typer.echo("(no versions yet: run `onevision promote`)")
+    from onevision.registry.promotion import verify_champion
+
+    check = verify_champion(registry)
+    if not check.approved:
+        typer.secho(f"\nWARNING: {check.reason}.\nSearch and serving refuse it (registry.unapproved_champion); "
+                    "`onevision rollback` or `onevision approve VERSION` restores an audited champion.", fg=typer.colors.RED, err=True)
 
 
 @commands.command()

@@ -209,6 +209,76 @@ def _gate_values(mv) -> dict[str, Any]:
     return out
 
 
+def version_fingerprint(mv) -> str:
+    """A digest of what a model version is (name, number, artifact source, run, creation time): an approval
+    record names it, so a record cannot be reused for another version, nor survive a re-registration."""
+    import hashlib
+
+    blob = "|".join(str(x) for x in (mv.name, mv.version, mv.source, mv.run_id, mv.creation_timestamp))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class ChampionCheck:
+    """Whether the ``champion`` alias was set by the gate-and-approval path (or an audited rollback)."""
+
+    version: str | None
+    approved: bool
+    reason: str
+    record: dict[str, Any] | None = None
+
+
+def verify_champion(registry: ModelRegistry) -> ChampionCheck:
+    """The champion must be the version of the latest audited move of the alias (approve or rollback), with
+    that record's fingerprint. Setting the alias any other way (the MLflow UI's "Aliases: Add", the plain
+    API) leaves no such record, and is caught here."""
+    mv = registry.by_alias(CHAMPION)
+    if mv is None:
+        return ChampionCheck(None, True, "no champion")
+    version = version_id(mv)
+    moves = [r for r in registry.audit_log() if r.get("action") in ("approve", "rollback")]
+    if not moves:
+        return ChampionCheck(version, False, f"champion v{version} has no approval record in the audit log: the alias was set outside `onevision approve`")
+    last = moves[-1]
+    if str(last.get("version")) != version:
+        return ChampionCheck(version, False, f"champion v{version} is not the version of the last audited decision "
+                             f"({last.get('action')} of v{last.get('version')} by {last.get('by')} at {last.get('at')}): "
+                             "the alias was moved outside `onevision approve` / `rollback`", last)
+    if last.get("model_hash") != version_fingerprint(mv):
+        return ChampionCheck(version, False, f"champion v{version}'s approval record does not name this version's fingerprint "
+                             "(recorded before fingerprints, or not for this version)", last)
+    return ChampionCheck(version, True, f"approved: {last.get('action')} by {last.get('by')} at {last.get('at')}", last)
+
+
+class UnapprovedChampion(PromotionError):
+    """The champion alias points to a version without a matching approval record."""
+
+
+def enforce_champion(cfg: Config, registry: ModelRegistry, what: str) -> ChampionCheck:
+    """``registry.unapproved_champion``: refuse (raise) or warn (log) when the champion is unapproved."""
+    check = verify_champion(registry)
+    if check.approved:
+        return check
+    message = (f"{what}: {check.reason}. Only the gates and a reviewer make a champion: `onevision rollback` or "
+               f"`onevision approve VERSION` restores an audited one; `onevision audit` shows the decisions")
+    if cfg.registry.unapproved_champion == "refuse":
+        raise UnapprovedChampion(message)
+    log.warning("%s", message)
+    return check
+
+
+def check_registry_champion(cfg: Config, root: str | Path, what: str) -> ChampionCheck | None:
+    """:func:`enforce_champion` on the project's registry; None when there is no registry or model to check."""
+    from onevision.tracking import tracking_uri
+
+    try:
+        registry = ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
+        registry.client.get_registered_model(registry.name)
+    except Exception:  # noqa: BLE001 - no registry, or no model registered yet: nothing to check
+        return None
+    return enforce_champion(cfg, registry, what)
+
+
 def _move_champion(registry: ModelRegistry, version: str) -> str | None:
     """Point ``champion`` at ``version``; the former champion becomes ``previous-champion``. The one place champion moves."""
     version = str(version)
@@ -236,7 +306,7 @@ def approve(cfg: Config, root: str | Path, version: str, reviewer: str, reason: 
         registry.delete_alias(CHALLENGER)
     registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason})
     record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "reason": reason,
-              "gates": _gate_values(mv), "metrics": registry.metrics_of(mv)}
+              "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(mv)}
     log.info("version %s approved by %s: now %s (previous: %s)", version, reviewer, CHAMPION, previous)
     return registry.append_audit(record)
 
@@ -280,18 +350,24 @@ def rollback(cfg: Config, root: str | Path, reason: str, by: str) -> dict[str, A
     if current is not None and current != previous:
         registry.set_status(current, ROLLED_BACK)
         registry.set_tags(current, {"rolled_back_by": by, "rolled_back_at": now_iso(), "rollback_reason": reason})
-    record = {"action": "rollback", "version": previous, "rolled_back": current, "by": by, "reason": reason}
+    record = {"action": "rollback", "version": previous, "rolled_back": current, "by": by, "reason": reason,
+              "model_hash": version_fingerprint(registry.version(previous))}
     log.warning("rollback by %s: champion %s -> %s (%s)", by, current, previous, reason)
     return registry.append_audit(record)
 
 
 def summary(registry: ModelRegistry) -> list[dict[str, Any]]:
-    """One row per version: aliases, status, gates, decision (for `onevision models`)."""
+    """One row per version: aliases, status, gates, decision (for `onevision models`); an unapproved champion
+    is flagged in its aliases."""
     rows = []
+    check = verify_champion(registry)
     for mv in registry.versions():
+        aliases = ",".join(sorted(mv.aliases))
+        if not check.approved and version_id(mv) == check.version:
+            aliases += " UNAPPROVED"
         rows.append({
             "version": version_id(mv),
-            "aliases": ",".join(sorted(mv.aliases)),
+            "aliases": aliases,
             "status": registry.status(mv),
             "gates": {"true": "passed", "false": "failed"}.get(mv.tags.get("gates.passed", ""), "–"),
             "decided_by": mv.tags.get("decided_by", ""),

@@ -35,8 +35,23 @@ def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | No
     from onevision.registry.model_registry import scoped_tracking_uri
 
     uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
-    with scoped_tracking_uri(registry_uri(cfg, root)):
-        return mlflow.pyfunc.load_model(uri), uri
+    if uri.endswith("@champion"):  # only what the gates and a reviewer approved is served as champion
+        from onevision.registry.model_registry import ModelRegistry
+        from onevision.registry.promotion import enforce_champion
+
+        enforce_champion(cfg, ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)), "onevision search")
+    import os
+
+    policy = os.environ.get("ONEVISION_UNAPPROVED_CHAMPION")
+    os.environ["ONEVISION_UNAPPROVED_CHAMPION"] = cfg.registry.unapproved_champion  # the model's own load check agrees
+    try:
+        with scoped_tracking_uri(registry_uri(cfg, root)):
+            return mlflow.pyfunc.load_model(uri), uri
+    finally:
+        if policy is None:
+            os.environ.pop("ONEVISION_UNAPPROVED_CHAMPION", None)
+        else:
+            os.environ["ONEVISION_UNAPPROVED_CHAMPION"] = policy
 
 
 def registered_versions(cfg, root: Path) -> list[tuple[str, str]] | None:
@@ -101,10 +116,13 @@ def search(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from onevision.registry.promotion import UnapprovedChampion
     from onevision.serving.queries import InvalidQuery
 
     try:
         predictor, source = load_search_model(cfg, root, model, project)
+    except UnapprovedChampion as exc:
+        _fail(str(exc))
     except (MlflowException, OSError, ValueError, ImportError) as exc:
         if model is None and project is None and has_champion(cfg, root) is False:
             _fail(no_champion_message(cfg, root, image))

@@ -89,7 +89,9 @@ class OneVisionModel(mlflow.pyfunc.PythonModel):
         self.retriever = load_retriever(directory, self.manifest)
 
     def load_context(self, context) -> None:
-        self._load(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        bundle = Path(context.artifacts[BUNDLE_ARTIFACT])
+        check_served_champion(bundle)
+        self._load(bundle)
 
     def search(self, frame: pd.DataFrame, k: int) -> pd.DataFrame:
         """Validated request table -> result table (raises InvalidQuery on bad input)."""
@@ -106,6 +108,44 @@ class OneVisionModel(mlflow.pyfunc.PythonModel):
             return self.search(pd.DataFrame(model_input), parse_k(params, self.spec))
         except InvalidQuery as exc:
             raise to_mlflow_error(exc) from None
+
+
+def check_served_champion(bundle: Path) -> None:
+    """Refuse (or warn, ONEVISION_UNAPPROVED_CHAMPION=warn) to serve a registered version that holds the
+    ``champion`` alias without a matching approval record: `mlflow models serve -m models:/NAME@champion`
+    after someone set the alias in the MLflow UI. Needs the registry (MLFLOW_TRACKING_URI); without one, or
+    for a model that is not the champion, nothing is checked."""
+    import logging
+    import os
+
+    import yaml
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlmodel = next((d / "MLmodel" for d in bundle.parents if (d / "MLmodel").is_file()), None)
+    if not uri or mlmodel is None:
+        return
+    run_id = (yaml.safe_load(mlmodel.read_text()) or {}).get("run_id")
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from onevision.registry.model_registry import CHAMPION, ModelRegistry
+    from onevision.registry.promotion import verify_champion
+
+    client = MlflowClient(uri)
+    for found in client.search_model_versions(f"run_id='{run_id}'"):
+        mv = client.get_model_version(found.name, found.version)  # search results carry no aliases
+        if CHAMPION not in (mv.aliases or []):
+            continue
+        check = verify_champion(ModelRegistry(mv.name, uri))
+        if check.approved or check.version != str(mv.version):
+            continue
+        message = (f"refusing to serve {mv.name} v{mv.version} as champion: {check.reason}. `onevision rollback` or "
+                   "`onevision approve VERSION` restores an audited champion (ONEVISION_UNAPPROVED_CHAMPION=warn serves it with a warning)")
+        if os.environ.get("ONEVISION_UNAPPROVED_CHAMPION", "refuse") == "warn":
+            logging.getLogger(__name__).warning("%s", message.replace("refusing to serve", "serving"))
+        else:
+            raise RuntimeError(message)
 
 
 def signature(spec: QuerySpec):

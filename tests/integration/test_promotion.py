@@ -273,3 +273,43 @@ def test_rest_scoring_server_answers_and_rejects_bad_requests(scoring_server):
     assert body["predictions"][0]["item_ids"], body
     with urllib.request.urlopen(f"{scoring_server}/ping", timeout=5) as resp:  # still serving after bad requests
         assert resp.status == 200
+
+
+def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp_path):
+    """The bypass: the MLflow UI's "Aliases: Add" (the plain API) on a gates-failed version."""
+    import mlflow
+
+    from onevision.registry.model_registry import scoped_tracking_uri
+    from onevision.registry.promotion import verify_champion
+
+    reg = registry(project)
+    assert verify_champion(reg).approved  # every move so far went through approve / rollback
+    honest = reg.aliases()[CHAMPION]
+    failed = next(str(mv.version) for mv in reg.versions() if reg.status(mv) == GATES_FAILED)
+    reg.client.set_registered_model_alias("onevision", CHAMPION, failed)
+    check = verify_champion(reg)
+    assert not check.approved and check.version == failed and "outside `onevision approve`" in check.reason
+
+    listed = runner.invoke(app, ["models", "--root", str(project)])
+    assert listed.exit_code == 0 and "UNAPPROVED" in listed.output and "restores an audited champion" in listed.output
+    query = tmp_path / "query.png"
+    query.write_bytes(encode_png(item_images()[12]))
+    refused = runner.invoke(app, ["search", "--image", str(query), "--root", str(project)])
+    assert refused.exit_code == 2 and f"champion v{failed}" in refused.output and "Traceback" not in refused.output
+    with scoped_tracking_uri(f"sqlite:///{project / 'mlflow.db'}"), pytest.raises(Exception, match="refusing to serve"):
+        mlflow.pyfunc.load_model("models:/onevision@champion")  # what `mlflow models serve` loads
+    from onevision.registry.promotion import UnapprovedChampion, check_registry_champion
+
+    with pytest.raises(UnapprovedChampion, match="onevision drift"):  # what the drift monitor checks first
+        check_registry_champion(load_config(project / "params.yaml"), project, "onevision drift")
+
+    # warn instead of refuse, by configuration
+    cfg_text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(cfg_text.replace("unapproved_champion: refuse", "unapproved_champion: warn"))
+    try:
+        warned = runner.invoke(app, ["search", "--image", str(query), "--root", str(project)])
+        assert warned.exit_code == 0, warned.output
+    finally:
+        (project / "params.yaml").write_text(cfg_text)
+        reg.client.set_registered_model_alias("onevision", CHAMPION, honest)
+    assert verify_champion(reg).approved
