@@ -6,9 +6,15 @@ with `onevision drift` (same library code, no Prefect) or by calling
 reference (Evidently HTML + JSON summary under reports/drift/<run_id>/), log an
 MLflow run in the `drift.experiment` experiment, upload the files to the object
 store, attach a markdown summary to the flow run, POST an alert to
-`drift.webhook_url` on an alarm, and end Failed (Prefect automations and
-notifications fire on it) — or Completed named "Drifted" with
-`drift.fail_on_drift: false`.
+`drift.webhook_url` on an alarm.
+
+Each outcome has its own final state, so a state means one thing (docs/oncall.md):
+
+* ``Completed`` — no drift; ``Completed`` named ``InsufficientData`` — too few queries, no verdict;
+* ``Failed`` named ``Drifted`` — an alarm (``Completed`` named ``Drifted`` with ``drift.fail_on_drift: false``);
+* ``Failed`` named ``InfrastructureError`` — the verdict was reached but MLflow or the object store could
+  not take the reports after retries with backoff; its message gives the verdict and the local report.
+  On a quiet day nothing is sent to the drift webhook.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from onevision.config import PARAMS_FILE, load_config
-from onevision.monitoring.monitor import AlertError, summary_markdown
+from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, describe_error, summary_markdown
 from tasks.drift import check_drift, load_current_window, log_drift_run, send_drift_alert, upload_drift_reports
 
 
@@ -48,10 +54,15 @@ def drift_monitor(
     cfg = load_config(Path(root_path) / PARAMS_FILE, profile=profile, overrides=overrides or [])
     frame, label = load_current_window(root_path, profile, overrides, current, window, simulate_shift, drill_rows)
     summary = check_drift(root_path, profile, overrides, frame, label)
+    infra_errors: list[str] = []
     if publish:
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "drill": simulate_shift or ""}
-        summary = log_drift_run(root_path, profile, overrides, summary, tags)
-        summary = upload_drift_reports(root_path, profile, overrides, summary)
+        for what, step, args in (("MLflow", log_drift_run, (tags,)), ("object store", upload_drift_reports, ())):
+            try:
+                summary = step(root_path, profile, overrides, summary, *args)
+            except Exception as exc:  # noqa: BLE001 - after the task's retries: an infrastructure error, not a verdict
+                infra_errors.append(f"{what}: {describe_error(exc)}")
+                logger.error("drift run %s: %s unavailable after retries: %s", summary["run_id"], what, describe_error(exc))
     alert_error = None
     if summary["drift_detected"] and cfg.drift.webhook_url:
         try:
@@ -66,9 +77,16 @@ def drift_monitor(
     )
     logger.info("drift run %s: %s; alarms: %s; report: %s", summary["run_id"], summary["status"],
                 ", ".join(summary["alarms"]) or "none", summary["artifacts"].get("report_html"))
+    report = summary["artifacts"].get("report_html") or summary["artifacts"].get("summary_md")
+    if infra_errors:
+        return Failed(name="InfrastructureError", data=summary,
+                      message=f"verdict {summary['status']} (report kept at {report}), but {'; '.join(infra_errors)}: "
+                      "fix the store or credentials and rerun; this is not a drift alarm")
     if summary["drift_detected"]:
-        message = f"drift detected: {', '.join(summary['alarms'])} (report {summary['artifacts'].get('report_html')})"
+        message = f"drift detected: {', '.join(summary['alarms'])} (report {report})"
         if cfg.drift.fail_on_drift:
-            return Failed(message=message, data=summary)
+            return Failed(name="Drifted", message=message, data=summary)
         return Completed(name="Drifted", message=message, data=summary)
-    return summary
+    if summary["status"] == STATUS_INSUFFICIENT:
+        return Completed(name="InsufficientData", message=summary.get("message", "too few queries"), data=summary)
+    return Completed(message="no drift", data=summary)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 
 from onevision.config import PARAMS_FILE, Config, load_config
 from onevision.monitoring import monitor
@@ -38,21 +39,25 @@ def check_drift(root: str, profile: str | None, overrides: list[str] | None, fra
     return monitor.run_drift_check(cfg, Path(root), frame, current_label=label)
 
 
-@task(name="drift-mlflow", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+# Infrastructure steps retry with exponential backoff (2, 4, 8 s, jittered) before the flow reports an infrastructure error.
+BACKOFF = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+
+
+@task(name="drift-mlflow", cache_policy=NO_CACHE, **BACKOFF)
 def log_drift_run(root: str, profile: str | None, overrides: list[str] | None, summary: dict, tags: dict[str, str]) -> dict:
     """One MLflow run in the drift experiment with the report files as artifacts."""
     monitor.log_to_mlflow(_config(root, profile, overrides), Path(root), summary, tags)
     return summary
 
 
-@task(name="drift-upload", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="drift-upload", cache_policy=NO_CACHE, **BACKOFF)
 def upload_drift_reports(root: str, profile: str | None, overrides: list[str] | None, summary: dict) -> dict:
     """Copy the report files to the configured object store (no-op without storage.bucket)."""
     monitor.upload_reports(_config(root, profile, overrides), summary)
     return summary
 
 
-@task(name="drift-alert", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="drift-alert", cache_policy=NO_CACHE, **BACKOFF)
 def send_drift_alert(url: str, summary: dict, timeout: float) -> int:
     """POST the alarm to the webhook; retried, then the task (not the verdict) fails."""
     return monitor.send_alert(url, summary, timeout)

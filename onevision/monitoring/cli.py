@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_OK, EXIT_DRIFT, EXIT_ERROR, EXIT_INSUFFICIENT = 0, 1, 2, 3
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR, EXIT_INSUFFICIENT, EXIT_INFRA = 0, 1, 2, 3, 4
 SHIFT_HELP = "Drill: check a simulated shifted window instead: category-mix, lighting, blur or new-brand."
 
 
@@ -35,7 +35,8 @@ def drift_command(
 ) -> None:
     """Compare current query traffic with the champion's training window (Evidently report + JSON summary).
 
-    Exit 0: no drift; 1: drift (an alarm fired); 3: too few queries for a verdict; 2: bad input.
+    Exit 0: no drift; 1: drift (an alarm fired); 3: too few queries for a verdict; 2: bad input;
+    4: infrastructure error (MLflow or the object store failed; the verdict is printed, nothing was alarmed).
     The report lands in reports/drift/<run_id>/ (report.html, summary.json, summary.md); see docs/oncall.md.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -70,14 +71,23 @@ def drift_command(
         summary = monitor.run_drift_check(cfg, root, frame, current_label=label, out_dir=out)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
+    infra_errors: list[str] = []
     if publish and summary["status"] != monitor.STATUS_INSUFFICIENT:
-        monitor.log_to_mlflow(cfg, root, summary, {"drill": simulate_shift or "", "source": "cli"})
-        monitor.upload_reports(cfg, summary)
+        for what, step in (("MLflow", lambda: monitor.log_to_mlflow(cfg, root, summary, {"drill": simulate_shift or "", "source": "cli"})),
+                           ("object store", lambda: monitor.upload_reports(cfg, summary))):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the verdict stands; the failure is reported as what it is
+                infra_errors.append(f"{what}: {monitor.describe_error(exc)}")
         if summary["drift_detected"] and cfg.drift.webhook_url:
             try:
                 monitor.send_alert(cfg.drift.webhook_url, summary, cfg.drift.webhook_timeout_s)
             except monitor.AlertError as exc:
                 typer.secho(f"warning: alert not delivered: {exc}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else monitor.summary_markdown(summary))
+    if infra_errors:
+        typer.secho(f"infrastructure error (not a drift alarm): {'; '.join(infra_errors)}. The verdict above stands and "
+                    f"the report is kept locally; fix the store or credentials and rerun.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_INFRA)
     code = {monitor.STATUS_OK: EXIT_OK, monitor.STATUS_DRIFT: EXIT_DRIFT, monitor.STATUS_INSUFFICIENT: EXIT_INSUFFICIENT}
     raise typer.Exit(code[summary["status"]])

@@ -347,6 +347,12 @@ def upload_reports(cfg: Config, summary: dict[str, Any]) -> list[str]:
     return [store.upload_file(p, f"drift/{summary['run_id']}/{p.name}", client) for p in _report_files(summary)]
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an infrastructure failure: what happened, in the library's words, and its kind."""
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{text} ({type(exc).__name__})"
+
+
 class AlertError(RuntimeError):
     """The webhook did not accept the alert."""
 

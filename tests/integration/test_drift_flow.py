@@ -84,7 +84,7 @@ def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, pre
     url, received = webhook
     received.clear()
     state = drift_monitor(root=str(project), current=str(project / "dark.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
-    assert state.is_failed() and "image_stats" in state.message
+    assert state.is_failed() and state.name == "Drifted" and "image_stats" in state.message
 
     summary = json.loads(max((project / "reports/drift").glob("*/summary.json")).read_text())
     assert summary["drift_detected"] and "image_stats" in summary["alarms"]
@@ -111,10 +111,37 @@ def test_clean_traffic_completes_without_alert(project, prefect_server, webhook,
     url, received = webhook
     received.clear()
     state = drift_monitor(root=str(project), current=str(project / "clean.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
-    assert state.is_completed()
+    assert state.is_completed() and state.name == "Completed"
     summary = state.result()
     assert summary["status"] == "ok" and not summary["drift_detected"]
     assert received == []
+
+
+def test_an_unreachable_store_on_a_quiet_day_is_an_infrastructure_error_not_an_alarm(project, prefect_server, webhook, monkeypatch):
+    import tasks.drift
+    from flows.drift import drift_monitor
+
+    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    url, received = webhook
+    received.clear()
+    dead = "http://127.0.0.1:9"  # nothing listens: connection refused
+    overrides = [f"drift.webhook_url={url}", f"storage.bucket={BUCKET}", f"storage.endpoint_url={dead}"]
+    state = drift_monitor(root=str(project), current=str(project / "clean.parquet"), overrides=overrides, return_state=True)
+    assert state.is_failed() and state.name == "InfrastructureError", (state.name, state.message)
+    assert "verdict ok" in state.message and "object store" in state.message and "not a drift alarm" in state.message
+    assert "Traceback" not in state.message
+    assert received == []  # nobody paged on a quiet day
+
+
+def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from onevision.cli import app
+
+    result = CliRunner().invoke(app, ["drift", "--root", str(project), "--current", str(project / "clean.parquet"),
+                                      "--set", f"storage.bucket={BUCKET}", "--set", "storage.endpoint_url=http://127.0.0.1:9"])
+    assert result.exit_code == 4, result.output
+    assert "no drift" in result.output and "infrastructure error (not a drift alarm)" in result.output
 
 
 def test_alerting_without_failing_when_configured(project, prefect_server, webhook, s3_endpoint):
