@@ -29,6 +29,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Completed
 from pydantic import Field
 
 from onevision.config import PARAMS_FILE, load_config
@@ -70,8 +71,10 @@ def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | 
     outcome = {"version": version, "gates_passed": report["passed"], "run_id": candidate["run_id"]}
     if not report["passed"]:
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
-        logger.warning("version %s failed gates %s: not eligible for approval (report: reports/gate_report.md)", version, failed)
-        return {**outcome, "status": "gates-failed", "failed_gates": failed}
+        logger.warning("version %s failed gates %s: challenger alias removed, not eligible for approval (report: reports/gate_report.md)", version, failed)
+        result = {**outcome, "status": "gates-failed", "failed_gates": failed}
+        # The run's state says so ("GatesFailed"); Completed, not Failed: the platform worked, the candidate did not pass.
+        return Completed(name="GatesFailed", message=f"version {version} failed gates {', '.join(failed)}", data=result)
     if mode == "registry":
         logger.info("version %s passed every gate and waits as challenger: onevision approve %s --reviewer NAME --reason TEXT", version, version)
         return {**outcome, "status": AWAITING}

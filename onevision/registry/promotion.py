@@ -122,7 +122,7 @@ def register_candidate(
         **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}),
     })
     registry.set_alias(CHALLENGER, version)
-    log.info("registered %s version %s (run %s) as %s", registry.name, version, run_id, CHALLENGER)
+    log.info("registered %s version %s (run %s): %s while its gates are checked", registry.name, version, run_id, CHALLENGER)
     return Candidate(version, run_id, info.model_uri)
 
 

@@ -126,3 +126,15 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
     outcome = promotion(root=str(project), approval="registry")
     assert outcome["status"] == AWAITING and outcome["gates_passed"]
     assert registry(project).aliases() == {CHALLENGER: outcome["version"]}
+
+
+def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):
+    from flows.promote import promotion
+
+    from .promotion_project import GOOD_METRICS, write_metrics
+
+    write_metrics(project, evaluate={"knn": {**GOOD_METRICS["knn"], "hr@10": 0.30}, "mca": GOOD_METRICS["mca"]})
+    state = promotion(root=str(project), approval="registry", return_state=True)
+    assert state.name == "GatesFailed" and "hr@10" in state.message
+    outcome = state.result()
+    assert outcome["status"] == "gates-failed" and CHALLENGER not in registry(project).aliases()
