@@ -23,12 +23,65 @@ _MAX_PARAM_LEN = 6000
 
 
 def tracking_uri(root: Path, configured: str | None = None) -> str:
-    """The configured URI, else $MLFLOW_TRACKING_URI, else SQLite in the project root."""
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    """The configured URI, else $MLFLOW_TRACKING_URI, else SQLite in the project root.
+
+    For the embedded store (``mlflow.db`` in the project), the artifact locations it holds are kept inside
+    the project: :func:`relocate_local_store` rewrites them after the project was copied or moved.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    relocate_local_store(root, uri)
+    return uri
+
+
+# Where the embedded store was last used: a copied or moved project finds another path here.
+STORE_MARKER = Path(".onevision") / "mlflow-root"
+# Columns of MLflow's SQL schema that hold absolute artifact locations (file:// URIs).
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+              ("model_versions", "storage_location"), ("model_versions", "source"))
+
+
+def relocate_local_store(root: Path, uri: str) -> bool:
+    """Keep a project-local MLflow store pointing into the project it sits in; True when it was rewritten.
+
+    MLflow records absolute ``file://`` artifact locations (experiments, runs, logged models, model
+    versions). In a copied or moved project they still name the old folder, so new runs, promotions and
+    drift reports would be written there (or fail when it is gone). The store's last root is kept in
+    ``.onevision/mlflow-root``; when it differs from the current root, every location under the old root is
+    rewritten to the same path under the new one, in one transaction. Stores outside the project (a
+    tracking server, another database) are never touched.
+    """
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return False
+    db = Path(uri[len("sqlite:///"):])
+    root = Path(root).resolve()
+    if not db.is_file() or db.resolve().parent != root:
+        return False
+    marker = root / STORE_MARKER
+    here = root.as_uri()
+    old = marker.read_text().strip() if marker.is_file() else None
+    if old == here:
+        return False
+    rewritten = 0
+    if old:
+        with sqlite3.connect(db) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for table, column in _LOCATIONS:
+                if table in tables and column in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    cur = con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                                      (here, len(old) + 1, len(old) + 1, old + "/"))
+                    rewritten += cur.rowcount
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(here + "\n")
+    tmp.replace(marker)
+    if old:
+        import logging
+
+        logging.getLogger(__name__).warning("project moved from %s to %s: %d MLflow artifact locations rewritten to point into it",
+                                            old, here, rewritten)
+    return bool(rewritten)
 
 
 def git_revision(root: Path) -> str:
