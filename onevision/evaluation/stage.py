@@ -128,6 +128,35 @@ def write_visual_report(cfg: Config, root: Path, test, runs, systems, results: d
     return write_page(page, root / VISUAL_REPORT)
 
 
+HEADLINE = paths.METRICS / "headline.json"
+def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The few numbers `dvc metrics show` prints, a terminal wide: OneVision and MCA on HR@10 and orders
+    (simulated, or logged for an imported catalog) with their ratio, and the NDCG@10 and p50 latency
+    ratios. Everything else stays in metrics/<stage>.json (`dvc metrics show metrics/evaluate.json`)."""
+    from onevision.evaluation.metrics import ORDERS, resolve_metric
+
+    ours, base = results.get("onevision"), results.get("mca")
+    if not ours or not base:
+        return {}
+    orders = resolve_metric(ORDERS, ours)
+    out: dict[str, Any] = {}
+    for key, name, both in (("hr@10", "hr@10", True), (orders, "orders", True), ("ndcg@10", "ndcg@10", False), ("latency_p50_ms", "p50_ms", False)):
+        a, b = ours.get(key), base.get(key)
+        if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and b):
+            continue
+        out[name] = ({"onevision": round(float(a), 4), "mca": round(float(b), 4)} if both else {}) | {"ratio": round(a / b, 4)}
+    return out
+
+
 def evaluate(cfg: Config, root: Path) -> dict[str, Any]:
-    """Stage ``evaluate``: returns one metrics object per system (the registry writes metrics/evaluate.json)."""
-    return run_evaluation(cfg, Path(root))
+    """Stage ``evaluate``: returns one metrics object per system (the registry writes metrics/evaluate.json)
+    and writes the headline (metrics/headline.json)."""
+    import json
+
+    results = run_evaluation(cfg, Path(root))
+    path = Path(root) / HEADLINE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return results

@@ -153,3 +153,21 @@ def test_switching_profile_over_trained_models_needs_the_flag(project):
     # other changes on the same profile are fine, and the flag lets a switch through
     write_run_params(project, None, ["data.n_users=50"])
     assert write_run_params(project, "small", [], replace_trained=True)["profile"] == ("default", "small")
+
+
+def test_dvc_metrics_show_prints_only_the_headline():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = [next(iter(m)) if isinstance(m, dict) else m for spec in stages.values() for m in spec.get("metrics", [])]
+    assert declared == ["metrics/headline.json"]
+    for name, spec in stages.items():  # each stage's full metrics stay a tracked output
+        assert f"metrics/{name}.json" in spec["outs"], name
+
+
+def test_headline_is_short():
+    from onevision.evaluation.stage import headline
+
+    row = {"hr@10": 0.86, "ndcg@10": 0.69, "sim_orders_per_1k": 240.0, "latency_p50_ms": 2.8, "stages": {"x": 1}, "mrr": 0.6}
+    out = headline({"onevision": row, "mca": {**row, "hr@10": 0.85}, "knn": row})
+    assert set(out) == {"hr@10", "orders", "ndcg@10", "p50_ms"}
+    assert out["hr@10"] == {"onevision": 0.86, "mca": 0.85, "ratio": round(0.86 / 0.85, 4)}
+    assert sum(len(v) for v in out.values()) == 8  # columns of `dvc metrics show`
