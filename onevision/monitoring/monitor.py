@@ -44,6 +44,9 @@ from onevision.monitoring.window import latest, read_window, reference_window, s
 log = logging.getLogger(__name__)
 
 DRIFT_REPORTS = paths.REPORTS / "drift"
+# Every drift run's Evidently snapshot also goes into this local workspace: `evidently ui --workspace
+# .onevision/evidently` shows the history of the daily runs (one project per profile).
+EVIDENTLY_WORKSPACE = Path(".onevision") / "evidently"
 STATUS_OK, STATUS_DRIFT, STATUS_INSUFFICIENT = "ok", "drift", "insufficient_data"
 
 
@@ -221,10 +224,10 @@ def run_drift_check(
             "report_seconds": round(report_seconds, 3),
         },
     )
-    return _write_outputs(summary, snapshot, out_dir, t0)
+    return _write_outputs(summary, snapshot, out_dir, t0, root)
 
 
-def _write_outputs(summary: dict[str, Any], snapshot, out_dir: Path, t0: float) -> dict[str, Any]:
+def _write_outputs(summary: dict[str, Any], snapshot, out_dir: Path, t0: float, root: Path | None = None) -> dict[str, Any]:
     files = {"summary_json": out_dir / "summary.json", "summary_md": out_dir / "summary.md"}
     if snapshot is not None:
         t = time.perf_counter()
@@ -236,12 +239,32 @@ def _write_outputs(summary: dict[str, Any], snapshot, out_dir: Path, t0: float) 
         tmp.replace(files["report_html"])  # the verdict on top of Evidently's details, written atomically
         files["evidently_json"].write_text(snapshot.json())
         summary.setdefault("timing", {})["html_seconds"] = round(time.perf_counter() - t, 3)
+        if root is not None:
+            summary["evidently_workspace"] = add_to_workspace(root, summary, snapshot)
     summary.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - t0, 3)
     summary["artifacts"] = {"dir": str(out_dir), **{k: str(v) for k, v in files.items()}}
     files["summary_json"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
     files["summary_md"].write_text(summary_markdown(summary))
     log.info("drift run %s: %s (alarms: %s) -> %s", summary["run_id"], summary["status"], ", ".join(summary["alarms"]) or "none", out_dir)
     return summary
+
+
+def add_to_workspace(root: Path, summary: dict[str, Any], snapshot) -> str | None:
+    """Add the run's snapshot to the project's local Evidently workspace (project ``onevision-drift-<profile>``);
+    returns the workspace path, None (with a warning) if Evidently refuses: the run's own files are complete."""
+    try:
+        from evidently.ui.workspace import Workspace
+
+        path = root / EVIDENTLY_WORKSPACE
+        workspace = Workspace.create(str(path))
+        name = f"onevision-drift-{summary.get('profile', 'default')}"
+        found = workspace.search_project(name)
+        project = found[0] if found else workspace.create_project(name, description="OneVision drift runs (onevision drift / drift_monitor)")
+        workspace.add_run(project.id, snapshot, name=f"{summary['run_id']} {summary['status']}")
+        return str(path)
+    except Exception as exc:  # noqa: BLE001 - history is a convenience; the verdict and report files stand
+        log.warning("drift run %s: not added to the Evidently workspace: %s", summary["run_id"], exc)
+        return None
 
 
 def _fmt(value: Any) -> str:

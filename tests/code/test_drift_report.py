@@ -165,3 +165,13 @@ def test_drift_page_opens_on_the_verdict_in_a_real_browser(cfg, project, baselin
     ratios = [c["score"] / c["threshold"] for c in checks]
     assert ratios == sorted(ratios, reverse=True)
     (tmp_path / "drift.png").write_bytes(seen.screenshot)
+
+
+def test_each_run_lands_in_the_local_evidently_workspace(cfg, project, baseline, tmp_path):
+    from evidently.ui.workspace import Workspace
+
+    for seed in (71, 72):
+        summary = check(cfg, project, baseline, synthetic_window(project, 300, seed=seed), tmp_path / str(seed))
+    workspace = Workspace.create(summary["evidently_workspace"])
+    (found,) = workspace.search_project(f"onevision-drift-{cfg.profile}")
+    assert len(workspace.list_runs(found.id)) >= 2  # `evidently ui --workspace .onevision/evidently` shows the history
