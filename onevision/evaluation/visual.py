@@ -129,7 +129,7 @@ def render_page(page: Page) -> str:
         f"<title>{html.escape(page.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(page.title)}</h1><div class='facts'>{facts}</div>",
         *(f"<p class='note'>{html.escape(n)}</p>" for n in page.notes),
-        f"<h2>Headline (TEST split)</h2><table class='num' id='headline'><tr>{head}</tr>{body}</table>",
+        f"<h2>Headline (TEST split)</h2><table class='num' id='headline'><tr>{head}</tr>{body}</table>" if page.table else "",
         f"<h2>What each system returns</h2>{legend}",
         *(_query(page, r) for r in page.rows),
     ]

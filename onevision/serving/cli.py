@@ -97,6 +97,26 @@ def no_champion_message(cfg, root: Path, image: Path) -> str:
     return "\n".join(lines)
 
 
+def write_search_sheet(path: Path, image: Path, item_ids: list[int], source: str, user: int, catalog_root: Path, cfg) -> Path:
+    """One query as an HTML page (the evaluation report's layout): the photo and the results' thumbnails."""
+    import pandas as pd
+
+    from onevision import paths
+    from onevision.data.images import normalize_photo
+    from onevision.evaluation.visual import Page, Row, catalog_lookups, write_page
+
+    items_path = Path(catalog_root) / paths.VALIDATED / "items.parquet"
+    if items_path.exists():
+        photo, label, category = catalog_lookups(Path(catalog_root), pd.read_parquet(items_path))
+    else:  # no catalog here: ids only
+        photo, label, category = (lambda i: None), (lambda i: ""), (lambda i: None)
+    who = f"shopper {user}" if user >= 0 else "anonymous"
+    page = Page(title=f"onevision search — {image.name}", facts={"model": source, "user": who, "results": len(item_ids)},
+                headline=[], table=[], rows=[Row(image.name, normalize_photo(image.read_bytes(), 128, 3), -1, {source: item_ids})],
+                personal=[], personal_note="", plots=[], item_photo=photo, item_label=label, category_of=category)
+    return write_page(page, path)
+
+
 @commands.command()
 def search(
     image: Annotated[Path, typer.Option("--image", help="Query photo: PNG or JPEG, any size (cropped and resized as at import).", exists=True, dir_okay=False)],
@@ -107,6 +127,9 @@ def search(
         Path | None, typer.Option("--project", help="Serve a local trained project root instead of the registry.", file_okay=False, exists=True)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    sheet: Annotated[
+        Path | None, typer.Option("--sheet", help="Also write an HTML page with the query photo and the results as thumbnails (photos from the project's catalog).", dir_okay=False)
+    ] = None,
     root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
 ) -> None:
     """Search the catalog with a photo: top-k item ids with scores."""
@@ -144,6 +167,8 @@ def search(
         _fail(exc.message)
     row = result.iloc[0]
     hits = [{"rank": i + 1, "item_id": int(item), "score": float(score)} for i, (item, score) in enumerate(zip(row["item_ids"], row["scores"], strict=True))]
+    if sheet is not None:
+        write_search_sheet(sheet, image, [h["item_id"] for h in hits], source, user, project or root, cfg)
     if as_json:
         typer.echo(json.dumps({"model": source, "user_id": user, "results": hits}, indent=2))
         return

@@ -114,9 +114,13 @@ def test_search_takes_a_phone_sized_photo(catalog_project):
     target = int(queries[1 + 7].split(",")[2])
     big = project / "phone.jpg"
     Image.open(project / "my-data/photos/queries/00007.jpg").resize((1200, 900)).save(big, quality=90)
-    found = json.loads(sh(project, f"onevision search --project . --image {big} --user 3 --json").stdout)
+    found = json.loads(sh(project, f"onevision search --project . --image {big} --user 3 --json --sheet sheet.html").stdout)
     ids = [r["item_id"] for r in found["results"]]
     assert len(ids) == 10 and target in ids
+    from tests.browser import open_page
+
+    seen = open_page(project / "sheet.html")  # the query photo and the 10 results as thumbnails
+    assert seen.images == 11 and seen.images_rendered == 11 and all(f"#{i}" in seen.text for i in ids)
 
 
 def test_changed_price_or_photo_reruns_prepare_and_nothing_else_changes_nothing(catalog_project):
