@@ -207,3 +207,35 @@ def test_bad_values_reach_validation_instead_of_stopping_the_import(shop, tmp_pa
     assert ("items", 1, "brand", "not_null") in found
     assert ("views", 2, "image_path", "image_file_missing") in found
     assert ("items", 4, "item_id", "unique_key") in found
+
+
+def test_the_readme_import_then_validate_agree_on_size_and_channels(shop, tmp_path):
+    """No --image-size/--channels: import takes the project's data.image_size/image_channels, as validate does."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from onevision.cli import app
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[2] / "params.yaml", project / "params.yaml")  # 28 px grayscale
+    runner = CliRunner()
+    out = project / "my-data"
+    imported = runner.invoke(app, ["data", "import", "--catalog", str(shop["catalog"]), "--images", str(shop["photos"]),
+                                   "--queries", str(shop["queries"]), "--out", str(out), "--root", str(project)])
+    assert imported.exit_code == 0, imported.output
+    checked = runner.invoke(app, ["data", "validate", str(out), "--root", str(project)])
+    assert checked.exit_code == 0, checked.output
+    assert "No row was quarantined" in checked.output
+
+
+def test_a_missing_photo_is_named_with_its_csv_line(shop, caplog):
+    (shop["photos"] / "bag.png").unlink()
+    with caplog.at_level("WARNING"):
+        tables = run_import(shop)
+    text = caplog.text
+    assert "1 photo(s) not found" in text and "line 3" in text and "'bag.png'" in text and "add the files or fix the paths" in text
+    result = validate_tables(tables, image_root=None, image_size=SIZE, image_channels=3, max_bad_fraction=1.0, progress=False)
+    missing = result.quarantine[result.quarantine["rule"] == "image_file_missing"]
+    assert len(missing) and missing["message"].str.contains("pass the photo folder").all()

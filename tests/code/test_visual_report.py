@@ -73,3 +73,16 @@ def test_page_renders_in_headless_chromium(tmp_path):
         assert number in seen.text, number
     (tmp_path / "evaluate.png").write_bytes(seen.screenshot)
     assert seen.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(seen.screenshot) > 10_000
+
+
+def test_the_reports_say_when_dpo_kept_its_input(tmp_path):
+    import json
+
+    from onevision.evaluation.stage import dpo_note
+
+    (tmp_path / "metrics").mkdir()
+    assert dpo_note(tmp_path) is None  # no DPO stage yet
+    (tmp_path / "metrics/dpo.json").write_text(json.dumps({"kept_epoch": 0}))
+    assert "DPO kept its input" in dpo_note(tmp_path) and "onevision_sft" in dpo_note(tmp_path)
+    (tmp_path / "metrics/dpo.json").write_text(json.dumps({"kept_epoch": 2}))
+    assert dpo_note(tmp_path) is None
