@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 REPORT = paths.REPORTS / "evaluate.md"
 VISUAL_REPORT = paths.REPORTS / "evaluate.html"  # self-contained: photos and plots inlined
+EXAMPLES_FILE = paths.REPORTS / "evaluate_examples.json"  # the report's queries, for the promotion's candidate page
 
 
 def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = True, encoder=None) -> dict[str, dict[str, Any]]:
@@ -110,7 +111,7 @@ def write_visual_report(cfg: Config, root: Path, test, runs, systems, results: d
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x515]))
     picks = np.sort(rng.choice(len(test), min(EXAMPLES, len(test)), replace=False))
     rows = [Row(f"query {int(test.query_ids[q])}, shopper {int(test.user_ids[q])}", test.images[q], int(test.target_ids[q]),
-                {name: ranked[name][q] for name in shown}) for q in picks]
+                {name: ranked[name][q] for name in shown}, user=int(test.user_ids[q])) for q in picks]
     personal, note = [], ""
     ours = next((s for s in systems if s.name == "onevision"), None)
     if ours is not None:
@@ -125,7 +126,35 @@ def write_visual_report(cfg: Config, root: Path, test, runs, systems, results: d
         plots=[root / paths.PLOTS / "evaluate_quality_latency.png", root / paths.PLOTS / "evaluate_per_k.png"],
         item_photo=photo, item_label=label, category_of=category, notes=[n for n in (dpo_note(root),) if n],
     )
+    write_examples(root / EXAMPLES_FILE, rows, photo)
     return write_page(page, root / VISUAL_REPORT)
+
+
+def write_examples(path: Path, rows, item_photo) -> Path:
+    """The visual report's queries as JSON (photos as base64 PNG, users, products, each system's list, the
+    thumbnails of every listed item), so the promotion can show the same queries next to the champion's answers."""
+    import base64
+    import json
+
+    import numpy as np
+
+    from onevision.data.images import encode_png
+
+    def b64(data: bytes | None) -> str | None:
+        return base64.b64encode(data).decode("ascii") if data else None
+
+    items = sorted({int(i) for r in rows for ids in r.lists.values() for i in ids if int(i) >= 0})
+    doc = {
+        "queries": [{"title": r.title, "photo": b64(encode_png(np.ascontiguousarray(r.photo))), "target": r.target,
+                     "user_id": r.user,
+                     "lists": {k: [int(i) for i in v] for k, v in r.lists.items()}} for r in rows],
+        "thumbnails": {str(i): b64(item_photo(i)) for i in items},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return path
 
 
 HEADLINE = paths.METRICS / "headline.json"

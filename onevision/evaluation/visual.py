@@ -42,6 +42,7 @@ class Row:
     target: int  # the photographed product (-1: unknown)
     lists: dict[str, Sequence[int]]
     mark: dict[int, str] = field(default_factory=dict)  # item id -> CSS class (e.g. "fav")
+    user: int = -1  # the shopper (-1: anonymous)
 
 
 @dataclass
@@ -77,6 +78,7 @@ table.num td:first-child,table.num th:first-child{text-align:left}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .swatch{display:inline-block;width:12px;height:12px;border:3px solid;margin-right:4px;vertical-align:middle}
 .plots img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.nophoto{width:56px;height:56px;background:#eee;color:#999;display:flex;align-items:center;justify-content:center;border-radius:3px}
 .note{font-size:13px;color:#444;background:#f6f6f6;padding:6px 10px;border-left:3px solid #999}
 """
 
@@ -90,8 +92,8 @@ def _mime(data: bytes) -> str:
 
 
 def _img(data: bytes | None, alt: str) -> str:
-    if not data:
-        return f'<img alt="{html.escape(alt)} (no photo)">'
+    if not data:  # a grey box, not a broken image
+        return f'<div class="nophoto" title="{html.escape(alt)}: no photo in this project">?</div>'
     return f'<img alt="{html.escape(alt)}" src="{data_uri(data, _mime(data))}">'
 
 

@@ -151,6 +151,16 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     run_id = mv.tags.get("run_id") or mv.run_id
     sheet = root / paths.REPORTS / "evaluate.html"  # photos of queries and results (stage evaluate)
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
+    try:  # the same queries answered by the candidate, the champion (run now) and MCA
+        from onevision.registry.sheet import candidate_sheet
+
+        names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
+        candidate = candidate_sheet(root, registry.name, version, inputs.champion_version, registry.tracking_uri, gates.candidate_system,
+                                    gates.baseline_system, {k: v for k, v in names.items() if v})
+        if candidate is not None:
+            attached.append(candidate)
+    except Exception:  # noqa: BLE001 - a picture never blocks the gates
+        log.exception("the candidate page could not be written (the gate report is complete)")
     for path in attached:
         registry.client.log_artifact(run_id, str(path), "gate_report")
 

@@ -45,8 +45,9 @@ def markdown_report(model_name: str, version: str, report: GateReport, inputs: G
         lines.append(f"| {label} | {_fmt(candidate_metric(inputs, key))} | {_fmt(lookup(inputs.champion, key))} | {_fmt(lookup(inputs.baseline, key))} |")
     if plot_name:
         lines += ["", f"Plot: `{plot_name}` (attached to this version's run)."]
-    lines += ["", "Photos: `gate_report/evaluate.html` (attached to this version's run; `reports/evaluate.html` in the project): "
-              "query photos with the candidate's and MCA's top 10, and one photo searched by two shoppers of different tastes."]
+    lines += ["", "Photos: `gate_report/candidate.html` (attached to this version's run; `reports/candidate.html` in the project): "
+              "the evaluation's example queries answered by the candidate, the champion and MCA, side by side; "
+              "`gate_report/evaluate.html`: the evaluation's page, with one photo searched by two shoppers of different tastes."]
     lines += ["", "Tolerances are relative: a gate against a reference r passes when candidate >= r x (1 - tolerance).", ""]
     if report.passed:
         lines += ["## Decide", "", "```", f"onevision approve {version} --reviewer NAME --reason TEXT",

@@ -313,3 +313,28 @@ def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp
         (project / "params.yaml").write_text(cfg_text)
         reg.client.set_registered_model_alias("onevision", CHAMPION, honest)
     assert verify_champion(reg).approved
+
+
+def test_the_candidate_page_shows_candidate_champion_and_mca_in_a_browser(project, first_champion):
+    import base64
+
+    from tests.browser import open_page
+
+    images = item_images()
+    b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
+    queries = [{"title": f"query {q}", "photo": b64(encode_png(images[q])), "target": 100 + q, "user_id": -1,
+                "lists": {"onevision": [100 + (q + j) % 20 for j in range(10)], "mca": [100 + (q + 1 + j) % 20 for j in range(10)]}}
+               for q in (2, 7, 11)]
+    (project / "reports").mkdir(exist_ok=True)
+    (project / "reports/evaluate_examples.json").write_text(json.dumps(
+        {"queries": queries, "thumbnails": {str(100 + i): b64(encode_png(images[i])) for i in range(len(images))}}))
+    champion = registry(project).aliases()[CHAMPION]
+    version, report = new_candidate(project, evaluate=better(0.01))
+    page = project / "reports/candidate.html"
+    assert page.exists()
+    seen = open_page(page)
+    assert f"candidate v{version}" in seen.text and f"champion v{champion}" in seen.text and "mca" in seen.text
+    assert seen.images_rendered == seen.images >= 3 * (1 + 3 * 10)  # photo + three lists of ten per query
+    artifacts = {f.path for f in registry(project).client.list_artifacts(registry(project).version(version).tags["run_id"], "gate_report")}
+    assert "gate_report/candidate.html" in artifacts
+    (project / "reports/candidate.png").write_bytes(seen.screenshot)
