@@ -138,6 +138,8 @@ def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
 
     from onevision.cli import app
 
+    # the CLI points MLFLOW_TRACKING_URI at the project (setdefault): set here so the test leaves no trace
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     result = CliRunner().invoke(app, ["drift", "--root", str(project), "--current", str(project / "clean.parquet"),
                                       "--set", f"storage.bucket={BUCKET}", "--set", "storage.endpoint_url=http://127.0.0.1:9"])
     assert result.exit_code == 4, result.output
