@@ -29,6 +29,7 @@ TINY = [
     "generative.pretrain.epochs=2",
     "generative.sft.epochs=1",
     "generative.dpo.epochs=1",
+    "generative.decode.beam_width=100",
     "evaluate.latency_queries=20",
     "evaluate.warmup=5",
     "evaluate.bootstrap=50",
