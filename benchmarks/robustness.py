@@ -34,11 +34,12 @@ def _ci(m: dict, digits: int) -> str:
     return "—" if d is None else f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def run_variant(profile: str, variant: str) -> dict:
+def run_variant(profile: str, variant: str, common: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="onevision-robust-"))
     try:
         root = make_project(tmp / "project")
-        seconds = run_flow(root, profile, "evaluate", ["--set", variant])
+        extra = [x for o in (common or []) for x in ("--set", o)]
+        seconds = run_flow(root, profile, "evaluate", ["--set", variant, *extra])
         results = json.loads((root / "metrics/evaluate.json").read_text())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -53,9 +54,10 @@ def run_variant(profile: str, variant: str) -> dict:
     return row
 
 
-def markdown(profile: str, rows: list[dict], wall: float) -> str:
-    lines = [f"# Robustness: OneVision vs MCA across seeds and query difficulty, profile `{profile}`", "",
-             f"`benchmarks/robustness.py --profile {profile}`: one full retrain flow per variant, "
+def markdown(profile: str, rows: list[dict], wall: float, common: list[str] | None = None) -> str:
+    sets = "".join(f" --set {c}" for c in common or [])
+    lines = [f"# Robustness: OneVision vs MCA across seeds and query difficulty, profile `{profile}`{sets}", "",
+             f"`benchmarks/robustness.py --profile {profile}{sets}`: one full retrain flow per variant, "
              f"{wall / 60:.0f} min in all on 2 cores. Test split of each variant's own demo shop; intervals are "
              "paired bootstrap intervals over its test queries (95 %).", "",
              "| variant | test q | HR@10 OV / MCA | ratio | NDCG@10 ratio | orders/1k OV / MCA | ratio | Δ HR@10 vs MCA | Δ orders/1k vs MCA | SFT − pretrain orders | DPO − SFT orders |",
@@ -74,17 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="small", help="params.yaml profile (default: small)")
     ap.add_argument("--variant", action="append", help=f"a --set for one run (repeatable; default: {', '.join(DEFAULT_VARIANTS)})")
+    ap.add_argument("--set", dest="common", action="append", default=[], help="a --set applied to every variant (repeatable)")
+    ap.add_argument("--name", default=None, help="results file stem (default: robustness_<profile>)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
     for variant in args.variant or DEFAULT_VARIANTS:
-        rows.append(run_variant(args.profile, variant))
+        rows.append(run_variant(args.profile, variant, args.common))
         print(f"{variant}: HR@10 {rows[-1]['hr@10']['ratio']:.3f}x, orders {rows[-1]['sim_orders_per_1k']['ratio']:.3f}x", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"robustness_{args.profile}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / f"robustness_{args.profile}.md").write_text(markdown(args.profile, rows, time.perf_counter() - t0))
-    print(f"wrote {args.out / f'robustness_{args.profile}.md'}")
+    stem = args.name or f"robustness_{args.profile}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"common": args.common, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(args.profile, rows, time.perf_counter() - t0, args.common))
+    print(f"wrote {args.out / f'{stem}.md'}")
     return 0
 
 
