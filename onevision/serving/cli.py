@@ -75,23 +75,26 @@ def has_champion(cfg, root: Path) -> bool | None:
         return None
 
 
-def no_champion_message(cfg, root: Path, image: Path) -> str:
-    """What to do when ``models:/<name>@champion`` does not exist: how to make one, and what works meanwhile."""
+def no_champion_message(cfg, root: Path, image: Path | None = None) -> str:
+    """What to do when ``models:/<name>@champion`` does not exist: how to make one, and what works meanwhile
+    (for `onevision search --image IMAGE`, or for `onevision serve` when ``image`` is None)."""
     name = cfg.registry.model_name
     versions = registered_versions(cfg, root)
+    run = f"onevision search --image {image}" if image is not None else "onevision serve"
     lines = [
         f"no champion yet: model '{name}' has no 'champion' alias in {registry_uri(cfg, root)}.",
         "To make one:",
         "  onevision promote                                        # register this project's model, check its gates",
         "  onevision approve VERSION --reviewer NAME --reason TEXT  # a reviewer in registry.reviewers makes it champion",
-        "Meanwhile, search another model:",
+        f"Meanwhile, {'search' if image is not None else 'serve'} another model:",
     ]
     if versions:
         shown = ", ".join(f"{v} ({status})" for v, status in versions[:8]) + (", ..." if len(versions) > 8 else "")
-        lines.append(f"  onevision search --image {image} --model models:/{name}/{versions[0][0]}   # versions: {shown}")
+        lines.append(f"  {run} --model models:/{name}/{versions[0][0]}   # versions: {shown}")
     elif versions is None:
-        lines.append(f"  onevision search --image {image} --model models:/{name}/VERSION   # `onevision models` lists them")
-    lines.append(f"  onevision search --image {image} --project DIR   # a local trained project root, no registry")
+        lines.append(f"  {run} --model models:/{name}/VERSION   # `onevision models` lists them")
+    if image is not None:
+        lines.append(f"  {run} --project DIR   # a local trained project root, no registry")
     if versions == []:
         lines.append(f"(no version of '{name}' is registered yet, so --model has nothing to load)")
     return "\n".join(lines)
@@ -176,3 +179,45 @@ def search(
     typer.echo(f"{'rank':>4}  {'item_id':>10}  {'score':>10}")
     for hit in hits:
         typer.echo(f"{hit['rank']:>4}  {hit['item_id']:>10}  {hit['score']:>10.4f}")
+
+
+@commands.command()
+def serve(
+    model: Annotated[str | None, typer.Option("--model", help="MLflow model URI (default: the champion, checked against its approval record).")] = None,
+    host: Annotated[str, typer.Option("--host", "-h", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5001,
+    print_command: Annotated[bool, typer.Option("--print-command", help="Print the mlflow command instead of running it.")] = False,
+    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
+) -> None:
+    """Serve the champion over REST (`mlflow models serve` on its registered version), after checking that it exists
+    and was approved; without a champion, say how to get one and what to serve meanwhile."""
+    import os
+    import shutil
+    import sys
+
+    from onevision.cli import _fail, _load
+    from onevision.registry.model_registry import CHAMPION, ModelRegistry, version_id
+    from onevision.registry.promotion import UnapprovedChampion, enforce_champion
+
+    cfg = _load(root, None, None)
+    uri = registry_uri(cfg, root)
+    if model is None:
+        try:
+            registry = ModelRegistry(cfg.registry.model_name, uri)
+            champion = registry.by_alias(CHAMPION)
+        except Exception as exc:  # noqa: BLE001 - the registry does not answer: say where it looked
+            _fail(f"the model registry at {uri} does not answer ({exc}); set tracking.tracking_uri or MLFLOW_TRACKING_URI")
+        if champion is None:
+            _fail(no_champion_message(cfg, root))
+        try:
+            enforce_champion(cfg, registry, "onevision serve")
+        except UnapprovedChampion as exc:
+            _fail(str(exc))
+        model = f"models:/{cfg.registry.model_name}/{version_id(champion)}"  # pinned: a later alias move needs a restart
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow_bin, "models", "serve", "-m", model, "--env-manager", "local", "-h", host, "-p", str(port)]
+    if print_command:
+        typer.echo(" ".join(command))
+        return
+    typer.echo(f"serving {model} on http://{host}:{port}/invocations (registry {uri})", err=True)
+    os.execvpe(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": uri, "ONEVISION_UNAPPROVED_CHAMPION": cfg.registry.unapproved_champion})

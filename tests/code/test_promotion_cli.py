@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["promote", "approve", "reject", "rollback", "models", "audit", "search"])
+@pytest.mark.parametrize("command", ["promote", "approve", "reject", "rollback", "models", "audit", "search", "serve"])
 def test_commands_have_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
@@ -119,3 +119,33 @@ def test_approving_a_gates_failed_version_says_where_its_gate_report_is(registry
     report.write_text("# Gate report: `onevision` version 2\n")
     result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)])
     assert "gate report: " + str(report.resolve()) not in result.output and f"gate report in MLflow: {artifact}" in result.output
+
+
+def test_serve_without_a_champion_says_how_to_get_one_and_what_to_serve(registry_project):
+    registry = client(registry_project)
+    registry.create_registered_model("onevision")
+    registry.create_model_version("onevision", source=str(registry_project), tags={"status": "awaiting-approval"})
+    result = runner.invoke(app, ["serve", "--root", str(registry_project)])
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert "Traceback" not in out and "no champion yet" in out and "onevision promote" in out
+    assert "onevision serve --model models:/onevision/1   # versions: 1 (awaiting-approval)" in out
+
+
+def test_serve_pins_the_approved_champion_version(registry_project):
+    from onevision.config import load_config
+    from onevision.registry.promotion import approve, open_registry
+
+    registry = client(registry_project)
+    registry.create_registered_model("onevision")
+    registry.create_model_version("onevision", source=str(registry_project), tags={"status": "awaiting-approval", "gates.passed": "true"})
+    approve(load_config(registry_project / "params.yaml"), registry_project, "1", "alice", "passed every gate")
+    result = runner.invoke(app, ["serve", "--print-command", "--port", "5099", "--root", str(registry_project)])
+    assert result.exit_code == 0, result.output
+    assert "models serve -m models:/onevision/1 --env-manager local -h 127.0.0.1 -p 5099" in result.output
+    # the alias moved by hand: refused
+    registry.create_model_version("onevision", source=str(registry_project), tags={"status": "gates-failed"})
+    registry.set_registered_model_alias("onevision", "champion", "2")
+    refused = runner.invoke(app, ["serve", "--print-command", "--root", str(registry_project)])
+    assert refused.exit_code == 2 and "champion v2" in refused.output
+    assert str(open_registry(load_config(registry_project / "params.yaml"), registry_project).by_alias("champion").version) == "2"
