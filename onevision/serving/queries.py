@@ -131,8 +131,10 @@ def parse_k(params: dict[str, Any] | None, spec: QuerySpec) -> int:
         return spec.default_k
     try:
         k = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidQuery(f"k must be an integer, got {raw!r}") from None
+        if isinstance(raw, float) and k != raw:
+            raise ValueError(raw)  # 2.5 is not a number of results
+    except (TypeError, ValueError, OverflowError):  # OverflowError: k = inf
+        raise InvalidQuery(f"k must be an integer between 1 and {spec.max_k}, got {raw!r}") from None
     if not 1 <= k <= spec.max_k:
         raise InvalidQuery(f"k must be between 1 and {spec.max_k}, got {k}")
     return k

@@ -1,0 +1,91 @@
+"""Property-based tests of the request boundary: whatever bytes or values arrive, the answer is a model
+input of the right shape or an InvalidQuery whose message names the problem, never a crash or a repr."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries, user_ids_of
+
+SPEC = QuerySpec(image_size=28, image_channels=1, max_image_bytes=200_000)
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+def clean(message: str) -> bool:
+    return "Traceback" not in message and " object at 0x" not in message and len(message) < 600
+
+
+def encoded(mode: str, size: tuple[int, int], fmt: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "P": 1, "1": 1, "I;16": 1}[mode]
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], channels)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, shape, dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode) if mode not in ("L", "RGB", "RGBA", "LA") else Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_random_bytes_are_refused_cleanly(data):
+    try:
+        images, _ = parse_queries(pd.DataFrame({"image": [data]}), SPEC)
+    except InvalidQuery as exc:
+        assert str(exc).startswith("row 0: ") and clean(str(exc)), str(exc)
+    else:  # random bytes that happen to decode must still come out as the model's input
+        assert images.shape == (1, 28, 28) and images.dtype == np.uint8
+
+
+@FUZZ
+@given(st.sampled_from(["L", "LA", "RGB", "RGBA", "CMYK", "P", "1", "I;16"]),
+       st.tuples(st.integers(1, 300), st.integers(1, 300)), st.sampled_from(["PNG", "JPEG"]), st.integers(0, 10_000))
+def test_any_decodable_photo_becomes_the_models_input(mode, size, fmt, seed):
+    if fmt == "JPEG" and mode in ("LA", "RGBA", "P", "I;16"):
+        fmt = "PNG"  # JPEG cannot hold these modes
+    if mode == "CMYK":
+        fmt = "JPEG"  # nor PNG this one
+    data = encoded(mode, size, fmt, seed)
+    for spec in (QuerySpec(image_size=28, image_channels=1), QuerySpec(image_size=64, image_channels=3)):  # default byte limit
+        images, users = parse_queries(pd.DataFrame({"image": [data], "user_id": [7]}), spec)
+        expected = (1, spec.image_size, spec.image_size) + ((3,) if spec.image_channels == 3 else ())
+        assert images.shape == expected and images.dtype == np.uint8 and users.tolist() == [7]
+
+
+@FUZZ
+@given(st.one_of(st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+                 st.booleans(), st.binary(max_size=10)))
+def test_user_ids_are_integers_or_a_clear_refusal(value):
+    try:
+        out = user_ids_of([value], 1)
+    except InvalidQuery as exc:
+        assert "user_id must be an integer" in str(exc) and clean(str(exc))
+    else:
+        assert out.dtype == np.int64 and out.shape == (1,)
+
+
+@FUZZ
+@given(st.one_of(st.none(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12)))
+def test_k_is_bounded_or_refused(value):
+    try:
+        k = parse_k({"k": value}, SPEC)
+    except InvalidQuery as exc:
+        assert clean(str(exc)) and "k" in str(exc)
+    else:
+        assert 1 <= k <= SPEC.max_k
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, format="PNG")  # 48 MP of zeros: a few KB encoded
+    with pytest.raises(InvalidQuery, match="pixel limit"):
+        parse_queries(pd.DataFrame({"image": [buf.getvalue()]}), SPEC)
