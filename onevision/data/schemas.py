@@ -302,7 +302,7 @@ def _parse_int(value: Any) -> Any:
         value = int(value)
         return value if -(2**63) <= value < 2**63 else _BAD
     if isinstance(value, (float, np.floating)):
-        return int(value) if math.isfinite(value) and float(value).is_integer() else _BAD
+        return _parse_int(int(value)) if math.isfinite(value) and float(value).is_integer() else _BAD  # bounded as ints are
     if isinstance(value, str):
         text = value.strip()
         try:

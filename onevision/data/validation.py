@@ -296,7 +296,7 @@ class _Table:
         if not key or rows.isna().all():
             return [""] * len(rows)
         positions = rows.fillna(0).to_numpy(dtype=np.int64)
-        parts = [f"{k}=" + self.raw[k].iloc[positions].astype(str).to_numpy(dtype=object) for k in key]
+        parts = [np.array([f"{k}={v}" for v in self.raw[k].iloc[positions].astype(str)], dtype=object) for k in key]
         joined = parts[0]
         for part in parts[1:]:
             joined = joined + "," + part
