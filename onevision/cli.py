@@ -59,6 +59,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _project_config(root: Path, profile: str | None = None):
+    """The project's config when ``root`` has a params.yaml, else the defaults (data commands work anywhere)."""
+    from onevision.config import Config
+
+    return _load(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
+
+
 def _load(root: Path, profile: str | None, overrides: list[str] | None):
     try:
         return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
@@ -292,10 +299,9 @@ def data_example_catalog(
     from the Fashion-MNIST folder of params.yaml (data.fashion_mnist_dir), so nothing is downloaded.
     """
     _setup_logging()
-    from onevision.config import Config
     from onevision.data.example_catalog import ExampleSpec, write_example_catalog
 
-    cfg = _load(root, None, None) if (root / PARAMS_FILE).exists() else Config()
+    cfg = _project_config(root)
     try:
         counts = write_example_catalog(out, cfg.data.fashion_mnist_dir, ExampleSpec(n_items=items, n_users=users, n_queries=queries, seed=seed))
     except FileNotFoundError as exc:
@@ -319,11 +325,10 @@ def data_import(
     Sizes default to the project's params.yaml (as `onevision data validate` does), so the two agree.
     """
     _setup_logging()
-    from onevision.config import Config
     from onevision.data.importer import import_catalog
     from onevision.data.tables import write_tables
 
-    cfg = _load(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
+    cfg = _project_config(root, profile)
     image_size = image_size or cfg.data.image_size
     channels = channels or cfg.data.image_channels
     if channels not in (1, 3):
@@ -349,10 +354,7 @@ def data_validate(
 ) -> None:
     """Validate a dataset folder. Exit 0 when clean, 1 with the report otherwise. Never modifies the input."""
     _setup_logging()
-    cfg = _load(root, profile, None) if (root / PARAMS_FILE).exists() else None
-    from onevision.config import Config
-
-    cfg = cfg or Config()
+    cfg = _project_config(root, profile)
     from onevision.data.validation import validate_folder
 
     try:

@@ -204,11 +204,9 @@ def _logged_items(interactions: pd.DataFrame, query_ids: np.ndarray, action: str
     """(Q, R) item ids with ``action`` in each query's logged session, -1 padded (R >= 1)."""
     acts = interactions.loc[interactions["action"].astype(str) == action, ["query_id", "item_id"]].drop_duplicates()
     grouped = acts.groupby("query_id")["item_id"].apply(list)
-    lists = [grouped.get(q, []) for q in query_ids]
-    out = np.full((len(lists), max([1, *map(len, lists)])), -1, np.int64)
-    for i, row in enumerate(lists):
-        out[i, : len(row)] = row
-    return out
+    from onevision.evaluation.metrics import pad_item_lists
+
+    return pad_item_lists([grouped.get(q, []) for q in query_ids])
 
 
 # --------------------------------------------------------------------------- probe
