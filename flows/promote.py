@@ -9,14 +9,17 @@ Waiting for the reviewer (``registry.approval``):
 * ``pause`` (default on a Prefect server): the flow run pauses with a typed
   form (:class:`ReviewDecision`: reviewer, approve/reject, reason) in the
   Prefect UI, or ``resume_flow_run(id, run_input={...})``. Input the form's
-  schema refuses is rejected by the server and the run stays paused; a
-  reviewer not in ``registry.reviewers`` is logged and the run pauses again.
+  schema refuses is rejected by the server and the run stays paused. The
+  Prefect server does not say who typed the form, so by default
+  (``registry.form_decisions: refuse``) a typed decision is logged and the run
+  pauses again; with ``allow`` (a UI behind per-reviewer login) a reviewer in
+  ``registry.reviewers`` decides, anyone else is logged and the run pauses again.
 * ``registry`` (default embedded): the flow ends and the candidate waits as
   `challenger` with status ``awaiting-approval``.
 
-Either way ``onevision approve|reject VERSION --reviewer NAME --reason TEXT``
-decides from any shell; it also resumes a paused run, which then finds the
-decision made and ends.
+Either way ``onevision approve|reject VERSION --reason TEXT`` decides from the
+reviewer's own shell (identity: ``$ONEVISION_REVIEWER``, else the login); it
+also resumes a paused run, which then finds the decision made and ends.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | 
         # The run's state says so ("GatesFailed"); Completed, not Failed: the platform worked, the candidate did not pass.
         return Completed(name="GatesFailed", message=f"version {version} failed gates {', '.join(failed)}", data=result)
     if mode == "registry":
-        logger.info("version %s passed every gate and waits as challenger: onevision approve %s --reviewer NAME --reason TEXT", version, version)
+        logger.info("version %s passed every gate and waits as challenger: onevision approve %s --reason TEXT", version, version)
         return {**outcome, "status": AWAITING}
     return {**outcome, **wait_for_review(root, version, cfg)}
 
@@ -104,6 +107,11 @@ def wait_for_review(root: str, version: str, cfg) -> dict:
         if status != AWAITING:  # decided meanwhile (onevision approve/reject, which also resumed this run)
             logger.info("version %s was decided outside this run: status %s", version, status)
             return {"status": status}
+        if cfg.registry.form_decisions == "refuse":
+            logger.warning("a decision typed into the form is not accepted (registry.form_decisions: refuse; the Prefect UI "
+                           "does not say who typed it): decide with `onevision %s %s --reason ...` in your own shell, "
+                           "which resumes this run; still waiting", review.decision, version)
+            continue
         try:
             authorize_reviewer(cfg, review.reviewer)
         except PromotionError as exc:

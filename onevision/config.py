@@ -495,6 +495,10 @@ class RegistryConfig(Section):
     approval: Literal["auto", "pause", "registry"] = Field(
         "auto", description="`pause`: the flow pauses for a reviewer's form; `registry`: it ends, the candidate waits as challenger; `auto`: pause on a Prefect server (PREFECT_API_URL set), else registry."
     )
+    form_decisions: Literal["refuse", "allow"] = Field(
+        "refuse", description="A decision typed into the paused flow's form in the Prefect UI: `refuse` (the Prefect "
+        "server has no per-user login, so the typed name proves nothing: decide with `onevision approve`, which knows "
+        "who you are and resumes the run) or `allow` (only behind a UI that authenticates each reviewer).")
     approval_timeout_hours: float = Field(72.0, gt=0, description="A paused promotion flow gives up waiting after this; the candidate still waits as challenger.")
     approval_poll_s: int = Field(10, ge=1, description="How often a paused flow checks whether it was resumed, seconds.")
     unapproved_champion: Literal["refuse", "warn"] = Field(

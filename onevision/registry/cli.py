@@ -6,7 +6,6 @@ so they are top-level commands). Heavy imports stay inside the commands.
 
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,9 @@ import typer
 commands = typer.Typer()
 
 RootOpt = Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)]
-ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Your name; must be listed in registry.reviewers.")]
+ReviewerOpt = Annotated[str | None, typer.Option(
+    "--reviewer", help="Your name, as a check: it must be who you are ($ONEVISION_REVIEWER, else your login) and be listed "
+    "in registry.reviewers. Naming someone else is refused.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
 VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onevision models`).")]
 
@@ -75,14 +76,15 @@ def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str
     return lines
 
 
-def _decide(decision: str, version: str, reviewer: str, reason: str, root: Path) -> None:
+def _decide(decision: str, version: str, reviewer: str | None, reason: str, root: Path) -> None:
     from onevision.cli import _fail
     from onevision.registry.model_registry import PromotionError
-    from onevision.registry.promotion import ReviewerNotAllowed, decide
+    from onevision.registry.promotion import ReviewerNotAllowed, decide, reviewer_identity
 
     cfg = _cfg(root)
     try:
-        record = decide(cfg, root, version, reviewer, decision, reason)
+        name, source = reviewer_identity(reviewer)
+        record = decide(cfg, root, version, name, decision, reason, identity=source)
     except ReviewerNotAllowed as exc:
         _fail(str(exc))
     except PromotionError as exc:
@@ -93,30 +95,36 @@ def _decide(decision: str, version: str, reviewer: str, reason: str, root: Path)
 
 
 @commands.command()
-def approve(version: VersionArg, reviewer: ReviewerOpt, reason: ReasonOpt, root: RootOpt = Path(".")) -> None:
-    """Approve a candidate that passed its gates: it becomes `champion`, the former champion `previous-champion`."""
+def approve(version: VersionArg, reason: ReasonOpt, reviewer: ReviewerOpt = None, root: RootOpt = Path(".")) -> None:
+    """Approve a candidate that passed its gates: it becomes `champion`, the former champion `previous-champion`.
+
+    You decide as yourself: $ONEVISION_REVIEWER if set (your shell profile, or the SSO wrapper of a shared host),
+    else your login name, which must be listed in registry.reviewers.
+    """
     _decide("approve", version, reviewer, reason, root)
 
 
 @commands.command()
-def reject(version: VersionArg, reviewer: ReviewerOpt, reason: ReasonOpt, root: RootOpt = Path(".")) -> None:
-    """Reject a candidate; the champion stays as it is."""
+def reject(version: VersionArg, reason: ReasonOpt, reviewer: ReviewerOpt = None, root: RootOpt = Path(".")) -> None:
+    """Reject a candidate; the champion stays as it is (you decide as yourself, as for `approve`)."""
     _decide("reject", version, reviewer, reason, root)
 
 
 @commands.command()
 def rollback(
     reason: ReasonOpt,
-    by: Annotated[str | None, typer.Option("--by", help="Who rolls back (default: your login name).")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who rolls back, as a check: must be you ($ONEVISION_REVIEWER, else your login).")] = None,
     root: RootOpt = Path("."),
 ) -> None:
-    """Restore `previous-champion` as `champion` in one step (audited)."""
+    """Restore `previous-champion` as `champion` in one step (audited, under your own name)."""
     from onevision.cli import _fail
     from onevision.registry.model_registry import PromotionError
+    from onevision.registry.promotion import reviewer_identity
     from onevision.registry.promotion import rollback as do_rollback
 
     try:
-        record = do_rollback(_cfg(root), root, reason, by or getpass.getuser())
+        name, _source = reviewer_identity(by)
+        record = do_rollback(_cfg(root), root, reason, name)
     except PromotionError as exc:
         _fail(str(exc))
     _echo_record(record)

@@ -5,13 +5,22 @@ same truth): aliases ``champion``, ``previous-champion`` and ``challenger``,
 and per version a ``status`` tag. The audit log is one registered-model tag
 per record, ``audit.<UTC timestamp>.<random>`` holding a JSON object, so
 records never overwrite each other and sort by time.
+
+Decisions (approve, reject, rollback, a new challenger) hold the registry's
+decision lock: a registered model named ``<model>.decision-lock`` that exists
+while one decision runs. Creating a registered model is atomic in every MLflow
+store (a unique name in SQLite or PostgreSQL), so two reviewers in two shells,
+or on two machines against one server, never interleave.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +42,11 @@ ROLLED_BACK = "rolled-back"
 SUPERSEDED = "superseded"
 REGISTERED = "registered"  # gates not checked yet
 
+log = logging.getLogger(__name__)
+
 AUDIT_PREFIX = "audit."
+LOCK_SUFFIX = ".decision-lock"
+LOCK_STALE_S = 300.0  # a lock older than this was left by a crashed decision (one takes seconds)
 METRICS_TAG = "metrics"  # JSON {metric name: value} of the gated metrics
 
 
@@ -142,6 +155,57 @@ class ModelRegistry:
     def metrics_of(mv) -> dict[str, float] | None:
         raw = mv.tags.get(METRICS_TAG)
         return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ decision lock
+    @contextmanager
+    def decision_lock(self, timeout_s: float = 60.0) -> Iterator[None]:
+        """Hold the registry's decision lock inside the block (waits up to ``timeout_s``; a stale lock is broken)."""
+        from mlflow.exceptions import MlflowException
+
+        name = f"{self.name}{LOCK_SUFFIX}"
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.client.create_registered_model(
+                    name, tags={"holder": holder, "since": f"{time.time():.3f}"},
+                    description=f"Lock of '{self.name}': a promotion decision is in progress (deleted when it ends).")
+                break
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            held = self._lock_tags(name)
+            if held is not None and time.time() - float(held.get("since") or 0) > LOCK_STALE_S:
+                log.warning("breaking a stale decision lock of '%s' held by %s since %s", self.name, held.get("holder"), held.get("since"))
+                self._release(name, held.get("holder"))
+                continue
+            if time.monotonic() > deadline:
+                who = held.get("holder", "?") if held else "?"
+                raise PromotionError(f"another promotion decision on '{self.name}' is in progress ({who}); try again in a minute")
+            time.sleep(0.1 + random.random() * 0.2)
+        try:
+            yield
+        finally:
+            self._release(name, holder)
+
+    def _lock_tags(self, name: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_registered_model(name).tags)
+        except MlflowException:
+            return None  # released meanwhile
+
+    def _release(self, name: str, holder: str | None) -> None:
+        from mlflow.exceptions import MlflowException
+
+        held = self._lock_tags(name)
+        if held is None or held.get("holder") != holder:
+            return  # not ours (broken as stale and taken by another decision)
+        try:
+            self.client.delete_registered_model(name)
+        except MlflowException:
+            pass  # already gone
 
     # ------------------------------------------------------------------ audit log
     def append_audit(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,10 @@ these functions.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,33 @@ GATE_REPORT = paths.REPORTS / "gate_report.md"
 GATE_PLOT = paths.PLOTS / "gate_report.png"
 
 
+REVIEWER_ENV = "ONEVISION_REVIEWER"
+
+
 class ReviewerNotAllowed(PromotionError):
-    """The named reviewer is not in registry.reviewers."""
+    """The named reviewer is not in registry.reviewers, or is not who is deciding."""
+
+
+def current_identity() -> tuple[str, str]:
+    """Who runs this command, and how we know: ``$ONEVISION_REVIEWER`` (set in the reviewer's own shell profile or
+    by the SSO wrapper of a shared host), else the operating-system login."""
+    name = os.environ.get(REVIEWER_ENV, "").strip()
+    if name:
+        return name, f"${REVIEWER_ENV}"
+    return getpass.getuser(), "login"
+
+
+def reviewer_identity(claimed: str | None = None) -> tuple[str, str]:
+    """The deciding reviewer's name and its source. A name given on the command line must be the caller's own:
+    a free-text argument alone never makes anyone a reviewer."""
+    name, source = current_identity()
+    claimed = (claimed or "").strip()
+    if claimed and claimed != name:
+        raise ReviewerNotAllowed(
+            f"you are '{name}' ({'from ' + source if source != 'login' else 'your login'}), but --reviewer says '{claimed}': "
+            f"a reviewer decides only as themselves. Drop --reviewer, or run it in {claimed}'s own shell "
+            f"(with {REVIEWER_ENV}={claimed} set there)")
+    return name, source
 
 
 @dataclass
@@ -109,9 +136,6 @@ def register_candidate(
             tracker.finish(run_id, "FAILED")
             raise
     version = str(mv.version)
-    old = registry.by_alias(CHALLENGER)
-    if old is not None and version_id(old) != version and registry.status(old) == AWAITING:
-        registry.set_status(version_id(old), SUPERSEDED)
     registry.set_tags(version, {
         "run_id": run_id,
         "source.root": str(root),
@@ -121,7 +145,11 @@ def register_candidate(
         "approval_channel": approval_channel,
         **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}),
     })
-    registry.set_alias(CHALLENGER, version)
+    with registry.decision_lock():  # an approval of the older challenger either finishes first or finds it superseded
+        old = registry.by_alias(CHALLENGER)
+        if old is not None and version_id(old) != version and registry.status(old) == AWAITING:
+            registry.set_status(version_id(old), SUPERSEDED)
+        registry.set_alias(CHALLENGER, version)
     log.info("registered %s version %s (run %s): %s while its gates are checked", registry.name, version, run_id, CHALLENGER)
     return Candidate(version, run_id, info.model_uri)
 
@@ -303,46 +331,61 @@ def _move_champion(registry: ModelRegistry, version: str) -> str | None:
     return old
 
 
-def approve(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str) -> dict[str, Any]:
-    """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record."""
+def approve(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str, *, identity: str = "login") -> dict[str, Any]:
+    """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record.
+
+    ``identity`` says how the reviewer's name was established (``$ONEVISION_REVIEWER``, ``login``, ``prefect-form``).
+    Two decisions never interleave: the second waits for the registry's decision lock, then finds the version decided.
+    """
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
     registry = open_registry(cfg, root)
-    mv = _awaiting(registry, str(version))
+    with registry.decision_lock():
+        return _approve_locked(registry, str(version), reviewer, reason, identity)
+
+
+def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
+    mv = _awaiting(registry, version)
     version = version_id(mv)
     previous = _move_champion(registry, version)
     if version_id(registry.by_alias(CHALLENGER)) == version:
         registry.delete_alias(CHALLENGER)
     registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason})
-    record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "reason": reason,
-              "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(mv)}
+    record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "identity": identity,
+              "reason": reason, "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(mv)}
     log.info("version %s approved by %s: now %s (previous: %s)", version, reviewer, CHAMPION, previous)
     return registry.append_audit(record)
 
 
-def reject(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str) -> dict[str, Any]:
+def reject(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str, *, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer rejects a candidate; the champion is untouched. Returns the audit record."""
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
     registry = open_registry(cfg, root)
-    mv = _awaiting(registry, str(version))
+    with registry.decision_lock():
+        return _reject_locked(registry, str(version), reviewer, reason, identity)
+
+
+def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
+    mv = _awaiting(registry, version)
     version = version_id(mv)
     registry.set_status(version, REJECTED)
     if version_id(registry.by_alias(CHALLENGER)) == version:
         registry.delete_alias(CHALLENGER)
     registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
     record = {"action": "reject", "version": version, "champion": version_id(registry.by_alias(CHAMPION)), "by": reviewer,
-              "reason": reason, "gates": _gate_values(mv)}
+              "identity": identity, "reason": reason, "gates": _gate_values(mv)}
     return registry.append_audit(record)
 
 
-def decide(cfg: Config, root: str | Path, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str) -> dict[str, Any]:
+def decide(cfg: Config, root: str | Path, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str,
+           *, identity: str = "login") -> dict[str, Any]:
     if decision == "approve":
-        return approve(cfg, root, version, reviewer, reason)
+        return approve(cfg, root, version, reviewer, reason, identity=identity)
     if decision == "reject":
-        return reject(cfg, root, version, reviewer, reason)
+        return reject(cfg, root, version, reviewer, reason, identity=identity)
     raise PromotionError(f"decision must be approve or reject, got {decision!r}")
 
 
@@ -351,6 +394,11 @@ def rollback(cfg: Config, root: str | Path, reason: str, by: str) -> dict[str, A
     if not reason.strip():
         raise PromotionError("a reason is required")
     registry = open_registry(cfg, root)
+    with registry.decision_lock():
+        return _rollback_locked(registry, reason, by)
+
+
+def _rollback_locked(registry: ModelRegistry, reason: str, by: str) -> dict[str, Any]:
     previous, current = version_id(registry.by_alias(PREVIOUS)), version_id(registry.by_alias(CHAMPION))
     if previous is None:
         raise PromotionError(f"model '{registry.name}' has no {PREVIOUS} to roll back to")

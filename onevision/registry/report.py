@@ -50,8 +50,8 @@ def markdown_report(model_name: str, version: str, report: GateReport, inputs: G
               "`gate_report/evaluate.html`: the evaluation's page, with one photo searched by two shoppers of different tastes."]
     lines += ["", "Tolerances are relative: a gate against a reference r passes when candidate >= r x (1 - tolerance).", ""]
     if report.passed:
-        lines += ["## Decide", "", "```", f"onevision approve {version} --reviewer NAME --reason TEXT",
-                  f"onevision reject {version} --reviewer NAME --reason TEXT", "```", ""]
+        lines += ["## Decide", "", "```", f"onevision approve {version} --reason TEXT   # as yourself: $ONEVISION_REVIEWER or your login",
+                  f"onevision reject {version} --reason TEXT", "```", ""]
     return "\n".join(lines)
 
 

@@ -85,7 +85,7 @@ def no_champion_message(cfg, root: Path, image: Path | None = None) -> str:
         f"no champion yet: model '{name}' has no 'champion' alias in {registry_uri(cfg, root)}.",
         "To make one:",
         "  onevision promote                                        # register this project's model, check its gates",
-        "  onevision approve VERSION --reviewer NAME --reason TEXT  # a reviewer in registry.reviewers makes it champion",
+        "  onevision approve VERSION --reason TEXT  # a reviewer in registry.reviewers, as themselves, makes it champion",
         f"Meanwhile, {'search' if image is not None else 'serve'} another model:",
     ]
     if versions:

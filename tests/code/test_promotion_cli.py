@@ -33,7 +33,7 @@ def test_no_reviewers_configured_blocks_approval(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["overrides"] = {"registry": {"reviewers": []}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ok", "--root", str(project)])
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ok", "--root", str(project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2 and "no reviewers are configured" in result.output
     assert not (project / "mlflow.db").exists()  # refused before touching the registry
 
@@ -42,7 +42,7 @@ def test_unknown_reviewer_is_refused(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["overrides"] = {"registry": {"reviewers": ["alice"]}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["reject", "3", "--reviewer", "mallory", "--reason", "no", "--root", str(project)])
+    result = runner.invoke(app, ["reject", "3", "--reviewer", "mallory", "--reason", "no", "--root", str(project)], env={"ONEVISION_REVIEWER": "mallory"})
     assert result.exit_code == 2 and "'mallory' is not a reviewer (registry.reviewers: alice)" in result.output
 
 
@@ -84,7 +84,7 @@ def test_search_without_a_champion_says_how_to_get_one(registry_project):
     assert result.exit_code == 2, result.output
     out = result.output
     assert "Traceback" not in out and "no champion yet: model 'onevision' has no 'champion' alias" in out
-    assert "onevision promote" in out and "onevision approve VERSION --reviewer NAME --reason TEXT" in out
+    assert "onevision promote" in out and "onevision approve VERSION --reason TEXT" in out
     assert "--project DIR" in out and "no version of 'onevision' is registered yet" in out
 
 
@@ -109,7 +109,7 @@ def test_approving_a_gates_failed_version_says_where_its_gate_report_is(registry
     report = registry_project / "reports" / "gate_report.md"
     report.parent.mkdir()
     report.write_text("# Gate report: `onevision` version 1\n\nVerdict: **FAILED**\n")
-    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)])
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2, result.output
     out = result.output
     assert "not awaiting approval (status: gates-failed)" in out and "failed gates: baseline.hr@10, champion.hr@10" in out
@@ -117,7 +117,7 @@ def test_approving_a_gates_failed_version_says_where_its_gate_report_is(registry
     assert f"mlflow artifacts download -u {artifact}" in out and "cannot be approved" in out and "onevision promote" in out
     # A local report of another version is not offered as this version's.
     report.write_text("# Gate report: `onevision` version 2\n")
-    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)])
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ship it", "--root", str(registry_project)], env={"ONEVISION_REVIEWER": "alice"})
     assert "gate report: " + str(report.resolve()) not in result.output and f"gate report in MLflow: {artifact}" in result.output
 
 
@@ -149,3 +149,38 @@ def test_serve_pins_the_approved_champion_version(registry_project):
     refused = runner.invoke(app, ["serve", "--print-command", "--root", str(registry_project)])
     assert refused.exit_code == 2 and "champion v2" in refused.output
     assert str(open_registry(load_config(registry_project / "params.yaml"), registry_project).by_alias("champion").version) == "2"
+
+
+# --------------------------------------------------------------------------- who decides
+
+
+def test_naming_another_reviewer_is_refused(project):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["overrides"] = {"registry": {"reviewers": ["alice", "bob"]}}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["approve", "1", "--reviewer", "alice", "--reason", "ok", "--root", str(project)],
+                           env={"ONEVISION_REVIEWER": "bob"})
+    assert result.exit_code == 2, result.output
+    assert "you are 'bob' (from $ONEVISION_REVIEWER), but --reviewer says 'alice'" in result.output
+    assert "Traceback" not in result.output and not (project / "mlflow.db").exists()
+    result = runner.invoke(app, ["rollback", "--by", "alice", "--reason", "x", "--root", str(project)], env={"ONEVISION_REVIEWER": "bob"})
+    assert result.exit_code == 2 and "you are 'bob'" in result.output
+
+
+def test_the_reviewer_is_who_runs_the_command(registry_project, monkeypatch):
+    registry = client(registry_project)
+    registry.create_registered_model("onevision")
+    registry.create_model_version("onevision", source=str(registry_project), tags={"status": "awaiting-approval", "gates.passed": "true"})
+    # No $ONEVISION_REVIEWER: the login name decides, and "mallory" is not a listed reviewer.
+    monkeypatch.delenv("ONEVISION_REVIEWER", raising=False)
+    monkeypatch.setenv("USER", "mallory")
+    monkeypatch.setenv("LOGNAME", "mallory")
+    refused = runner.invoke(app, ["approve", "1", "--reason", "ship it", "--root", str(registry_project)])
+    assert refused.exit_code == 2 and "'mallory' is not a reviewer" in refused.output
+    result = runner.invoke(app, ["approve", "1", "--reason", "ship it", "--root", str(registry_project)], env={"ONEVISION_REVIEWER": "alice"})
+    assert result.exit_code == 0, result.output
+    from onevision.config import load_config
+    from onevision.registry.promotion import open_registry
+
+    record = open_registry(load_config(registry_project / "params.yaml"), registry_project).audit_log()[-1]
+    assert (record["by"], record["identity"]) == ("alice", "$ONEVISION_REVIEWER")

@@ -77,7 +77,7 @@ def first_champion(project):
     assert reg.status(reg.version(version)) == AWAITING and reg.aliases() == {CHALLENGER: version}
     proc = subprocess.run(
         [str(BIN / "onevision"), "approve", version, "--reviewer", "alice", "--reason", "beats MCA on every gate", "--root", str(project)],
-        capture_output=True, text=True, env=env(), timeout=180,
+        capture_output=True, text=True, env={**env(), "ONEVISION_REVIEWER": "alice"}, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return version
@@ -109,7 +109,7 @@ def test_failing_gate_blocks_promotion(project, first_champion):
     assert CHALLENGER not in reg.aliases()
     with pytest.raises(PromotionError, match="not awaiting approval .*gates failed"):
         approve(load_config(project / "params.yaml"), project, version, "alice", "ship it anyway")
-    result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "ship it anyway", "--root", str(project)])
+    result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "ship it anyway", "--root", str(project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2 and f"gate report: {project.resolve() / 'reports/gate_report.md'}" in result.output
     assert f"gate report in MLflow: runs:/{mv.tags['run_id']}/gate_report/gate_report.md" in result.output
     assert reg.aliases()[CHAMPION] == first_champion
@@ -121,17 +121,17 @@ def test_failing_gate_blocks_promotion(project, first_champion):
 def test_unknown_reviewer_refused_and_reject_leaves_champion(project, first_champion):
     version, report = new_candidate(project, evaluate=better(0.01))
     assert report.passed
-    result = runner.invoke(app, ["approve", version, "--reviewer", "mallory", "--reason", "trust me", "--root", str(project)])
+    result = runner.invoke(app, ["approve", version, "--reviewer", "mallory", "--reason", "trust me", "--root", str(project)], env={"ONEVISION_REVIEWER": "mallory"})
     assert result.exit_code == 2 and "'mallory' is not a reviewer" in result.output
     reg = registry(project)
     assert reg.status(reg.version(version)) == AWAITING and reg.aliases()[CHAMPION] == first_champion
-    result = runner.invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)])
+    result = runner.invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)], env={"ONEVISION_REVIEWER": "bob"})
     assert result.exit_code == 0, result.output
     assert reg.status(reg.version(version)) == REJECTED
     assert reg.aliases() == {CHAMPION: first_champion}
     rec = reg.audit_log()[-1]
     assert (rec["action"], rec["version"], rec["champion"], rec["by"], rec["reason"]) == ("reject", version, first_champion, "bob", "orders flat")
-    result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "changed my mind", "--root", str(project)])
+    result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "changed my mind", "--root", str(project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2 and "not awaiting approval (status: rejected)" in result.output
 
 
@@ -144,7 +144,8 @@ def test_rollback_restores_the_previous_champion(project, first_champion):
     approve(load_config(project / "params.yaml"), project, version, "bob", "better than champion")
     reg = registry(project)
     assert reg.aliases() == {CHAMPION: version, PREVIOUS: before}
-    result = runner.invoke(app, ["rollback", "--reason", "conversion dropped in production", "--by", "oncall", "--root", str(project)])
+    result = runner.invoke(app, ["rollback", "--reason", "conversion dropped in production", "--by", "oncall", "--root", str(project)],
+                           env={"ONEVISION_REVIEWER": "oncall"})
     assert result.exit_code == 0, result.output
     assert reg.aliases() == {CHAMPION: before}
     assert reg.status(reg.version(version)) == ROLLED_BACK and reg.status(reg.version(before)) == "champion"

@@ -9,6 +9,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from onevision.cli import app
@@ -24,6 +25,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture
 def project(tmp_path, isolated_state) -> Path:
     return make_tiny_project(tmp_path / "project")
+
+
+def allow_form_decisions(project: Path) -> Path:
+    """registry.form_decisions: allow, as behind a UI that authenticates each reviewer."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["overrides"]["registry"]["form_decisions"] = "allow"
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return project
 
 
 def registry(project: Path):
@@ -81,6 +90,7 @@ def paused_run(project: Path) -> tuple[str, UUID]:
 def test_paused_flow_is_resumed_with_typed_input(project, prefect_server):
     from prefect.flow_runs import resume_flow_run
 
+    allow_form_decisions(project)
     thread, result = start_promotion(project)
     version, run_id = paused_run(project)
     assert registry(project).status(registry(project).version(version)) == AWAITING
@@ -105,13 +115,21 @@ def test_paused_flow_is_resumed_with_typed_input(project, prefect_server):
     assert reg.aliases() == {CHAMPION: version}
     record = reg.audit_log()[-1]
     assert (record["action"], record["by"], record["reason"]) == ("approve", "alice", "every gate green")
+    assert record["identity"] == "prefect-form"
     assert flow_state(run_id).is_completed()
 
 
 def test_cli_decision_resumes_the_paused_flow(project, prefect_server):
+    from prefect.flow_runs import resume_flow_run
+
     thread, result = start_promotion(project)
     version, run_id = paused_run(project)
-    out = CliRunner().invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)])
+    # By default a name typed into the form proves nothing: the flow refuses it and pauses again.
+    first_key = flow_state(run_id).state_details.pause_key
+    resume_flow_run(run_id, run_input={"reviewer": "alice", "decision": "approve", "reason": "typed in the UI"})
+    wait_for(lambda: (s := flow_state(run_id)).is_paused() and s.state_details.pause_key != first_key, "the flow to pause again")
+    assert CHAMPION not in registry(project).aliases() and registry(project).audit_log() == []
+    out = CliRunner().invoke(app, ["reject", version, "--reviewer", "bob", "--reason", "orders flat", "--root", str(project)], env={"ONEVISION_REVIEWER": "bob"})
     assert out.exit_code == 0, out.output
     assert f"resumed paused promotion flow run {run_id}" in out.output
     thread.join(timeout=120)
