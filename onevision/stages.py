@@ -15,12 +15,11 @@ it runs), and add the same stage to dvc.yaml.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 
 StageFn = Callable[[Config, Path], dict[str, Any]]
@@ -73,8 +72,7 @@ STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
 
 def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
     path = Path(root) / paths.metrics_file(stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, metrics)
     return metrics
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config, ConfigError
 from onevision.stages import write_metrics
 
@@ -86,11 +86,11 @@ def validate(cfg: Config, root: Path) -> dict[str, Any]:
         max_bad_fraction=cfg.validate_.max_bad_fraction,
     )
     report = root / paths.REPORTS / "validate.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(result.report_markdown())
+    atomic.write_text(report, result.report_markdown())
     quarantine_dir = root / paths.QUARANTINE
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    result.quarantine.to_parquet(quarantine_dir / "quarantine.parquet", index=False)
+    with atomic.atomic_path(quarantine_dir / "quarantine.parquet") as tmp:
+        result.quarantine.to_parquet(tmp, index=False)
     metrics = result.to_metrics()
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     write_metrics(root, "validate", metrics)  # written even when the stage fails
@@ -112,7 +112,8 @@ def split(cfg: Config, root: Path) -> dict[str, Any]:
     facts = check_no_leakage(assignment, cfg.split.strategy)
     out = root / paths.SPLITS
     out.mkdir(parents=True, exist_ok=True)
-    assignment.to_parquet(out / ASSIGNMENT_FILE, index=False)
+    with atomic.atomic_path(out / ASSIGNMENT_FILE) as tmp:
+        assignment.to_parquet(tmp, index=False)
     counts = assignment["split"].value_counts()
     metrics: dict[str, Any] = {f"queries_{s}": int(counts.get(s, 0)) for s in SPLITS}
     metrics.update({f"users_{s}": int(assignment.loc[assignment["split"] == s, "user_id"].nunique()) for s in SPLITS})

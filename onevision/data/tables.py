@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from onevision import atomic
+
 
 @dataclass(frozen=True)
 class Table:
@@ -144,6 +146,7 @@ def write_tables(tables: dict[str, pd.DataFrame], folder: str | Path) -> dict[st
     paths = {}
     for name, frame in tables.items():
         path = folder / TABLES[name].filename
-        frame.to_parquet(path, index=False, compression="zstd")
+        with atomic.atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False, compression="zstd")
         paths[name] = path
     return paths

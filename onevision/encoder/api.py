@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.encoder.model import EncoderNet, EncoderSpec
 
 ENCODER_DIR = paths.MODELS / "encoder"
@@ -76,8 +76,10 @@ class ImageEncoder:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": _FORMAT, "spec": self.spec.to_dict(), "fusion": self.fusion, "extra": self.extra}
-        (directory / _SPEC_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        torch.save(self.net.state_dict(), directory / _WEIGHTS_FILE)
+        atomic.write_json(directory / _SPEC_FILE, meta)
+        # A file object, not a path: torch names the archive's records after a path's stem (here a random temp name).
+        with atomic.atomic_path(directory / _WEIGHTS_FILE) as tmp, open(tmp, "wb") as f:
+            torch.save(self.net.state_dict(), f)
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageEncoder:
@@ -199,8 +201,8 @@ def load_item_embeddings(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def save_item_embeddings(root: Path, item_ids: np.ndarray, embeddings: np.ndarray) -> Path:
     path = Path(root) / ITEM_EMBEDDINGS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, item_ids=item_ids.astype(np.int64), embeddings=embeddings.astype(np.float32))
+    with atomic.atomic_path(path) as tmp:
+        np.savez(tmp, item_ids=item_ids.astype(np.int64), embeddings=embeddings.astype(np.float32))
     return path
 
 
@@ -211,14 +213,14 @@ def save_view_embeddings(root: Path, parts: list[tuple[np.ndarray, np.ndarray, n
     VAL queries, in that order (``kind`` 0, 1, 2); ``ids`` are view_id / query_id.
     """
     path = Path(root) / VIEW_EMBEDDINGS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
-        item_ids=np.concatenate([np.asarray(i, np.int64) for i, _, _ in parts]),
-        ids=np.concatenate([np.asarray(j, np.int64) for _, j, _ in parts]),
-        kind=np.concatenate([np.full(len(i), k, np.int8) for k, (i, _, _) in enumerate(parts)]),
-        embeddings=np.concatenate([np.asarray(e, np.float32) for _, _, e in parts]),
-    )
+    with atomic.atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            item_ids=np.concatenate([np.asarray(i, np.int64) for i, _, _ in parts]),
+            ids=np.concatenate([np.asarray(j, np.int64) for _, j, _ in parts]),
+            kind=np.concatenate([np.full(len(i), k, np.int8) for k, (i, _, _) in enumerate(parts)]),
+            embeddings=np.concatenate([np.asarray(e, np.float32) for _, _, e in parts]),
+        )
     return path
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 from onevision.encoder.api import (
     ENCODER_DIR,
@@ -88,8 +88,8 @@ def plot_history(history: list[dict], path: Path, title: str = "align_encoder") 
     ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -160,5 +160,4 @@ def _write_report(root: Path, cfg: Config, metrics: dict[str, Any], history: lis
         lines.append(f"| {h['epoch']} | {losses} | {h['probe_top1']:.3f} | {h['probe_top10']:.3f} | {h['seconds']:.1f} |")
     lines += ["", "![curves](../plots/align_encoder.png)", ""]
     path = root / paths.REPORTS / "align_encoder.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    atomic.write_text(path, "\n".join(lines))

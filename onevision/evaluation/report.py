@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onevision import atomic
 from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, pareto_front, resolve_metric
 
 
@@ -149,7 +150,8 @@ def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: P
         fig.suptitle("Quality vs latency (TEST split)")
         fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
         path = plots_dir / "evaluate_quality_latency.png"
-        fig.savefig(path, dpi=110)
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
         written.append(path)
 
@@ -167,7 +169,8 @@ def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: P
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path = plots_dir / "evaluate_per_k.png"
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     written.append(path)
     return written

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
     note = dpo_note(root)
     if note:
         facts["note"] = note
-    report.write_text(markdown_report(results, cfg.evaluate.ks, facts))
+    atomic.write_text(report, markdown_report(results, cfg.evaluate.ks, facts))
     plot_results(results, cfg.evaluate.ks, root / paths.PLOTS)
     try:
         sheet = write_visual_report(cfg, root, test, runs, systems, results, facts)
@@ -134,7 +134,6 @@ def write_examples(path: Path, rows, item_photo) -> Path:
     """The visual report's queries as JSON (photos as base64 PNG, users, products, each system's list, the
     thumbnails of every listed item), so the promotion can show the same queries next to the champion's answers."""
     import base64
-    import json
 
     import numpy as np
 
@@ -150,10 +149,7 @@ def write_examples(path: Path, rows, item_photo) -> Path:
                      "lists": {k: [int(i) for i in v] for k, v in r.lists.items()}} for r in rows],
         "thumbnails": {str(i): b64(item_photo(i)) for i in items},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    atomic.write_json(path, doc, indent=None, sort_keys=False)
     return path
 
 
@@ -180,12 +176,8 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def evaluate(cfg: Config, root: Path) -> dict[str, Any]:
     """Stage ``evaluate``: returns one metrics object per system (the registry writes metrics/evaluate.json)
     and writes the headline (metrics/headline.json)."""
-    import json
 
     results = run_evaluation(cfg, Path(root))
     path = Path(root) / HEADLINE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(headline(results), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic.write_json(path, headline(results))
     return results

@@ -34,7 +34,6 @@ the ``onevision_pruned`` evaluation row decode with), ``metrics/pruning.json``
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config, PruningSweepConfig
 from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front, resolve_metric
 from onevision.generative.decode import beam_search
@@ -310,11 +309,9 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     }
     save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": len(val), "k": k,
                                 "speedup": best["speedup"], "quality_loss": best["loss"]})
-    (root / METRICS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (root / METRICS_FILE).write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
+    atomic.write_json(root / METRICS_FILE, json_safe(result))
     plot_pareto(points, front, chosen_i, latency_key, sweep.max_relative_loss, root / PLOT)
-    (root / REPORT).parent.mkdir(parents=True, exist_ok=True)
-    (root / REPORT).write_text(markdown_report(result))
+    atomic.write_text(root / REPORT, markdown_report(result))
     return json_safe(summary(result))
 
 
@@ -381,7 +378,8 @@ def plot_pareto(points, front, chosen_i, latency_key, max_loss, path: Path) -> P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

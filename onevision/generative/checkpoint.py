@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.generative.leaf import LeafScorer
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 
@@ -63,12 +63,15 @@ def save_checkpoint(directory: str | Path, model: SIDGenerator, user_ids: np.nda
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"format": _FORMAT, "config": model.cfg.to_dict(), "facts": facts or {}}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    torch.save(model.state_dict(), directory / "weights.pt")
-    np.save(directory / "users.npy", np.asarray(user_ids, dtype=np.int64))
+    atomic.write_json(directory / "config.json", meta)
+    with atomic.atomic_path(directory / "weights.pt") as tmp, open(tmp, "wb") as f:  # a file object: same bytes every run
+        torch.save(model.state_dict(), f)
+    with atomic.atomic_path(directory / "users.npy") as tmp:
+        np.save(tmp, np.asarray(user_ids, dtype=np.int64))
     history_path = directory / "user_history.parquet"
     if user_history is not None:
-        user_history.to_parquet(history_path, index=False)
+        with atomic.atomic_path(history_path) as tmp:
+            user_history.to_parquet(tmp, index=False)
     elif history_path.exists():
         history_path.unlink()
     return directory

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.generative.model import Context, SIDGenerator, eval_mode
 from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
@@ -161,8 +161,7 @@ NO_PRUNING = PruningConfig()
 def save_pruning(config: PruningConfig, root: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``models/pruning/pruning.json``: the config (key ``pruning``) and how it was chosen (``extra``)."""
     path = Path(root) / PRUNING_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pruning": config.to_dict(), **(extra or {})}, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, {"pruning": config.to_dict(), **(extra or {})})
     return path
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 from onevision.generative.checkpoint import build_generator, checkpoint_dir, load_checkpoint, save_checkpoint
 from onevision.generative.data import (
@@ -363,8 +363,8 @@ def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) ->
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -385,7 +385,7 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
         if name in metrics:
             lines += ["", f"## {name}", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics[name].items())]
-    path.write_text("\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def _setup(cfg: Config, stage: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from onevision import atomic
 from onevision.mca.features import Catalog, LogStats, pair_features
 from onevision.mca.index import ItemIndex
 from onevision.retrieval import RetrievalResult
@@ -172,9 +173,11 @@ class MCACascade:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.index.save(directory / INDEX_DIR)
-        np.savez(directory / CATALOG_FILE, **self.catalog.to_arrays())
-        np.savez(directory / STATS_FILE, **self.stats.to_arrays())
-        joblib.dump(self.ranker, directory / RANKER_FILE)
+        for name, arrays in ((CATALOG_FILE, self.catalog.to_arrays()), (STATS_FILE, self.stats.to_arrays())):
+            with atomic.atomic_path(directory / name) as tmp:
+                np.savez(tmp, **arrays)
+        with atomic.atomic_path(directory / RANKER_FILE) as tmp:
+            joblib.dump(self.ranker, tmp)
         manifest = {
             "format": 1,
             "sizes": vars(self.sizes),
@@ -183,7 +186,7 @@ class MCACascade:
             "index": self.index.description,
             "extra": extra or {},
         }
-        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        atomic.write_json(directory / MANIFEST, manifest)
 
     @classmethod
     def load(cls, directory: str | Path, encoder, *, nprobe: int = 16, ef_search: int = 128, use_gpu: str = "auto",

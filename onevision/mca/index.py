@@ -21,6 +21,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from onevision import atomic
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "items.faiss"
@@ -146,8 +148,10 @@ class ItemIndex:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.cpu_index, str(directory / INDEX_FILE))
-        np.save(directory / IDS_FILE, self.item_ids)
+        with atomic.atomic_path(directory / INDEX_FILE) as tmp:
+            faiss.write_index(self.cpu_index, str(tmp))
+        with atomic.atomic_path(directory / IDS_FILE) as tmp:
+            np.save(tmp, self.item_ids)
 
     @classmethod
     def load(cls, directory: str | Path, *, nprobe: int = 16, ef_search: int = 128, use_gpu: str = "auto") -> ItemIndex:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 from onevision.registry.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
 from onevision.registry.model_registry import (
@@ -173,9 +173,8 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
 
     plot = plot_report(root / GATE_PLOT, inputs, gates, report)
     text = markdown_report(registry.name, version, report, inputs, gates, plot_name=f"gate_report/{plot.name}")
-    (root / GATE_REPORT).parent.mkdir(parents=True, exist_ok=True)
-    (root / GATE_REPORT).write_text(text)
-    (root / GATE_REPORT.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic.write_text(root / GATE_REPORT, text)
+    atomic.write_json(root / GATE_REPORT.with_suffix(".json"), report.to_dict(), sort_keys=False)
     run_id = mv.tags.get("run_id") or mv.run_id
     sheet = root / paths.REPORTS / "evaluate.html"  # photos of queries and results (stage evaluate)
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onevision import atomic
 from onevision.config import GatesConfig
 from onevision.evaluation.metrics import ORDERS_LABELS
 from onevision.registry.gates import GateInputs, GateReport, candidate_metric, lookup
@@ -108,7 +109,7 @@ def plot_report(path: Path, inputs: GateInputs, gates: GatesConfig, report: Gate
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Gate report: " + ("passed" if report.passed else "FAILED"))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

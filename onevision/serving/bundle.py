@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 from onevision.retrieval import RetrievalResult
 from onevision.serving.queries import QuerySpec
@@ -119,7 +119,7 @@ def build_bundle(cfg: Config, root: str | Path, dest: str | Path, kind: str | No
     if manifest["retriever"] == "onevision":
         manifest["pruning"] = _bundled_pruning(dest)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(dest / MANIFEST, manifest)
     return dest
 
 

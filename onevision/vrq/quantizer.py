@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onevision import atomic
+
 _FILE = "codebooks.npz"
 _META = "vrq.json"
 _FORMAT = 1
@@ -91,9 +93,10 @@ class VRQTokenizer:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / _FILE, **{f"level_{i}": c for i, c in enumerate(self.codebooks)})
+        with atomic.atomic_path(directory / _FILE) as tmp:
+            np.savez(tmp, **{f"level_{i}": c for i, c in enumerate(self.codebooks)})
         meta = {"format": _FORMAT, "codebook_sizes": self.codebook_sizes, "dim": self.dim, **self.meta}
-        (directory / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic.write_json(directory / _META, meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> VRQTokenizer:

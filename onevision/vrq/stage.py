@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import paths
+from onevision import atomic, paths
 from onevision.config import Config
 from onevision.encoder.api import (
     CATALOG,
@@ -60,8 +60,8 @@ def vrq(cfg: Config, root: Path) -> dict[str, Any]:
 
     codes = tokenizer.encode(item_emb)
     table = build_sid_table(item_ids, codes)
-    (root / SID_TABLE).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(root / SID_TABLE, index=False)
+    with atomic.atomic_path(root / SID_TABLE) as tmp:
+        table.to_parquet(tmp, index=False)
     tokenizer.save(root / VRQ_DIR)
 
     # held-out shopper photos (VAL split) measure consistency and retrieval through codes
@@ -142,8 +142,8 @@ def plot_tokenizer(metrics: dict[str, Any], history: list[dict], path: Path) -> 
     ax.set_title("VRQ fine-tuning")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -180,5 +180,4 @@ def _write_report(root: Path, cfg: Config, metrics: dict[str, Any]) -> None:
             lines.append(f"| {label} | {fmt.format(metrics[key])} | {fmt.format(base[key])} |")
     lines += ["", "![tokenizer](../plots/vrq.png)", ""]
     path = root / paths.REPORTS / "vrq.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    atomic.write_text(path, "\n".join(lines))
