@@ -1,1 +1,5 @@
 """Prefect flows that chain the tasks in tasks/."""
+
+from onevision import redact
+
+redact.install()  # a worker imports the flows without the CLI: credentials stay out of its logs too

@@ -6,7 +6,7 @@ with `onevision drift` (same library code, no Prefect) or by calling
 reference (Evidently HTML + JSON summary under reports/drift/<run_id>/), log an
 MLflow run in the `drift.experiment` experiment, upload the files to the object
 store, attach a markdown summary to the flow run, POST an alert to
-`drift.webhook_url` on an alarm.
+`$ONEVISION_DRIFT_WEBHOOK_URL` (or `drift.webhook_url`) on an alarm.
 
 Each outcome has its own final state, so a state means one thing (docs/oncall.md):
 
@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from onevision.config import PARAMS_FILE, load_config
-from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, describe_error, summary_markdown
+from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, describe_error, summary_markdown, webhook_url
 from tasks.drift import check_drift, load_current_window, log_drift_run, send_drift_alert, upload_drift_reports
 
 
@@ -64,9 +64,10 @@ def drift_monitor(
                 infra_errors.append(f"{what}: {describe_error(exc)}")
                 logger.error("drift run %s: %s unavailable after retries: %s", summary["run_id"], what, describe_error(exc))
     alert_error = None
-    if summary["drift_detected"] and cfg.drift.webhook_url:
+    url = webhook_url(cfg)
+    if summary["drift_detected"] and url:
         try:
-            send_drift_alert(cfg.drift.webhook_url, summary, cfg.drift.webhook_timeout_s)
+            send_drift_alert(url, summary, cfg.drift.webhook_timeout_s)
         except AlertError as exc:  # the verdict stands; the failed alert is reported with it
             alert_error = str(exc)
             logger.error("drift alert not delivered: %s", exc)

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from onevision import atomic, redact
 from onevision.config import PARAMS_FILE, ConfigError, describe_fields, load_config
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ SetOpt = Annotated[
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    redact.install()  # credentials from the environment never reach a log line
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -55,7 +57,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {redact.redact(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -370,7 +372,7 @@ def data_validate(
         _fail(str(exc))
     text = result.report_markdown()
     if report:
-        report.write_text(text)
+        atomic.write_text(report, text)
     clean = result.passed and len(result.quarantine) == 0
     typer.echo(text, err=not clean)
     if not clean:

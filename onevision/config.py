@@ -441,7 +441,8 @@ class DriftConfig(Section):
     max_bad_fraction: float = Field(
         0.02, ge=0, le=1, description="Alarm when more than this share of current queries fails data quality (missing, out of range, bad image)."
     )
-    webhook_url: str | None = Field(None, description="POST a JSON alert here when an alarm fires (Slack/PagerDuty-style webhook); None: no alert.")
+    webhook_url: str | None = Field(None, description="POST a JSON alert here when an alarm fires (Slack/PagerDuty-style webhook); None: no alert. "
+                                    "A URL with a token is a credential: set $ONEVISION_DRIFT_WEBHOOK_URL instead, which wins.")
     webhook_timeout_s: float = Field(5.0, gt=0, description="Webhook request timeout, seconds.")
     fail_on_drift: bool = Field(
         True, description="Flow run ends Failed on an alarm (Prefect notifications fire); False: Completed, named 'Drifted'."

@@ -163,8 +163,10 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = flatten("", params)
-        batch = [Param(metric_key(k), str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
+        from onevision.redact import redact, secret_values
+
+        flat, values = flatten("", params), secret_values()
+        batch = [Param(metric_key(k), redact(str(v), values)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
         for i in range(0, len(batch), 100):
             self.client.log_batch(run_id, params=batch[i : i + 100])
 
@@ -190,8 +192,11 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch[i : i + 500])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from onevision.redact import redact, secret_values
+
+        values = secret_values()
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            self.client.set_tag(run_id, key, redact(str(value), values))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.exists():

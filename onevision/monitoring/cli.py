@@ -79,9 +79,10 @@ def drift_command(
                 step()
             except Exception as exc:  # noqa: BLE001 - the verdict stands; the failure is reported as what it is
                 infra_errors.append(f"{what}: {monitor.describe_error(exc)}")
-        if summary["drift_detected"] and cfg.drift.webhook_url:
+        url = monitor.webhook_url(cfg)
+        if summary["drift_detected"] and url:
             try:
-                monitor.send_alert(cfg.drift.webhook_url, summary, cfg.drift.webhook_timeout_s)
+                monitor.send_alert(url, summary, cfg.drift.webhook_timeout_s)
             except monitor.AlertError as exc:
                 typer.secho(f"warning: alert not delivered: {exc}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else monitor.summary_markdown(summary))

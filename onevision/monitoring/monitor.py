@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -402,6 +403,24 @@ def alert_payload(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WEBHOOK_ENV = "ONEVISION_DRIFT_WEBHOOK_URL"
+
+
+def webhook_url(cfg) -> str | None:
+    """Where alarms go: ``$ONEVISION_DRIFT_WEBHOOK_URL`` (a URL with a token is a credential: keep it in the
+    environment or a secret store), else ``drift.webhook_url`` (a token-less URL may live in params.yaml)."""
+    return os.environ.get(WEBHOOK_ENV) or cfg.drift.webhook_url
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: scheme, host and port only (a webhook's path and query carry its token)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…" if parts.scheme else "(webhook)"
+
+
 def send_alert(url: str, summary: dict[str, Any], timeout: float = 5.0) -> int:
     """POST :func:`alert_payload` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise."""
     import urllib.error
@@ -413,7 +432,7 @@ def send_alert(url: str, summary: dict[str, Any], timeout: float = 5.0) -> int:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL comes from config
             status = int(response.status)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise AlertError(f"webhook {url} failed: {exc}") from exc
+        raise AlertError(f"webhook {shown_url(url)} failed: {exc}") from exc
     if not 200 <= status < 300:
-        raise AlertError(f"webhook {url} answered HTTP {status}")
+        raise AlertError(f"webhook {shown_url(url)} answered HTTP {status}")
     return status
