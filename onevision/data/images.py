@@ -179,7 +179,12 @@ def normalize_photo(data: bytes, image_size: int, image_channels: int) -> np.nda
 def resolve_image_path(image_path: str, image_root: str | Path) -> Path:
     """Resolve a relative image path inside ``image_root``; refuse escapes (``..``, absolute, symlinks out)."""
     root = Path(image_root).resolve()
-    candidate = (root / image_path).resolve()
+    if "\x00" in image_path or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(image_path).parts):
+        raise ImageError(f"image path {image_path[:80]!r} is not a usable file name (a NUL character, or a name over 255 bytes)")
+    try:
+        candidate = (root / image_path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, names the filesystem refuses
+        raise ImageError(f"image path {image_path[:80]!r} cannot be resolved: {exc.__class__.__name__}") from None
     if Path(image_path).is_absolute() or not candidate.is_relative_to(root):
         raise ImageError(f"image path {image_path!r} points outside {root}")
     return candidate

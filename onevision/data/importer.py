@@ -136,7 +136,8 @@ class _Photos:
         try:
             return resolve_image_path(path, self.root)
         except ImageError as exc:
-            raise CatalogImportError(f"{where}: image path {path!r} points outside the image folder {self.root}") from exc
+            reason = str(exc) if "points outside" not in str(exc) else f"image path {path!r} points outside the image folder {self.root}"
+            raise CatalogImportError(f"{where}: {reason}") from exc
 
     def load(self, path: str, where: str) -> tuple[bytes | None, str | None]:
         """``(image, image_path)`` of a view or query row."""

@@ -4,6 +4,8 @@ input of the right shape or an InvalidQuery whose message names the problem, nev
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +15,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries, user_ids_of
+from tests.drill import count
 
 SPEC = QuerySpec(image_size=28, image_channels=1, max_image_bytes=200_000)
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+# Examples per property: 300 here and in CI; the full drill (benchmarks/drill.py --full) asks for more.
+EXAMPLES = int(os.environ.get("ONEVISION_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def clean(message: str) -> bool:
@@ -38,6 +43,7 @@ def encoded(mode: str, size: tuple[int, int], fmt: str, seed: int) -> bytes:
 @FUZZ
 @given(st.binary(max_size=4096))
 def test_random_bytes_are_refused_cleanly(data):
+    count("fuzz.serving")
     try:
         images, _ = parse_queries(pd.DataFrame({"image": [data]}), SPEC)
     except InvalidQuery as exc:
@@ -50,6 +56,7 @@ def test_random_bytes_are_refused_cleanly(data):
 @given(st.sampled_from(["L", "LA", "RGB", "RGBA", "CMYK", "P", "1", "I;16"]),
        st.tuples(st.integers(1, 300), st.integers(1, 300)), st.sampled_from(["PNG", "JPEG"]), st.integers(0, 10_000))
 def test_any_decodable_photo_becomes_the_models_input(mode, size, fmt, seed):
+    count("fuzz.serving")
     if fmt == "JPEG" and mode in ("LA", "RGBA", "P", "I;16"):
         fmt = "PNG"  # JPEG cannot hold these modes
     if mode == "CMYK":
@@ -65,6 +72,7 @@ def test_any_decodable_photo_becomes_the_models_input(mode, size, fmt, seed):
 @given(st.one_of(st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
                  st.booleans(), st.binary(max_size=10)))
 def test_user_ids_are_integers_or_a_clear_refusal(value):
+    count("fuzz.serving")
     try:
         out = user_ids_of([value], 1)
     except InvalidQuery as exc:
@@ -76,6 +84,7 @@ def test_user_ids_are_integers_or_a_clear_refusal(value):
 @FUZZ
 @given(st.one_of(st.none(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12)))
 def test_k_is_bounded_or_refused(value):
+    count("fuzz.serving")
     try:
         k = parse_k({"k": value}, SPEC)
     except InvalidQuery as exc:
@@ -85,6 +94,7 @@ def test_k_is_bounded_or_refused(value):
 
 
 def test_a_decompression_bomb_is_refused_before_decoding():
+    count("fuzz.serving")
     buf = io.BytesIO()
     Image.new("L", (8000, 6000)).save(buf, format="PNG")  # 48 MP of zeros: a few KB encoded
     with pytest.raises(InvalidQuery, match="pixel limit"):
@@ -99,11 +109,16 @@ CELL = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+CATALOG_FUZZ = settings(max_examples=max(60, EXAMPLES // 5), deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@CATALOG_FUZZ
 @given(st.lists(st.tuples(CELL, CELL, CELL, CELL), min_size=1, max_size=6), st.booleans(), st.booleans())
 def test_any_catalog_csv_imports_to_validation_or_a_named_error(tmp_path_factory, rows, bom, crlf):
     """item_id, category, brand, price of every kind: the import never crashes, never touches the CSV,
     and what it lets through is judged by validation (quarantine with a rule), not by a traceback."""
+    count("fuzz.catalog")
     import hashlib
 
     from onevision.data.images import encode_png
@@ -130,3 +145,90 @@ def test_any_catalog_csv_imports_to_validation_or_a_named_error(tmp_path_factory
         assert {r.split(":")[0] for r in result.quarantine["rule"]} <= set(RULES)  # documented rules ("parent_quarantined:items")
         assert all(clean(str(m)) for m in result.quarantine["message"])
     assert hashlib.sha256(csv.read_bytes()).hexdigest() == digest  # raw data never modified
+
+
+PATH_CELL = st.one_of(
+    st.sampled_from(["a.png", "../a.png", "/etc/passwd", "photos/../../x.png", "./a.png", "a.png;b.png", "a.png|b.png", "",
+                     " a.png ", "nope.png", "dir/", ".", "..", "a.png\x00.jpg", "~/a.png", "C:\\a.png", "é.png", "a" * 300]),
+    st.text(max_size=20),
+)
+PHOTO = st.one_of(
+    st.binary(max_size=300),  # corrupt bytes
+    st.builds(lambda mode, w, h, seed: encoded(mode, (w, h), "PNG", seed), st.sampled_from(["L", "LA", "RGB", "RGBA", "P", "1", "I;16"]),
+              st.integers(1, 64), st.integers(1, 64), st.integers(0, 100)),
+    st.builds(lambda mode, seed, cut: encoded(mode, (32, 32), "PNG", seed)[:cut], st.sampled_from(["L", "RGB"]), st.integers(0, 9), st.integers(1, 200)),
+)
+
+
+@CATALOG_FUZZ
+@given(st.lists(PATH_CELL, min_size=1, max_size=4), PHOTO, PHOTO)
+def test_any_photo_path_or_photo_file_imports_or_names_the_row(tmp_path_factory, cells, photo_a, photo_b):
+    """Image paths (traversal, absolute, empty, separators, NUL, unicode) and photo files (corrupt, truncated, every
+    mode): a named error, or tables whose bad rows validation quarantines; the photos and the CSV stay as they were."""
+    import hashlib
+
+    from onevision.data.importer import CatalogImportError, import_catalog
+    from onevision.data.validation import RULES, validate_tables
+
+    count("fuzz.catalog_photos")
+    root = tmp_path_factory.mktemp("photos")
+    photos = root / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(photo_a)
+    (photos / "é.png").write_bytes(photo_b)
+    (root / "x.png").write_bytes(encoded("L", (8, 8), "PNG", 0))  # outside the photo folder: never to be read
+    lines = ["item_id,image_paths,category,brand,price"]
+    lines += [f'{i},"{c.replace(chr(34), chr(34) * 2)}",shoes,acme,9.5' for i, c in enumerate(cells)]
+    csv = root / "catalog.csv"
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+
+    def digest() -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())).hexdigest()
+
+    before = digest()
+    try:
+        tables = import_catalog(csv, photos, image_size=16, image_channels=1)
+    except CatalogImportError as exc:
+        assert str(csv) in str(exc) and clean(str(exc)), str(exc)
+    else:
+        assert not set(tables["views"]["image_path"].dropna()) & {"../x.png", str(root / "x.png")}
+        result = validate_tables(tables, image_root=photos, image_size=16, image_channels=1, max_bad_fraction=1.0, progress=False)
+        assert {r.split(":")[0] for r in result.quarantine["rule"]} <= set(RULES)
+        assert all(clean(str(m)) for m in result.quarantine["message"])
+    assert digest() == before  # raw data never modified
+
+
+CLI_ARG = st.one_of(st.text(max_size=30), st.sampled_from(["", "-", "--", "=", "a=b", "data.n_items=-1", "data.n_items=1e309",
+                                                          "vrq.codebook_sizes=[0]", "nope.key=1", "data=1", "../../etc", "\x00"]))
+
+
+@settings(max_examples=max(40, EXAMPLES // 5), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["retrain --set", "retrain --profile", "retrain --until", "search --image", "search --k", "config show --set",
+                        "data validate --tables", "drift --current", "approve", "rollback --reason"]), CLI_ARG)
+def test_any_command_line_argument_is_run_or_refused_clearly(tmp_path_factory, command, value):
+    """Random values for the options users type most: exit 0, or a usage/config error that names the problem;
+    never a traceback, and nothing written into the project."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from onevision.cli import app
+
+    count("fuzz.cli")
+    project = tmp_path_factory.mktemp("cli")
+    shutil.copy2(Path(__file__).resolve().parents[2] / "params.yaml", project / "params.yaml")
+    before = sorted(p.name for p in project.iterdir())
+    params = (project / "params.yaml").read_bytes()
+    argv = command.split() + [value]
+    if command.startswith("retrain"):
+        argv += ["--until", "nothing-such"] if "--until" not in command else []  # stop before any training
+    if command == "approve":
+        argv += ["--reason", "x"]
+    result = CliRunner().invoke(app, [*argv, "--root", str(project)], env={"ONEVISION_REVIEWER": "nobody"})
+    out = result.output
+    assert result.exit_code in (0, 1, 2, 3, 4), (argv, result.exit_code, out[-500:])
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (argv, repr(result.exception))
+    assert "Traceback" not in out and " object at 0x" not in out, out[-800:]
+    assert (project / "params.yaml").read_bytes() == params  # a refused run leaves params.yaml as it was
+    assert {p for p in (sorted(p.name for p in project.iterdir())) if p not in before} <= {"mlflow.db", ".onevision"}
