@@ -462,6 +462,10 @@ class StorageConfig(Section):
         None, description="S3-compatible endpoint (MinIO, moto), e.g. http://127.0.0.1:9000; None: $ONEVISION_S3_ENDPOINT_URL, else AWS."
     )
     region: str | None = Field(None, description="Region name; None: boto3's default.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per request, the first included (botocore's `standard` retry mode: "
+                              "exponential backoff with jitter on throttling, 5xx and connection errors); then a clear failure.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout per attempt, seconds.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Read timeout per attempt, seconds.")
 
 
 class GatesConfig(Section):

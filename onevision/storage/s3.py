@@ -33,6 +33,9 @@ class ObjectStore:
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
+    max_attempts: int = 5
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: StorageConfig) -> ObjectStore | None:
@@ -41,12 +44,16 @@ class ObjectStore:
             return None
         # The compose stack's worker reaches MinIO under another name than the host: it sets the endpoint by env.
         endpoint = cfg.endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-        return cls(cfg.bucket, cfg.prefix, endpoint, cfg.region)
+        return cls(cfg.bucket, cfg.prefix, endpoint, cfg.region, cfg.max_attempts, cfg.connect_timeout_s, cfg.read_timeout_s)
 
     def client(self) -> Any:
+        """A boto3 client that retries transient errors (throttling, 5xx, dropped connections) with backoff."""
         import boto3
+        from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
+        config = Config(retries={"total_max_attempts": self.max_attempts, "mode": "standard"},  # first attempt included
+                        connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s)
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
 
     def key(self, relative: str) -> str:
         """Full object key: ``prefix/relative`` (no leading or doubled slashes)."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,27 @@ def prefect_server(isolated_state):
 def small_project(tmp_path_factory, isolated_state) -> Path:
     """A project checkout shared by the integration tests that run the small profile."""
     return make_project(tmp_path_factory.mktemp("project") / "onevision")
+
+
+@contextmanager
+def moto_s3(bucket: str):
+    """A real HTTP S3 endpoint on loopback (moto's server) with ``bucket``, and test credentials in the environment."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -47,6 +47,9 @@ def decide_at_once(project: Path, commands: list[tuple[str, list[str]]]) -> list
     """Start every (reviewer, argv) together, released at the same instant once all have imported; each holds its
     check-then-act window open for a second, so without the decision lock every approval would go through."""
     start_at = time.time() + 12  # CLI start-up (imports) takes a few seconds on 2 cores
+    from tests.drill import count
+
+    count("race.decisions", len(commands))
     procs = []
     for reviewer, argv in commands:
         env = {**os.environ, "ONEVISION_REVIEWER": reviewer, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}

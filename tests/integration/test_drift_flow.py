@@ -11,6 +11,7 @@ import pytest
 
 from onevision.monitoring.drills import simulate_shift
 from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+from tests.integration.conftest import moto_s3
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-reports"
@@ -39,25 +40,8 @@ def webhook():
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A real HTTP S3 endpoint on loopback (moto server), with the reports bucket."""
-    import os
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

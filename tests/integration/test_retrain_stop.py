@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.integration import crash
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 
+def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect_server):
+    from prefect.settings import PREFECT_API_URL
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-def processes_under(project: Path) -> list[str]:
-    """Command lines of live processes started in ``project`` (dvc, the stage), this test's excluded."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if Path(proc / "cwd").resolve() == project.resolve():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
-            continue
-    return found
-
-
-def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, isolated_state):
+    env = crash.env(PREFECT_API_URL=PREFECT_API_URL.value())
     project = make_project(tmp_path / "shop")
-    proc = subprocess.Popen([str(BIN / "onevision"), "retrain", "--profile", "small"], cwd=project, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(crash.retrain_argv(), cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     started = threading.Event()
 
@@ -64,16 +44,15 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, isolate
     assert "stopping stage 'align_encoder'" in out, out[-3000:]
     assert "retrain stopped" in out and "Traceback" not in out.split("retrain stopped")[-1]
     deadline = time.time() + 30
-    while processes_under(project) and time.time() < deadline:
+    while crash.pids_under(project) and time.time() < deadline:
         time.sleep(0.5)
-    assert processes_under(project) == []  # dvc and the stage are gone, not orphaned
+    assert crash.pids_under(project) == []  # dvc and the stage are gone, not orphaned
 
-    lock = (project / "dvc.lock").read_text()
-    assert "align_encoder:" not in lock  # nothing of the stopped stage was recorded
-    status = json.loads(subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, env=env(),
+    assert "align_encoder" not in crash.locked_stages(project)  # nothing of the stopped stage was recorded
+    status = json.loads(subprocess.run([str(crash.BIN / "dvc"), "status", "--json"], cwd=project, env=env,
                                        capture_output=True, text=True, check=True).stdout or "{}")
     assert "align_encoder" in status and not {"prepare", "validate", "split"} & set(status)
-    rerun = subprocess.run([str(BIN / "onevision"), "retrain", "--until", "split"], cwd=project, env=env(),
+    rerun = subprocess.run([str(crash.BIN / "onevision"), "retrain", "--until", "split"], cwd=project, env=env,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     for stage in ("prepare", "validate", "split"):

@@ -1,0 +1,155 @@
+"""Crash a retrain flow as a lost machine would (SIGKILL of every process of the project), then resume it.
+
+Shared by the crash-resume tests and the reliability drill (benchmarks/drill.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+# The small profile shrunk to a couple of minutes: every stage runs, on 400 items.
+TINY = [
+    "data.n_items=400", "data.n_users=60", "data.n_queries=1200", "data.n_brands=8", "encoder.epochs=2",
+    "vrq.codebook_sizes=[32,16,8]", "mca.recall_k=100", "mca.prerank_k=50", "generative.decode.beam_width=50",
+    "generative.pretrain.epochs=2", "generative.sft.epochs=2", "generative.dpo.epochs=1", "evaluate.latency_queries=20",
+    "evaluate.bootstrap=100", "pruning.visual_keep_mass=[1.0]", "pruning.beam_margin=[null,2.0]", "pruning.val_queries=50",
+    "pruning.test_queries=50", "pruning.latency_queries=10",
+]
+# Outputs whose bytes carry wall times (metrics, reports, plots): compared by their quality figures, not their hashes.
+TIMED_PREFIXES = ("metrics/", "reports/", "plots/")
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def retrain_argv(until: str | None = None) -> list[str]:
+    argv = [str(BIN / "onevision"), "retrain", "--profile", "small"]
+    for s in TINY:
+        argv += ["--set", s]
+    return argv + (["--until", until] if until else [])
+
+
+def pids_under(project: Path) -> list[int]:
+    """Live processes whose working directory is ``project`` (the flow, dvc, the stage), this one excluded."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if Path(proc / "cwd").resolve() == project.resolve():
+                found.append(int(proc.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+@dataclass
+class Crash:
+    stage: str
+    output: str
+    killed: list[int] = field(default_factory=list)
+
+
+def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s: float = 4.0, extra_env: dict | None = None) -> Crash:
+    """Start the retrain flow and SIGKILL all of it ``after_s`` seconds into ``stage``."""
+    proc = subprocess.Popen(retrain_argv(until), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if f"[{stage}] Running stage" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not started.wait(600):
+        proc.kill()
+        raise AssertionError(f"stage {stage} never started:\n" + "".join(lines[-40:]))
+    time.sleep(after_s)
+    from tests.drill import count
+
+    count("crash.kills")
+    killed = []
+    for _ in range(3):  # children may fork while we kill: sweep until none is left
+        victims = set(pids_under(project)) | {proc.pid}
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+    proc.wait(30)
+    reader.join(10)
+    return Crash(stage, "".join(lines), killed)
+
+
+def run_to_end(project: Path, *, until: str | None = None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(retrain_argv(until), cwd=project, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=1200)
+
+
+def locked_stages(project: Path) -> set[str]:
+    import yaml
+
+    lock = project / "dvc.lock"
+    return set(yaml.safe_load(lock.read_text()).get("stages", {})) if lock.exists() else set()
+
+
+def output_hashes(project: Path) -> dict[str, str]:
+    """{out path: md5} from dvc.lock for every stage output that has no wall time in it (models, tables, SIDs)."""
+    import yaml
+
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in stages.values() for o in s.get("outs", []) if not o["path"].startswith(TIMED_PREFIXES)}
+
+
+def _numbers(doc, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.update(_numbers(v, f"{prefix}{k}."))
+    elif isinstance(doc, int | float) and not isinstance(doc, bool):
+        out[prefix.rstrip(".")] = float(doc)
+    return out
+
+
+TIMED_KEY = ("seconds", "_ms", "ms_", "latency", "throughput", "qps", "per_s")
+
+
+def result_differences(project: Path, reference: Path, *, rel: float = 1e-4) -> list[str]:
+    """How ``project``'s run differs from ``reference``'s beyond float noise: data tables, the encoder and the
+    SID table byte for byte; every stage's metrics (losses, probes, TEST quality) within ``rel``, wall times aside.
+    (VRQ's k-means and the generative training differ in the last float bits from run to run: their bytes do not
+    repeat, their numbers do.)"""
+    import math
+
+    diffs = []
+    ours, theirs = output_hashes(project), output_hashes(reference)
+    exact = [p for p in ours if p.startswith(("data/", "models/encoder"))]
+    diffs += [f"{p}: bytes differ" for p in exact if theirs.get(p) != ours[p]]
+    for stage in sorted(locked_stages(project)):
+        mine, ref = project / "metrics" / f"{stage}.json", reference / "metrics" / f"{stage}.json"
+        if not mine.exists():
+            continue
+        a, b = _numbers(json.loads(mine.read_text())), _numbers(json.loads(ref.read_text()))
+        for key in sorted(set(a) | set(b)):
+            if any(t in key for t in TIMED_KEY):
+                continue
+            x, y = a.get(key), b.get(key)
+            if x is None or y is None or not (math.isclose(x, y, rel_tol=rel, abs_tol=1e-6) or (math.isnan(x) and math.isnan(y))):
+                diffs.append(f"metrics/{stage}.json {key}: {x} vs {y}")
+    return diffs

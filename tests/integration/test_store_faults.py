@@ -1,0 +1,126 @@
+"""Transient object-store faults injected on a loopback S3 endpoint (moto's server behind a faulty proxy):
+retried with backoff up to ``storage.max_attempts``, then a clear failure; a drift run reports it as an
+infrastructure error, never as an alarm."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from onevision.monitoring.monitor import describe_error
+from onevision.storage.s3 import ObjectStore
+from tests.drill import count
+from tests.integration.conftest import moto_s3
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BUCKET = "onevision-faults"
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class FaultyProxy:
+    """Forwards to ``upstream``; the first ``faults`` PUTs get 503 SlowDown (as S3 answers under load)."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.removeprefix("http://").split(":")
+        self.faults, self.puts, self.injected = 0, 0, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT":
+                    proxy.puts += 1
+                    if proxy.faults > 0:
+                        proxy.faults -= 1
+                        proxy.injected += 1
+                        count("faults.object_store")
+                        self.send_response(503)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                        self.end_headers()
+                        self.wfile.write(SLOW_DOWN)
+                        return
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay  # noqa: N815 - http.server API
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    with moto_s3(BUCKET) as endpoint:
+        p = FaultyProxy(endpoint)
+        yield p
+        p.close()
+
+
+def test_transient_errors_are_retried_with_backoff_then_succeed(proxy, tmp_path):
+    report = tmp_path / "report.html"
+    report.write_text("<html>verdict</html>")
+    proxy.faults, proxy.puts = 3, 0
+    store = ObjectStore(BUCKET, "team", proxy.url, max_attempts=5)
+    uri = store.upload_file(report, "drift/run-1/report.html")
+    assert uri == f"s3://{BUCKET}/team/drift/run-1/report.html"
+    assert proxy.puts == 4 and proxy.faults == 0  # three refused, the fourth stored
+    store.download_file("drift/run-1/report.html", tmp_path / "back.html")
+    assert (tmp_path / "back.html").read_text() == "<html>verdict</html>"
+
+
+def test_persistent_errors_fail_clearly_after_the_configured_attempts(proxy, tmp_path):
+    report = tmp_path / "report.html"
+    report.write_text("x")
+    proxy.faults, proxy.puts = 100, 0
+    store = ObjectStore(BUCKET, "team", proxy.url, max_attempts=3)
+    with pytest.raises(Exception) as err:
+        store.upload_file(report, "drift/run-2/report.html")
+    proxy.faults = 0
+    assert proxy.puts == 3  # exactly storage.max_attempts, then it gives up
+    message = describe_error(err.value)
+    assert "SlowDown" in message or "reduce your request rate" in message, message
+    assert "Traceback" not in message and len(message) < 600
+
+
+def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an_alarm(proxy, tmp_path):
+    from typer.testing import CliRunner
+
+    from onevision.cli import app
+    from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+
+    root = build_synthetic_project(tmp_path / "proj")
+    synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
+    proxy.faults = 10_000
+    try:
+        result = CliRunner().invoke(app, ["drift", "--current", str(root / "clean.parquet"), "--root", str(root),
+                                          "--set", f"storage.bucket={BUCKET}", "--set", f"storage.endpoint_url={proxy.url}",
+                                          "--set", "storage.max_attempts=2"], env={"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"})
+    finally:
+        proxy.faults = 0
+    assert result.exit_code == 4, result.output[-2000:]  # infrastructure error: the verdict printed, nobody paged
+    assert "Traceback" not in result.output
