@@ -60,8 +60,22 @@ class Crash:
     killed: list[int] = field(default_factory=list)
 
 
-def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s: float = 4.0, extra_env: dict | None = None) -> Crash:
-    """Start the retrain flow and SIGKILL all of it ``after_s`` seconds into ``stage``."""
+@dataclass
+class Running:
+    """A retrain flow started in the background whose output is being collected."""
+
+    proc: subprocess.Popen
+    lines: list[str]
+    reader: threading.Thread
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def start_until_stage(project: Path, stage: str, *, until: str | None = None, extra_env: dict | None = None,
+                      timeout: float = 600) -> Running:
+    """Start the retrain flow (its own session) and return once ``stage`` has started running."""
     proc = subprocess.Popen(retrain_argv(until), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -76,9 +90,16 @@ def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if not started.wait(600):
+    if not started.wait(timeout):
         proc.kill()
         raise AssertionError(f"stage {stage} never started:\n" + "".join(lines[-40:]))
+    return Running(proc, lines, reader)
+
+
+def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s: float = 4.0, extra_env: dict | None = None) -> Crash:
+    """Start the retrain flow and SIGKILL all of it ``after_s`` seconds into ``stage``."""
+    running = start_until_stage(project, stage, until=until, extra_env=extra_env)
+    proc, lines, reader = running.proc, running.lines, running.reader
     time.sleep(after_s)
     from tests.drill import count
 

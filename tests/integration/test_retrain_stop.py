@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -21,25 +20,13 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect
 
     env = crash.env(PREFECT_API_URL=PREFECT_API_URL.value())
     project = make_project(tmp_path / "shop")
-    proc = subprocess.Popen(crash.retrain_argv(), cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "[align_encoder] Running stage" in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(300), "".join(lines[-40:])
+    running = crash.start_until_stage(project, "align_encoder", extra_env={"PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300)
+    proc = running.proc
     time.sleep(3)  # inside the stage's training
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=90)
-    reader.join(10)
-    out = "".join(lines)
+    running.reader.join(10)
+    out = running.output
     assert code == 128 + signal.SIGTERM, out[-3000:]  # exited, not killed: cleanup ran
     assert "stopping stage 'align_encoder'" in out, out[-3000:]
     assert "retrain stopped" in out and "Traceback" not in out.split("retrain stopped")[-1]
