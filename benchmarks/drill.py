@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="also SIGKILL in every training stage; 1,000 examples per fuzz property")
     ap.add_argument("--from-log", type=Path, help="build the table from this drill log ($ONEVISION_DRILL_LOG of a test session)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results as it is")
+    ap.add_argument("--write", action="store_true", help="with --from-log: also write benchmarks/results/drill.md and .json")
     args = ap.parse_args(argv)
     start = time.time()
     if args.from_log:
@@ -151,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     log = json.loads(log_path.read_text())
     rows = table(log, args.full)
-    meta = {"mode": "full" if args.full else "fast subset", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    meta = {"mode": "full" if args.full else "fast subset" + (" (from a test session's log)" if args.from_log else ""), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": time.time() - start, "machine": f"{os.cpu_count()} cores"}
     text = markdown(rows, meta)
     print(text)
-    if not args.no_write and not args.from_log:
+    if not args.no_write and (not args.from_log or args.write):
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "drill.md").write_text(text)
         (RESULTS / "drill.json").write_text(json.dumps({"meta": meta, "rows": rows, "counts": log["counts"]}, indent=2) + "\n")

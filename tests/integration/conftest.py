@@ -16,6 +16,32 @@ REPO = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("onevision", "tasks", "flows")
 
+# The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
+TINY = [
+    "data.n_items=800",
+    "data.n_users=150",
+    "data.n_queries=2500",
+    "encoder.epochs=3",
+    "vrq.codebook_sizes=[64, 32, 16]",
+    "vrq.epochs=5",
+    "mca.recall_k=200",
+    "mca.prerank_k=50",
+    "generative.pretrain.epochs=2",
+    "generative.sft.epochs=1",
+    "generative.dpo.epochs=1",
+    "generative.decode.beam_width=100",
+    "evaluate.latency_queries=20",
+    "evaluate.warmup=5",
+    "evaluate.bootstrap=50",
+    "pruning.visual_keep_mass=[1.0]",
+    "pruning.beam_margin=[null, 2.0]",
+    "pruning.level_beam_widths=[null]",
+    "pruning.val_queries=100",
+    "pruning.test_queries=100",
+    "pruning.latency_queries=10",
+    "pruning.warmup=2",
+]
+
 
 def _run(cmd: list[str], cwd: Path) -> None:
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
@@ -97,3 +123,14 @@ def moto_s3(bucket: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_full_run(tmp_path_factory, isolated_state, prefect_server):
+    """The whole retrain flow on the shrunk small profile (TINY), once per session: what the pipeline tests check
+    and what the crash tests compare a crashed-and-resumed run with."""
+    from flows.retrain import retrain
+
+    project = make_project(tmp_path_factory.mktemp("full") / "onevision")
+    outcomes = retrain(root=str(project), profile="small", overrides=TINY)
+    return project, outcomes

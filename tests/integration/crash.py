@@ -15,15 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.integration.conftest import TINY  # the shrunk small profile of the pipeline tests
+
 BIN = Path(sys.executable).parent
-# The small profile shrunk to a couple of minutes: every stage runs, on 400 items.
-TINY = [
-    "data.n_items=400", "data.n_users=60", "data.n_queries=1200", "data.n_brands=8", "encoder.epochs=2",
-    "vrq.codebook_sizes=[32,16,8]", "mca.recall_k=100", "mca.prerank_k=50", "generative.decode.beam_width=50",
-    "generative.pretrain.epochs=2", "generative.sft.epochs=2", "generative.dpo.epochs=1", "evaluate.latency_queries=20",
-    "evaluate.bootstrap=100", "pruning.visual_keep_mass=[1.0]", "pruning.beam_margin=[null,2.0]", "pruning.val_queries=50",
-    "pruning.test_queries=50", "pruning.latency_queries=10",
-]
 # Outputs whose bytes carry wall times (metrics, reports, plots): compared by their quality figures, not their hashes.
 TIMED_PREFIXES = ("metrics/", "reports/", "plots/")
 
@@ -32,9 +26,9 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
-def retrain_argv(until: str | None = None) -> list[str]:
+def retrain_argv(until: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     argv = [str(BIN / "onevision"), "retrain", "--profile", "small"]
-    for s in TINY:
+    for s in (*TINY, *extra):
         argv += ["--set", s]
     return argv + (["--until", until] if until else [])
 
@@ -74,9 +68,9 @@ class Running:
 
 
 def start_until_stage(project: Path, stage: str, *, until: str | None = None, extra_env: dict | None = None,
-                      timeout: float = 600) -> Running:
+                      timeout: float = 600, extra: tuple[str, ...] = ()) -> Running:
     """Start the retrain flow (its own session) and return once ``stage`` has started running."""
-    proc = subprocess.Popen(retrain_argv(until), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(retrain_argv(until, extra), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     started = threading.Event()

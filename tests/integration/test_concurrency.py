@@ -44,7 +44,7 @@ def api_env(prefect_server):
 def test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs(tmp_path, api_env):
     """Same machine, same DVC site cache, same Prefect server; different seeds, so any mix-up shows."""
     a, b = make_project(tmp_path / "team-a"), make_project(tmp_path / "team-b")
-    argv = crash.retrain_argv("split")
+    argv = crash.retrain_argv("validate")
     procs = [subprocess.Popen(argv + extra, cwd=p, env=crash.env(**api_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p, extra in ((a, []), (b, ["--set", "seed=1"]))]
     count("race.retrains", len(procs))
@@ -52,14 +52,14 @@ def test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs(t
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
     assert crash.output_hashes(a)["data/prepared"] != crash.output_hashes(b)["data/prepared"]  # two shops, as configured
     for project in (a, b):
-        assert json.loads(dvc(project, "status", "--json", "--with-deps", "split").stdout or "{}") == {}
+        assert json.loads(dvc(project, "status", "--json", "--with-deps", "validate").stdout or "{}") == {}
         runs = parent_runs(project)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # its own parent run, in its own store
         assert runs[0].data.params["seed"] == ("1" if project == b else "0")
     # What was written under contention is what a run alone writes: rebuild A serially, same bytes.
     lock = (a / "dvc.lock").read_text()
     shutil.rmtree(a / "data")
-    dvc(a, "repro", "split")
+    dvc(a, "repro", "validate")
     assert (a / "dvc.lock").read_text() == lock
 
 

@@ -5,7 +5,7 @@
 * Canary credentials planted in the environment of the retrain, promotion and drift runs appear in none of
   their outputs: files, the MLflow store, the Prefect server's logs and artifacts, the console.
 
-CI runs one crash (in pretrain); the full drill (``-m drill``, benchmarks/drill.py --full) one in every training
+CI runs one crash (in vrq); the full drill (``-m drill``, benchmarks/drill.py --full) one in every training
 stage, on a run to the end, compared by its TEST metrics.
 """
 
@@ -47,20 +47,6 @@ def api_env(prefect_server):
     return {"PREFECT_API_URL": PREFECT_API_URL.value(), **CANARIES}
 
 
-def uninterrupted_run(root, api_env, until: str | None):
-    project = make_project(root)
-    proc = crash.run_to_end(project, until=until, extra_env=api_env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (project / "console.log").write_text(proc.stdout + proc.stderr)  # scanned for canaries with the rest
-    return project
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, api_env):
-    """An uninterrupted run up to the first generative stage, with canary credentials in its environment."""
-    return uninterrupted_run(tmp_path_factory.mktemp("uninterrupted") / "shop", api_env, "pretrain")
-
-
 def crash_and_resume(project, kills: list[str], until: str | None, api_env: dict) -> list[crash.Crash]:
     crashes = []
     for stage in kills:
@@ -77,22 +63,31 @@ def crash_and_resume(project, kills: list[str], until: str | None, api_env: dict
     return crashes
 
 
-def test_sigkill_in_a_training_stage_then_resume_gives_the_same_models(tmp_path, api_env, uninterrupted):
-    """CI's subset: one crash, in the generative pretraining (SIGTERM in the encoder's: test_retrain_stop.py)."""
-    project = make_project(tmp_path / "crashed")
-    crash_and_resume(project, ["pretrain"], "pretrain", api_env)
-    assert crash.locked_stages(project) == crash.locked_stages(uninterrupted)
-    assert crash.result_differences(project, uninterrupted) == []  # same tables, encoder, SIDs; same losses and probes
-    assert dvc_changed(project) <= {"mca", "sft", "dpo", "calibrate_pruning", "evaluate"}
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory, api_env):
+    """A run SIGKILLed in the VRQ tokenizer's training (canaries in its environment), then resumed up to it."""
+    project = make_project(tmp_path_factory.mktemp("crashed") / "shop")
+    crashes = crash_and_resume(project, ["vrq"], "vrq", api_env)
+    (project / "console.log").write_text("".join(c.output for c in crashes))  # scanned for canaries with the rest
+    return project
+
+
+def test_sigkill_in_a_training_stage_then_resume_gives_the_same_models(crashed, tiny_full_run):
+    """CI's subset: one crash, in the tokenizer's training (SIGTERM in the encoder's: test_retrain_stop.py; one in
+    every training stage in the full drill), compared with the session's uninterrupted run of the same seed."""
+    reference, _ = tiny_full_run
+    assert crash.locked_stages(crashed) <= crash.locked_stages(reference)
+    assert crash.result_differences(crashed, reference) == []  # same tables, encoder, SIDs; same losses and probes
+    assert dvc_changed(crashed) <= {"mca", "pretrain", "sft", "dpo", "calibrate_pruning", "evaluate"}
 
 
 @pytest.mark.drill
-def test_sigkill_in_every_training_stage_then_resume_gives_the_same_evaluation(tmp_path, api_env):
+def test_sigkill_in_every_training_stage_then_resume_gives_the_same_evaluation(tmp_path, api_env, tiny_full_run):
     """The full drill: one crash in each training stage, one after another, then the same TEST metrics."""
-    uninterrupted = uninterrupted_run(tmp_path / "uninterrupted", api_env, None)
+    reference, _ = tiny_full_run
     project = make_project(tmp_path / "crashed")
     crash_and_resume(project, ["align_encoder", "vrq", "mca", "pretrain", "sft", "dpo", "calibrate_pruning"], None, api_env)
-    assert crash.result_differences(project, uninterrupted) == []  # every stage's metrics, evaluate's TEST quality too
+    assert crash.result_differences(project, reference) == []  # every stage's metrics, evaluate's TEST quality too
     assert dvc_changed(project) == set()
 
 
@@ -135,7 +130,7 @@ def prefect_texts() -> dict[str, str]:
     }
 
 
-def test_no_canary_secret_reaches_any_output(uninterrupted, api_env, isolated_state, tmp_path):
+def test_no_canary_secret_reaches_any_output(crashed, api_env, isolated_state, tmp_path):
     from onevision.monitoring.drills import simulate_shift
     from onevision.monitoring.testing import build_synthetic_project, synthetic_window
 
@@ -160,7 +155,7 @@ def test_no_canary_secret_reaches_any_output(uninterrupted, api_env, isolated_st
     assert "alert not delivered" in drift.stdout + drift.stderr  # the webhook was tried, and failed, with the URL in hand
 
     texts = {"promote console": promote.stdout + promote.stderr + approve.stdout + approve.stderr, "drift console": drift.stdout + drift.stderr, **prefect_texts()}
-    leaks = scan([uninterrupted, tiny, drift_project, isolated_state], texts)
+    leaks = scan([crashed, tiny, drift_project, isolated_state], texts)
     from tests.drill import count
 
     count("canary.outputs", len(CANARIES) * (len(texts) + 3))  # each canary looked for in each output

@@ -14,6 +14,7 @@ import yaml
 from onevision.config import load_config
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
 from onevision.registry.promotion import open_registry, verify_champion
+from tests.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,19 +47,23 @@ def gated_versions(project: Path, n: int) -> list[str]:
 def decide_at_once(project: Path, commands: list[tuple[str, list[str]]]) -> list[subprocess.CompletedProcess]:
     """Start every (reviewer, argv) together, released at the same instant once all have imported; each holds its
     check-then-act window open for a second, so without the decision lock every approval would go through."""
-    start_at = time.time() + 12  # CLI start-up (imports) takes a few seconds on 2 cores
-    from tests.drill import count
-
+    go = project / f".go-{time.time_ns()}"
     count("race.decisions", len(commands))
     procs = []
-    for reviewer, argv in commands:
+    for i, (reviewer, argv) in enumerate(commands):
         env = {**os.environ, "ONEVISION_REVIEWER": reviewer, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        code = ("import sys, time; from onevision.cli import app; from onevision.registry import promotion; "
+        code = ("import sys, time, pathlib; from onevision.cli import app; from onevision.registry import promotion; "
                 # widen the window between "is it still awaiting?" and moving the alias, as a slow server would
                 "check = promotion._awaiting; promotion._awaiting = lambda *a: (check(*a), time.sleep(1.0))[0]; "
-                f"time.sleep(max(0, {start_at} - time.time())); sys.argv = ['onevision', *{argv!r}]; app()")
+                f"pathlib.Path({str(go)!r} + '.ready{i}').touch(); "
+                f"list(iter(lambda: pathlib.Path({str(go)!r}).exists() or time.sleep(0.01), True)); "  # wait for the go
+                f"sys.argv = ['onevision', *{argv!r}]; app()")
         procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=project, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
+    deadline = time.time() + 120
+    while not all(Path(f"{go}.ready{i}").exists() for i in range(len(commands))) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()  # every process has imported: release them together
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=180)

@@ -16,44 +16,13 @@ from onevision.pipeline import PIPELINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
-TINY = [
-    "data.n_items=800",
-    "data.n_users=150",
-    "data.n_queries=2500",
-    "encoder.epochs=3",
-    "vrq.codebook_sizes=[64, 32, 16]",
-    "vrq.epochs=5",
-    "mca.recall_k=200",
-    "mca.prerank_k=50",
-    "generative.pretrain.epochs=2",
-    "generative.sft.epochs=1",
-    "generative.dpo.epochs=1",
-    "generative.decode.beam_width=100",
-    "evaluate.latency_queries=20",
-    "evaluate.warmup=5",
-    "evaluate.bootstrap=50",
-    "pruning.visual_keep_mass=[1.0]",
-    "pruning.beam_margin=[null, 2.0]",
-    "pruning.level_beam_widths=[null]",
-    "pruning.val_queries=100",
-    "pruning.test_queries=100",
-    "pruning.latency_queries=10",
-    "pruning.warmup=2",
-]
 REFERENCES = ("mca", "mca_no_ranker", "knn", "popularity", "random")
 ONEVISION = ("onevision", "onevision_sft", "onevision_pretrain")
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, isolated_state, prefect_server):
-    from flows.retrain import retrain
-
-    from .conftest import make_project
-
-    project = make_project(tmp_path_factory.mktemp("full") / "onevision")
-    outcomes = retrain(root=str(project), profile="small", overrides=TINY)
-    return project, outcomes
+def full_run(tiny_full_run):
+    return tiny_full_run
 
 
 def test_every_stage_ran_in_order(full_run):

@@ -35,7 +35,11 @@ def readme_commands() -> list[str]:
 
 
 def sh(project: Path, command: str, timeout: int = 900, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    if PREFECT_API_URL.value():  # the session's server: no temporary Prefect server per command
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     proc = subprocess.run(["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode in ok, f"{command}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -47,7 +51,7 @@ def dvc_changed(project: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def catalog_project(tmp_path_factory, isolated_state):
+def catalog_project(tmp_path_factory, isolated_state, prefect_server):
     project = make_project(tmp_path_factory.mktemp("own-catalog") / "shop")
     outputs = {}
     for command in readme_commands():

@@ -20,7 +20,9 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect
 
     env = crash.env(PREFECT_API_URL=PREFECT_API_URL.value())
     project = make_project(tmp_path / "shop")
-    running = crash.start_until_stage(project, "align_encoder", extra_env={"PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300)
+    # 40 encoder epochs: the stage runs for minutes, so the signal surely lands inside it, however loaded the machine
+    running = crash.start_until_stage(project, "align_encoder", extra_env={"PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300,
+                                      extra=("encoder.epochs=40",))
     proc = running.proc
     time.sleep(3)  # inside the stage's training
     proc.send_signal(signal.SIGTERM)

@@ -124,3 +124,27 @@ def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an
         proxy.faults = 0
     assert result.exit_code == 4, result.output[-2000:]  # infrastructure error: the verdict printed, nobody paged
     assert "Traceback" not in result.output
+
+
+def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, tmp_path, prefect_server, monkeypatch):
+    """The drift flow's upload task fails its first try (one 503, no botocore retry: storage.max_attempts=1);
+    Prefect's task retry succeeds, the run completes, every report is in the bucket."""
+    import boto3
+
+    import tasks.drift
+    from flows.drift import drift_monitor
+    from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+
+    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
+    root = build_synthetic_project(tmp_path / "proj")
+    synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
+    proxy.faults, proxy.injected = 1, 0
+    state = drift_monitor(root=str(root), current=str(root / "clean.parquet"), return_state=True,
+                          overrides=[f"storage.bucket={BUCKET}", f"storage.endpoint_url={proxy.url}", "storage.max_attempts=1",
+                                     "storage.prefix=retried"])
+    assert proxy.injected == 1
+    assert state.is_completed() and state.name == "Completed", (state.name, state.message)
+    run_id = state.result()["run_id"]
+    s3 = boto3.client("s3", endpoint_url=proxy.url)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="retried/")["Contents"]}
+    assert {f"retried/drift/{run_id}/{n}" for n in ("report.html", "summary.json", "summary.md")} <= keys
