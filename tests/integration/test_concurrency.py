@@ -41,6 +41,7 @@ def api_env(prefect_server):
     return {"PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
+@pytest.mark.drill  # a minute of two flows at once: in the full drill, not in CI's time budget
 def test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs(tmp_path, api_env):
     """Same machine, same DVC site cache, same Prefect server; different seeds, so any mix-up shows."""
     a, b = make_project(tmp_path / "team-a"), make_project(tmp_path / "team-b")
