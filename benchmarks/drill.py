@@ -83,7 +83,8 @@ SCENARIOS = (
              ("tests/code/test_input_fuzz.py::test_any_command_line_argument_is_run_or_refused_clearly",), "fuzz.cli"),
 )
 FULL_ONLY = ("tests/integration/test_crash_resume.py::test_sigkill_in_every_training_stage_then_resume_gives_the_same_evaluation",
-             "tests/integration/test_concurrency.py::test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs")
+             "tests/integration/test_concurrency.py::test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs",
+             "tests/integration/test_crash_resume.py::test_sigkill_in_a_training_stage_then_resume_gives_the_same_models")
 
 
 def _matches(nodeid: str, selector: str) -> bool:

@@ -173,6 +173,11 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 def stage_is_current(root: Path, stage: str) -> bool:
     """True when dvc.lock matches the stage's deps, params and outs (DVC would skip it)."""
     proc = _dvc(root, "status", "--json", stage)
+    if proc.returncode != 0 and "had been killed" in proc.stderr + proc.stdout:
+        # A dvc killed mid-stage (SIGKILL, OOM, a lost node) left its entry in .dvc/tmp/rwlock; this call removed
+        # it (and said so, exiting 1): ask again, so a crashed run resumes on the first try.
+        log.warning("dvc: removed the lock of a dvc process that was killed; checking '%s' again", stage)
+        proc = _dvc(root, "status", "--json", stage)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc status {stage} failed:\n{proc.stderr.strip() or proc.stdout.strip()}")
     status = json.loads(proc.stdout or "{}")
