@@ -142,7 +142,7 @@ def _numbers(doc, prefix: str = "") -> dict[str, float]:
     return out
 
 
-TIMED_KEY = ("seconds", "_ms", "ms_", "latency", "throughput", "qps", "per_s")
+TIMED_KEY = ("seconds", "_ms", "ms_", "latency", "throughput", "qps", "per_s", "rss", "_mb")  # wall time and memory
 
 
 def result_differences(project: Path, reference: Path, *, rel: float = 1e-4) -> list[str]:
