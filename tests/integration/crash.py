@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.drill import count
 from tests.integration.conftest import TINY  # the shrunk small profile of the pipeline tests
 
 BIN = Path(sys.executable).parent
@@ -95,8 +96,6 @@ def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s
     running = start_until_stage(project, stage, until=until, extra_env=extra_env)
     proc, lines, reader = running.proc, running.lines, running.reader
     time.sleep(after_s)
-    from tests.drill import count
-
     count("crash.kills")
     killed = []
     for _ in range(3):  # children may fork while we kill: sweep until none is left

@@ -120,5 +120,5 @@ def test_racing_approve_reject_and_rollback_keep_the_registry_consistent(project
     aliases = registry.aliases()
     assert aliases.get(CHAMPION) == champion and aliases.get(PREVIOUS) == previous
     assert verify_champion(registry).approved
-    decided = {rec["version"] for rec in records if rec["action"] in ("approve", "reject")}
-    assert not ({third} <= decided and sum(rec["version"] == third for rec in records if rec["action"] in ("approve", "reject")) > 1)
+    # the racing approve and reject of the third version: at most one of them went through
+    assert sum(rec["version"] == third for rec in records if rec["action"] in ("approve", "reject")) <= 1
