@@ -17,7 +17,7 @@ from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stagegraph import sync_dvc_yaml
 from onevision.tracking import Tracker, dvc_lock_hashes, git_revision
-from tasks.stages import run_stage
+from tasks.stages import push_outputs, run_stage
 
 
 @flow(name="retrain", log_prints=True)
@@ -29,11 +29,13 @@ def retrain(
     promote: bool = False,
     reset: bool = False,
     replace_trained: bool = False,
+    push: bool = False,
 ) -> list[dict]:
     """Retrain OneVision: prepare → validate → split → … up to `until`.
 
     overrides are added to those recorded in params.yaml; reset drops the recorded ones first.
     replace_trained: allow a switch of profile or data.source while models/ holds trained models.
+    push: afterwards `dvc push` the outputs to the project's default DVC remote (an S3 bucket on a shared stack).
 
     promote: then run the promotion flow (register, gates, reviewer); opt-in, it needs
     the stages through `evaluate` and a trained model (flows/promote.py).
@@ -69,6 +71,14 @@ def retrain(
     skipped = [o["stage"] for o in outcomes if o["skipped"]]
     tracker.set_tags(parent_id, {"stages_ran": ",".join(ran), "stages_skipped": ",".join(skipped)})
     tracker.log_metrics(parent_id, {f"{o['stage']}.wall_seconds": o["seconds"] for o in outcomes})
+    if push:
+        try:
+            pushed = push_outputs(str(root_path))
+        except BaseException:
+            tracker.finish(parent_id, "FAILED")
+            raise
+        tracker.set_tags(parent_id, {"dvc.remote": pushed["remote"], "dvc.remote_url": pushed["url"]})
+        tracker.log_metrics(parent_id, {"dvc_push.wall_seconds": pushed["seconds"]})
     tracker.finish(parent_id)
     for o in outcomes:
         logger.info("%-16s %-8s %6.1f s", o["stage"], "skipped" if o["skipped"] else "ran", o["seconds"])

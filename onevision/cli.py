@@ -108,6 +108,11 @@ def retrain(
         bool,
         typer.Option("--replace-trained", help="Allow switching the profile or data.source while models/ holds trained models."),
     ] = False,
+    push: Annotated[
+        bool,
+        typer.Option("--push/--no-push", help="Afterwards `dvc push` the outputs to the project's default DVC remote "
+                     "(an S3 bucket on a shared stack: infra/README.md)."),
+    ] = False,
     root: RootOpt = Path("."),
 ) -> None:
     """Run the retrain flow (Prefect) over the DVC stages, tracked in MLflow.
@@ -144,7 +149,7 @@ def retrain(
     # instead of dying on the default action with that server left running.
     signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        outcomes = retrain_flow(root=str(root), until=until, promote=promote)
+        outcomes = retrain_flow(root=str(root), until=until, promote=promote, push=push)
     except (KeyboardInterrupt, TerminationSignal, RetrainStopped) as exc:
         signum = getattr(exc, "signal", signal.SIGINT)
         _fail("retrain stopped: the running stage was stopped and DVC kept none of its outputs (dvc.lock is "
@@ -158,7 +163,11 @@ def retrain(
     typer.echo(f"{'total':<26} {total:8.1f}")
     for line in retrain_summary(root):
         typer.echo(line)
-    typer.echo("\nMLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db   DVC: dvc metrics show")
+    from onevision.tracking import tracking_uri
+
+    uri = tracking_uri(root, load_config(root / PARAMS_FILE).tracking.tracking_uri)
+    mlflow_hint = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow server {uri}"
+    typer.echo(f"\nMLflow: {mlflow_hint}   DVC: dvc metrics show")
 
 
 def retrain_summary(root: Path) -> list[str]:

@@ -275,3 +275,49 @@ def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | Non
             tracker.log_artifact(run_id, root / rel, str(Path(rel).parent))
         tracker.finish(run_id)
     return StageOutcome(stage, skipped, seconds, metrics, run_id)
+
+
+class PushFailed(RuntimeError):
+    """`dvc push` failed; the message says where to and what dvc said."""
+
+
+def default_remote(root: Path) -> str | None:
+    """The DVC remote `dvc push` uses without -r (core.remote), or None when none is set."""
+    proc = _dvc(root, "remote", "default")
+    name = proc.stdout.strip()
+    return name if proc.returncode == 0 and name else None
+
+
+def _without_userinfo(url: str) -> str:
+    """``scheme://user:password@host/path`` without ``user:password@`` (a remote URL may carry credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def push_outputs(root: Path, remote: str | None = None) -> dict[str, Any]:
+    """`dvc push` every stage output in dvc.lock to ``remote`` (default: the project's default remote).
+
+    The remote's credentials come from its own configuration chain (for S3: the standard AWS chain), never from
+    here. Returns ``{"remote": name, "url": url, "seconds": s}``; raises :class:`PushFailed` with dvc's message.
+    """
+    name = remote or default_remote(root)
+    if not name:
+        raise PushFailed("no DVC remote to push to: set one with `dvc remote add -d NAME URL` (infra/README.md), "
+                         "or run without --push")
+    url = _dvc(root, "remote", "list").stdout
+    url = next((line.split(None, 1)[1].strip() for line in url.splitlines() if line.split(None, 1)[:1] == [name]), "")
+    url = _without_userinfo(url)
+    t0 = time.perf_counter()
+    proc = _dvc(root, "push", "-r", name)
+    if proc.returncode != 0:
+        said = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-8:])
+        raise PushFailed(f"dvc push to remote '{name}' ({url or 'unknown url'}) failed:\n{said}\n"
+                         "Check the remote's endpoint and credentials (`dvc remote list`, the AWS environment), then "
+                         "rerun: finished stages are skipped and only the missing outputs are pushed.")
+    seconds = time.perf_counter() - t0
+    log.info("dvc push to '%s' (%s): %s (%.1f s)", name, url, (proc.stdout.strip().splitlines() or ["done"])[-1], seconds)
+    return {"remote": name, "url": url, "seconds": seconds}
