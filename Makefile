@@ -15,15 +15,16 @@ export DVC_NO_ANALYTICS := 1
 .PHONY: install demo demo-small demo-full test test-fast lint ui-mlflow ui-prefect clean
 
 CHROMEDRIVER := /usr/bin/chromedriver
+PG_CLUSTER   := /usr/bin/pg_ctlcluster
 
-install: $(VENV)/.installed $(FMNIST) $(CHROMEDRIVER)
+install: $(VENV)/.installed $(FMNIST) $(CHROMEDRIVER) $(PG_CLUSTER)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,pretrained]'
+	$(BIN)/pip install --quiet -e '.[dev,pretrained,stack]'
 	touch $@
 
 # Demo product photos: Fashion-MNIST from Debian (needs root or sudo once).
@@ -35,6 +36,11 @@ $(FMNIST):
 $(CHROMEDRIVER):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver
+
+# PostgreSQL server binaries: the stack tests start a throwaway cluster on loopback (tests/stack.py).
+$(PG_CLUSTER):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
 
 # The first run: the small profile (2,000 items), about 4.5 minutes on 2 idle cores.
 demo: install

@@ -61,3 +61,18 @@ def test_drift_deployment_entrypoint_and_parameters_fit_the_flow(raw):
     load_config(REPO / "params.yaml", overrides=dep["parameters"].get("overrides", []))
     deployment = flow.to_deployment(name=dep["name"], cron=dep["schedules"][0]["cron"], parameters=dep["parameters"])
     assert deployment.schedules and deployment.entrypoint.endswith("drift.py:drift_monitor")
+
+
+@pytest.mark.parametrize(("name", "flow_name"), [("retrain", "retrain"), ("promote", "promotion")])
+def test_on_demand_deployments_fit_their_flows(raw, name, flow_name):
+    from prefect.flows import load_flow_from_entrypoint
+
+    dep = _deployment(raw, name)
+    assert not dep.get("schedules"), f"{name} is triggered on demand, not scheduled"
+    assert dep["work_pool"]["name"] == "onevision-process"
+    path, func = dep["entrypoint"].split(":")
+    flow = load_flow_from_entrypoint(f"{REPO / path}:{func}")
+    assert flow.name == flow_name
+    flow.validate_parameters(dep.get("parameters", {}))
+    # what the description tells a user to type names this deployment
+    assert f"prefect deployment run {flow_name}/{name}" in dep["description"]

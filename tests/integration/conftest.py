@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config.
-PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", "prefect.yaml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("onevision", "tasks", "flows")
 
 # The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
