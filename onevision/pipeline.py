@@ -308,9 +308,8 @@ def push_outputs(root: Path, remote: str | None = None) -> dict[str, Any]:
     if not name:
         raise PushFailed("no DVC remote to push to: set one with `dvc remote add -d NAME URL` (infra/README.md), "
                          "or run without --push")
-    url = _dvc(root, "remote", "list").stdout
-    url = next((line.split(None, 1)[1].strip() for line in url.splitlines() if line.split(None, 1)[:1] == [name]), "")
-    url = _without_userinfo(url)
+    remotes = dict(line.split(None, 1) for line in _dvc(root, "remote", "list").stdout.splitlines() if len(line.split(None, 1)) == 2)
+    url = _without_userinfo(remotes.get(name, "").strip())
     t0 = time.perf_counter()
     proc = _dvc(root, "push", "-r", name)
     if proc.returncode != 0:

@@ -26,6 +26,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
+import psycopg2
+
 BIN = Path(sys.executable).parent
 DB_USER = "onevision"
 MLFLOW_BUCKET = "onevision-mlflow"
@@ -120,8 +123,6 @@ class Postgres:
         return f"postgresql+{driver}://{DB_USER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def query(self, database: str, sql: str) -> list[tuple]:
-        import psycopg2
-
         with psycopg2.connect(host="127.0.0.1", port=self.port, user=DB_USER, password=self.password,
                               dbname=database) as con, con.cursor() as cur:
             cur.execute(sql)
@@ -155,16 +156,13 @@ def postgres(databases: tuple[str, ...] = ("mlflow", "prefect")):
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} -c fsync=off"
     run(str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-o", options, "-w", "-t", "60", "start")
     try:
-        cluster = Postgres(port, password, data)
-        for db in databases:
-            import psycopg2
-
-            con = psycopg2.connect(host="127.0.0.1", port=port, user=DB_USER, password=password, dbname="postgres")
-            con.autocommit = True
-            with con.cursor() as cur:
+        con = psycopg2.connect(host="127.0.0.1", port=port, user=DB_USER, password=password, dbname="postgres")
+        con.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with con.cursor() as cur:
+            for db in databases:
                 cur.execute(f'CREATE DATABASE "{db}"')
-            con.close()
-        yield cluster
+        con.close()
+        yield Postgres(port, password, data)
     finally:
         subprocess.run([*run_as, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, env=env)
         shutil.rmtree(root, ignore_errors=True)
@@ -181,16 +179,14 @@ class Stack:
     logs: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def s3(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
-
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = s3_client(self.s3_endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def s3_client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
 
 
 def client_env(stack_env: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
@@ -214,10 +210,7 @@ def running_stack(state: Path):
             "S3 (moto)", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], logs / "s3.log", base,
             health=f"http://127.0.0.1:{s3_port}/moto-api/"))
         s3_endpoint = f"http://127.0.0.1:{s3_port}"
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"], aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        s3 = s3_client(s3_endpoint)
         for bucket in (MLFLOW_BUCKET, DVC_BUCKET, REPORTS_BUCKET):
             s3.create_bucket(Bucket=bucket)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +42,18 @@ TINY = [
     "pruning.latency_queries=10",
     "pruning.warmup=2",
 ]
+
+
+def wait_for(predicate, what: str, timeout: float = 180.0, interval: float = 0.3,
+             detail: Callable[[], str] | None = None):
+    """Poll ``predicate`` until it returns something truthy (returned); on timeout fail naming ``what`` (and ``detail()``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import time
 from pathlib import Path
 from uuid import UUID
 
@@ -17,6 +16,7 @@ from onevision.config import load_config
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
 from onevision.registry.promotion import open_registry
 
+from .conftest import wait_for
 from .promotion_project import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,16 +37,6 @@ def allow_form_decisions(project: Path) -> Path:
 
 def registry(project: Path):
     return open_registry(load_config(project / "params.yaml"), project)
-
-
-def wait_for(predicate, what: str, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def flow_state(flow_run_id: UUID):
