@@ -383,6 +383,18 @@ class PruningSweepConfig(Section):
         return self
 
 
+class DistributedConfig(Section):
+    """Data-parallel training (onevision.distributed): how many processes run a training stage."""
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=64,
+        description="Processes per training stage (pretrain, sft, dpo) under torchrun with DistributedDataParallel "
+        "(gloo on CPU, NCCL on GPUs); 1: a plain single process. Execution only: results match within float tolerance, "
+        "so it is not a DVC dependency.",
+    )
+    stages: list[str] = Field(["pretrain", "sft", "dpo"], description="Stages that run data-parallel when nproc_per_node > 1.")
+
+
 class TrackingConfig(Section):
     """MLflow tracking."""
 
@@ -544,6 +556,7 @@ class Config(Section):
     mca: MCAConfig = Field(default_factory=MCAConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pruning: PruningSweepConfig = Field(default_factory=PruningSweepConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -1,0 +1,5 @@
+"""``python -m onevision``: the command line (how torchrun relaunches a stage in several processes)."""
+
+from onevision.cli import app
+
+app(prog_name="onevision")
