@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onevision import atomic, paths
+from onevision import atomic, distributed, paths
 from onevision.config import Config
 from onevision.generative.checkpoint import build_generator, checkpoint_dir, load_checkpoint, save_checkpoint
 from onevision.generative.data import (
@@ -389,8 +389,8 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
 
 
 def _setup(cfg: Config, stage: str) -> None:
-    if cfg.generative.threads:
-        torch.set_num_threads(cfg.generative.threads)
+    if cfg.generative.threads:  # the cores are shared by the data-parallel processes
+        torch.set_num_threads(max(1, cfg.generative.threads // distributed.world().size))
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, sum(map(ord, stage))]).generate_state(1)[0]))
 
 
@@ -400,6 +400,8 @@ def _finish(root: Path, stage: str, cfg: Config, model: SIDGenerator, data: Gene
     ``user_history`` None (pretrain): the model has seen no user context, so the checkpoint knows no
     users and serves everyone anonymously; otherwise the probe runs both personalised and anonymous.
     """
+    if not distributed.world().is_main:  # rank 0 writes the outputs of a data-parallel run
+        return metrics
     personalised = user_history is not None
     metrics["probe"] = probe(model, data, cfg, anonymous=not personalised)
     if personalised:

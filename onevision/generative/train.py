@@ -11,6 +11,11 @@
 Images are encoded once by the (frozen) aligned encoder into an
 :class:`ImageBank`; examples point into it by row, so a query photo that is
 the context of five examples is stored once.
+
+Under torchrun both training loops are data-parallel (onevision.distributed):
+every process draws the same global batch and its random context dropout,
+trains on its share under DistributedDataParallel with the loss rescaled to
+the share's part of the global mean, so the gradient is the global batch's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from onevision import distributed
 from onevision.generative.model import ACTION_PAD, Context, SIDGenerator, cosine_lr, eval_mode, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -159,6 +165,8 @@ def train_sid_model(
     """
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, lr, weight_decay)
+    world = distributed.world()
+    net = distributed.wrap(model, world)
     steps_per_epoch = -(-len(examples) // batch_size)
     total, step, history = epochs * steps_per_epoch, 0, []
     for epoch in range(1, epochs + 1):
@@ -167,16 +175,18 @@ def train_sid_model(
         for idx in _batches(len(examples), batch_size, gen):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, lr, min(warmup_steps, total // 10 + 1))
-            ctx = _anonymize(examples.rows.context(bank, idx), anonymize_prob, gen)
-            w = examples.weight[idx]
-            _, loss = model(ctx, examples.target[idx], w)
+            ctx = _anonymize(examples.rows.context(bank, idx), anonymize_prob, gen)  # drawn for the global batch
+            mine = distributed.shard(torch.arange(len(idx)), world)
+            w = examples.weight[idx[mine]]
+            _, loss = net(ctx.index(mine), examples.target[idx[mine]], w)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * distributed.share_scale(w.sum(), examples.weight[idx].sum(), world)).backward()
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             step += 1
             running, seen = running + loss.item() * w.sum().item(), seen + w.sum().item()
+        running, seen = distributed.all_sum([running, seen], world)
         record = {"epoch": epoch, "loss": running / max(seen, 1e-12), "seconds": time.perf_counter() - t0}
         if val is not None and len(val):
             record["val_loss"] = mean_nll(model, bank, val)
@@ -207,6 +217,17 @@ def dpo_loss(
     rejected_reward = beta * (policy_rejected - ref_rejected)  # (P,)
     loss = -F.logsigmoid(chosen_reward - rejected_reward)  # (P,)
     return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+class _PairScorer(torch.nn.Module):
+    """:func:`_pair_log_probs` as a module's forward, so DistributedDataParallel sees (and syncs) the pass."""
+
+    def __init__(self, model: SIDGenerator):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ctx: Context, chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _pair_log_probs(self.model, ctx, chosen, rejected)
 
 
 def _pair_log_probs(model: SIDGenerator, ctx: Context, chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,6 +320,8 @@ def train_dpo(
     ref_val = reference_log_probs(reference, bank, val) if val is not None and len(val) else None
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(policy, lr, weight_decay)
+    world = distributed.world()
+    scorer = distributed.wrap(_PairScorer(policy), world)
     steps_per_epoch = -(-len(pairs) // batch_size)
     total, step, history = epochs * steps_per_epoch, 0, []
     for epoch in range(1, epochs + 1):
@@ -308,17 +331,18 @@ def train_dpo(
         for idx in _batches(len(pairs), batch_size, gen):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, lr, min(20, total // 10 + 1))
-            ctx = pairs.rows.context(bank, idx)
-            pc, pr = _pair_log_probs(policy, ctx, pairs.chosen[idx], pairs.rejected[idx])
-            loss, cr, rj = dpo_loss(pc, pr, ref[0][idx], ref[1][idx], beta)
+            share = idx[distributed.shard(torch.arange(len(idx)), world)]
+            pc, pr = scorer(pairs.rows.context(bank, share), pairs.chosen[share], pairs.rejected[share])
+            loss, cr, rj = dpo_loss(pc, pr, ref[0][share], ref[1][share], beta)
             objective = loss.mean() - sft_weight * pc.mean() / policy.cfg.n_levels
             opt.zero_grad(set_to_none=True)
-            objective.backward()
+            (objective * distributed.share_scale(len(share), len(idx), world)).backward()
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
             opt.step()
             step += 1
             sums += [loss.detach().sum().item(), float((cr > rj).sum()), float((cr - rj).sum())]
+        sums = np.asarray(distributed.all_sum(sums.tolist(), world))
         n = len(pairs)
         record = {"epoch": epoch, "loss": sums[0] / n, "preference_accuracy": sums[1] / n, "reward_margin": sums[2] / n, "seconds": time.perf_counter() - t0}
         if ref_val is not None:
