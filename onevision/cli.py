@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +18,7 @@ from typing import Annotated
 import typer
 
 from onevision import atomic, redact
-from onevision.config import PARAMS_FILE, ConfigError, describe_fields, load_config
+from onevision.config import PARAMS_FILE, Config, ConfigError, describe_fields, load_config
 
 app = typer.Typer(
     help="OneVision: train, evaluate, promote and monitor a generative vision-search model.",
@@ -63,8 +65,6 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _project_config(root: Path, profile: str | None = None):
     """The project's config when ``root`` has a params.yaml, else the defaults (data commands work anywhere)."""
-    from onevision.config import Config
-
     return _load(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
 
 
@@ -215,6 +215,8 @@ def stage_run(
     if name not in STAGES:
         _fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     cfg = _load(root, None, None)
+    if _relaunched_data_parallel(name, cfg, root):
+        return
     try:
         metrics = run_stage(name, cfg, root)
     except Exception as exc:
@@ -224,7 +226,26 @@ def stage_run(
             typer.echo(str(exc), err=True)
             _fail(f"stage '{name}' failed: data validation did not pass (report: reports/validate.md)", code=1)
         raise
-    typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+    if os.environ.get("RANK", "0") == "0":  # one answer from a data-parallel run
+        typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def _relaunched_data_parallel(name: str, cfg: Config, root: Path) -> bool:
+    """Rerun the stage in ``distributed.nproc_per_node`` processes under torchrun when configured; True when it ran."""
+    from onevision import distributed
+    from onevision.stages import STAGES
+
+    d = cfg.distributed
+    unknown = sorted(set(d.stages) - set(STAGES))
+    if unknown:
+        _fail(f"distributed.stages names unknown stages {', '.join(unknown)}; stages: {', '.join(STAGES)} (fix params.yaml)")
+    if d.nproc_per_node == 1 or name not in d.stages or distributed.launched_by_torchrun():
+        return False
+    typer.echo(f"stage '{name}': {d.nproc_per_node} data-parallel processes under torchrun", err=True)
+    rc = subprocess.call(distributed.torchrun_command(d.nproc_per_node, ["stage", "run", name, "--root", str(root)]))
+    if rc:
+        _fail(f"stage '{name}' failed in one of its {d.nproc_per_node} processes (exit {rc}); the log above names the rank", code=rc)
+    return True
 
 
 @stage_app.command("dvc-deps")
@@ -394,6 +415,55 @@ from onevision.evaluation.cli import evaluate_command  # noqa: E402
 from onevision.monitoring.cli import drift_command  # noqa: E402
 from onevision.registry.cli import commands as registry_commands  # noqa: E402
 from onevision.serving.cli import commands as serving_commands  # noqa: E402
+
+
+@app.command("evaluate-sharded")
+def evaluate_sharded(
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Dask worker processes of the local cluster (one shard each).")] = 2,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Use a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
+    ] = None,
+    systems: Annotated[
+        str | None, typer.Option("--systems", help="Comma-separated system names (default: evaluate.systems).")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch/BLAS threads per shard.")] = 1,
+    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip re-embedding the catalog (rank and score only).")] = False,
+    embeddings_out: Annotated[
+        Path | None, typer.Option("--embeddings-out", help="Also write the fused item embeddings to this .npz.", dir_okay=False)
+    ] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Embed the catalog and evaluate quality with the work sharded over Dask workers (Prefect's Dask runner).
+
+    Same merged ranked lists and quality metrics as the serial `evaluate` stage (shards are whole batches
+    of it); no latency or memory measurement. Writes reports/evaluate_sharded.json.
+    """
+    _setup_logging()
+    root = root.resolve()
+    if not (root / PARAMS_FILE).exists():
+        _fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
+    cfg = _load(root, None, None)
+    names = [s.strip() for s in systems.split(",")] if systems else list(cfg.evaluate.systems)
+    from onevision.pipeline import apply_local_state_env
+
+    apply_local_state_env(root)
+    from flows.sharded import REPORT, run
+
+    try:
+        out = run(str(root), workers=workers, address=address, systems=names, threads=threads, embed=not no_embed,
+                  embeddings_out=str(embeddings_out) if embeddings_out else None)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"evaluate-sharded: {exc}")
+    typer.echo(f"\n{'system':<16} {'HR@10':>7} {'MRR':>7} {'queries':>8}")
+    for name, m in out["systems"].items():
+        typer.echo(f"{name:<16} {m.get('hr@10', float('nan')):>7.3f} {m.get('mrr', float('nan')):>7.3f} {m['n_queries']:>8}")
+    if "embeddings" in out:
+        e = out["embeddings"]
+        diff = e.get("embeddings_max_abs_diff")
+        typer.echo(f"\nembedded {e['views']} views of {e['items']} items in {e['shards']} shards"
+                   + (f" (max |diff| vs data/embeddings/items.npz: {diff:.2e})" if diff is not None else ""))
+    typer.echo(f"report: {root / REPORT}")
+
 
 app.command("evaluate")(evaluate_command)
 app.command("drift")(drift_command)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onevision import atomic, paths
+from onevision import atomic, distributed, paths
 from onevision.config import Config
 
 StageFn = Callable[[Config, Path], dict[str, Any]]
@@ -84,6 +84,16 @@ def stage_function(name: str) -> StageFn:
 
 
 def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
-    """Run one stage and write its metrics JSON."""
+    """Run one stage and write its metrics JSON.
+
+    Under torchrun (``distributed.nproc_per_node`` > 1) every process runs the stage data-parallel and
+    rank 0 alone writes its outputs and metrics.
+    """
+    world = distributed.init_from_env()
     metrics = stage_function(name)(cfg, Path(root))
+    if world.parallel:
+        metrics = {**metrics, "processes": world.size}
+        distributed.shutdown()
+        if not world.is_main:
+            return metrics
     return write_metrics(Path(root), name, metrics)
