@@ -1,15 +1,11 @@
 """Stages pretrain -> sft -> dpo on a tiny demo project: files in, checkpoints and metrics out, servable.
 
-The upstream artifacts are stand-ins so this test checks *this* package's wiring
-only: a randomly initialised (saved) encoder instead of stage align_encoder,
-random unique SIDs instead of stage vrq, and the prepared tables copied as
-validated ones.
+The upstream artifacts are stand-ins (tests/model/stand_in.py) so this test checks *this* package's wiring only.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,36 +16,13 @@ import torch
 from onevision import paths
 from onevision.config import load_config
 from onevision.retrieval import Retriever
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.n_items=120", "data.n_users=20", "data.n_queries=600", "data.n_brands=6",
-    "generative.model.d_model=32", "generative.model.n_heads=2", "generative.model.n_enc_layers=1", "generative.model.n_dec_layers=1",
-    "generative.model.history_len=3", "generative.decode.beam_width=10", "generative.decode.probe_queries=30",
-    "generative.pretrain.epochs=2", "generative.sft.epochs=1", "generative.dpo.epochs=1", "generative.threads=1",
-]
+from tests.model.stand_in import REPO, TINY, stand_in_project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, object]:
-    from onevision.data.stages import prepare, split
-    from onevision.encoder.api import ENCODER_DIR, ImageEncoder
-    from onevision.encoder.model import EncoderNet, EncoderSpec
-
     root = tmp_path_factory.mktemp("generative")
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=TINY)
-    prepare(cfg, root)
-    shutil.copytree(root / paths.PREPARED, root / paths.VALIDATED)  # stand-in for stage validate
-    split(cfg, root)
-    torch.manual_seed(0)
-    ImageEncoder(EncoderNet(EncoderSpec(embed_dim=16, width=8, hidden_dim=16, token_grid=2))).save(root / ENCODER_DIR)
-    items = pd.read_parquet(root / paths.VALIDATED / "items.parquet")["item_id"].to_numpy()
-    rng = np.random.default_rng(0)
-    codes = np.array([(a, b, c) for a in range(8) for b in range(4) for c in range(5)])[rng.permutation(160)[: len(items)]]
-    table = pd.DataFrame({"item_id": items, **{f"code_{i}": codes[:, i] for i in range(3)}})
-    (root / "data" / "sids").mkdir(parents=True)
-    table.to_parquet(root / "data" / "sids" / "sid_table.parquet", index=False)  # stand-in for stage vrq
-    return root, cfg
+    return root, stand_in_project(root)
 
 
 @pytest.mark.slow
