@@ -226,17 +226,11 @@ def stage_breakdown(system: Retriever, test: TestSet, final: dict[str, float], b
     return out
 
 
-def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,
-                    measure_cost: bool = True) -> SystemRun:
-    """All metrics of one system on the test set."""
-    k_max = max(max(ecfg.ks), shown)
-    log.info("evaluate %s on %d queries", system.name, len(test))
-    result, throughput = cost.time_batches(system, test.images, test.user_ids, k_max, ecfg.batch_size)
-    ranked = result.item_ids
-    metrics: dict[str, Any] = {"n_queries": len(test)}
-    own_metrics = getattr(system, "evaluation_metrics", None)
-    if callable(own_metrics):  # read right after the quality pass, before timing calls add to any counters
-        metrics.update(own_metrics())
+def quality_metrics(ranked: np.ndarray, test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every quality metric of the ranked lists (Q, k) of ``test``'s queries: relevance with CIs, clicks and
+    orders logged, simulated (or replayed) orders on a result page of ``shown``; and the per-query values."""
+    metrics: dict[str, Any] = {}
     rel, per_query = relevance_metrics(ranked, test, ecfg.ks)
     metrics.update(rel)
     for name in (f"hr@{10 if 10 in ecfg.ks else ecfg.ks[-1]}", "mrr"):
@@ -249,6 +243,23 @@ def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, show
     logged, logged_per_query = logged_metrics(ranked, test, shown, ecfg, seed)
     metrics.update(logged)
     per_query.update(logged_per_query)
+    return metrics, per_query
+
+
+def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,
+                    measure_cost: bool = True) -> SystemRun:
+    """All metrics of one system on the test set."""
+    k_max = max(max(ecfg.ks), shown)
+    log.info("evaluate %s on %d queries", system.name, len(test))
+    result, throughput = cost.time_batches(system, test.images, test.user_ids, k_max, ecfg.batch_size)
+    ranked = result.item_ids
+    metrics: dict[str, Any] = {"n_queries": len(test)}
+    own_metrics = getattr(system, "evaluation_metrics", None)
+    if callable(own_metrics):  # read right after the quality pass, before timing calls add to any counters
+        metrics.update(own_metrics())
+    quality, per_query = quality_metrics(ranked, test, ecfg, shown, seed)
+    metrics.update(quality)
+    rel = {k: v for k, v in quality.items() if k.startswith(("hr@", "recall@", "ndcg@", "mrr"))}
     if measure_cost:
         latency = cost.time_single_queries(system, test.images, test.user_ids, k_max, ecfg.latency_queries, ecfg.warmup)
         metrics.update({f"latency_{k}": v for k, v in latency.items() if k != "stage_p50_ms" and k != "n_calls"})
