@@ -49,7 +49,7 @@ def retrain(
     if sync_dvc_yaml(root_path, cfg):  # e.g. a catalog import: its CSVs and photos become deps of prepare
         logger.info("dvc.yaml: generated deps rewritten for this configuration")
     stages = stages_until(until)
-    tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri)
+    tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
     tags = {
         "git_revision": git_revision(root_path),
         "profile": cfg.profile,

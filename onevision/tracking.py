@@ -13,13 +13,54 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from onevision.storage.s3 import ENDPOINT_ENV, StoreError, describe_store_error
+
 # MLflow's limit on a param value's length.
 _MAX_PARAM_LEN = 6000
+
+
+class ArtifactStoreError(StoreError):
+    """MLflow could not write or read an artifact on its store (S3 through MLflow or directly)."""
+
+
+_STORE_CODES = (("NoSuchBucket", "the artifact bucket does not exist: create it or fix the MLflow artifact root "
+                 "(--artifacts-destination / the experiment's artifact location)"),
+                ("InvalidAccessKeyId", "the artifact store rejected the credentials (check the AWS_* chain of the process "
+                 "that writes: this one, or the MLflow server when it proxies artifacts)"),
+                ("SignatureDoesNotMatch", "the artifact store rejected the credentials (check the AWS_* chain of the process "
+                 "that writes: this one, or the MLflow server when it proxies artifacts)"),
+                ("EndpointConnectionError", "the artifact store endpoint is unreachable (check MLFLOW_S3_ENDPOINT_URL "
+                 "where MLflow writes)"),
+                ("Could not connect to the endpoint URL", "the artifact store endpoint is unreachable (check "
+                 "MLFLOW_S3_ENDPOINT_URL where MLflow writes)"))
+
+
+@contextmanager
+def artifact_errors(what: str, location: str | None = None) -> Iterator[None]:
+    """Turn an object-store failure under MLflow into one :class:`ArtifactStoreError` naming the cause and the
+    next step (a missing bucket, rejected credentials, an unreachable endpoint); other errors pass unchanged.
+
+    A proxying MLflow server reports the store's error inside an HTTP 500, so its text is read as well.
+    """
+    try:
+        yield
+    except ArtifactStoreError:
+        raise
+    except Exception as exc:
+        bucket = location.removeprefix("s3://").split("/")[0] if location and location.startswith("s3://") else None
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get(ENDPOINT_ENV)
+        cause = describe_store_error(exc, bucket, endpoint) or next((hint for code, hint in _STORE_CODES if code in str(exc)), None)
+        if cause is None:
+            raise
+        where = f" ({location})" if location else ""
+        raise ArtifactStoreError(f"MLflow could not store {what}{where}: {cause}") from None
 
 
 def tracking_uri(root: Path, configured: str | None = None) -> str:
@@ -135,9 +176,15 @@ def metric_key(name: str) -> str:
 class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
-    def __init__(self, root: Path, experiment: str, uri: str | None = None):
+    def __init__(self, root: Path, experiment: str, uri: str | None = None, store_attempts: int = 5):
         from mlflow.tracking import MlflowClient
 
+        from onevision.storage.s3 import retry_environment
+
+        # MLflow builds its own boto3 client for s3:// artifact roots; botocore reads its retry policy from here
+        # (an operator's explicit AWS_RETRY_MODE / AWS_MAX_ATTEMPTS win).
+        for key, value in retry_environment(store_attempts).items():
+            os.environ.setdefault(key, value)
         self.root = Path(root)
         self.uri = tracking_uri(self.root, uri)
         # An explicit client, not mlflow.set_tracking_uri: that would export the URI process-wide.
@@ -200,7 +247,14 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.exists():
-            self.client.log_artifact(run_id, str(path), artifact_path)
+            with artifact_errors(path.name, self.artifact_uri(run_id)):
+                self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def artifact_uri(self, run_id: str) -> str | None:
+        try:
+            return self.client.get_run(run_id).info.artifact_uri
+        except Exception:  # noqa: BLE001 - only used to name the place in an error message
+            return None
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

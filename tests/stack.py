@@ -29,6 +29,8 @@ from pathlib import Path
 import boto3
 import psycopg2
 
+from onevision.storage.s3 import retry_environment
+
 BIN = Path(sys.executable).parent
 DB_USER = "onevision"
 MLFLOW_BUCKET = "onevision-mlflow"
@@ -215,7 +217,8 @@ def running_stack(state: Path):
             s3.create_bucket(Bucket=bucket)
 
         mlflow_port = free_port()
-        mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+        # the server proxies artifacts to S3 with its own boto3 client: the same retry policy as ours
+        mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **retry_environment(5)}
         stack.enter_context(server_process(
             "MLflow server",
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",

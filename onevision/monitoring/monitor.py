@@ -41,6 +41,7 @@ from onevision.monitoring.page import drifted_columns, ordered_checks, with_verd
 from onevision.monitoring.report import build_report, check_specs
 from onevision.monitoring.sids import SidAssigner, default_sid_assigner
 from onevision.monitoring.window import latest, read_window, reference_window, split_queries
+from onevision.storage.s3 import describe_store_error
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[s
     """One MLflow run in ``drift.experiment``: thresholds as params, scores as metrics, report files as artifacts."""
     from onevision.tracking import Tracker, git_revision
 
-    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri)
+    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
     run_tags = {
         "status": summary["status"],
         "drift_detected": str(summary["drift_detected"]).lower(),
@@ -373,7 +374,8 @@ def upload_reports(cfg: Config, summary: dict[str, Any]) -> list[str]:
 
 def describe_error(exc: BaseException) -> str:
     """One line for an infrastructure failure: what happened, in the library's words, and its kind."""
-    text = " ".join(str(exc).split()) or "no message"
+    clear = describe_store_error(exc)
+    text = clear or " ".join(str(exc).split()) or "no message"
     return f"{text} ({type(exc).__name__})"
 
 

@@ -114,12 +114,12 @@ def register_candidate(
 
     from onevision.serving.bundle import build_bundle
     from onevision.serving.pyfunc import log_bundle_model
-    from onevision.tracking import Tracker, git_revision, tracking_uri
+    from onevision.tracking import Tracker, artifact_errors, git_revision, tracking_uri
 
     root = Path(root).resolve()
     # log_model/register_model are fluent APIs: point them at this project's store.
     with scoped_tracking_uri(tracking_uri(root, cfg.tracking.tracking_uri)):
-        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri)
+        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
         registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
         if parent_run_id:
@@ -128,7 +128,7 @@ def register_candidate(
         try:
             with tempfile.TemporaryDirectory(prefix="onevision-bundle-") as tmp:
                 bundle = build_bundle(cfg, root, Path(tmp) / "bundle")
-                with mlflow.start_run(run_id=run_id):
+                with mlflow.start_run(run_id=run_id), artifact_errors("the model", tracker.artifact_uri(run_id)):
                     info = log_bundle_model(bundle)
             registry.ensure_model()
             mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
@@ -188,8 +188,11 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
             attached.append(candidate)
     except Exception:  # noqa: BLE001 - a picture never blocks the gates
         log.exception("the candidate page could not be written (the gate report is complete)")
+    from onevision.tracking import artifact_errors
+
     for path in attached:
-        registry.client.log_artifact(run_id, str(path), "gate_report")
+        with artifact_errors(path.name):
+            registry.client.log_artifact(run_id, str(path), "gate_report")
 
     tags: dict[str, Any] = {}
     for r in report.results:

@@ -25,6 +25,53 @@ from onevision.config import StorageConfig
 ENDPOINT_ENV = "ONEVISION_S3_ENDPOINT_URL"  # used when storage.endpoint_url is unset
 
 
+class StoreError(RuntimeError):
+    """The object store refused or could not be reached; the message says which and what to do."""
+
+
+_MISSING_BUCKET = {"NoSuchBucket"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "InvalidToken",
+                    "ExpiredToken", "AccessDenied", "AuthorizationHeaderMalformed", "UnrecognizedClientException"}
+
+
+def describe_store_error(exc: BaseException, bucket: str | None = None, endpoint: str | None = None) -> str | None:
+    """One line naming the cause of a botocore failure and the next step, or None for other errors.
+
+    Covers a missing bucket, rejected or absent credentials and an unreachable endpoint; never includes a
+    credential (botocore's messages carry at most the access key id, which is dropped here).
+    """
+    try:
+        from botocore import exceptions as bce
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return None
+    where = f" at {endpoint}" if endpoint else ""
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return ("no AWS credentials found in the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, an instance role): set them in the environment of this process")
+    if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError | bce.ConnectionClosedError):
+        return (f"the object store{where or ' endpoint'} is unreachable after the configured retries "
+                f"(storage.max_attempts): check storage.endpoint_url / ${ENDPOINT_ENV} and that the server is up")
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        name = f"bucket {bucket!r}" if bucket else "the bucket"
+        if code in _MISSING_BUCKET or (code == "404" and exc.operation_name == "HeadBucket"):
+            return (f"{name} does not exist{where}: create it (aws s3 mb s3://{bucket or '<bucket>'}) "
+                    "or fix storage.bucket / the MLflow artifact root")
+        if code in _BAD_CREDENTIALS or status == 403 or code == "403":
+            return (f"the object store{where} rejected the credentials for {name} ({code or status}): check "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy (values not shown)")
+        return None
+    return None
+
+
+def retry_environment(max_attempts: int) -> dict[str, str]:
+    """``AWS_RETRY_MODE``/``AWS_MAX_ATTEMPTS`` for boto3 clients this code does not build (MLflow's S3
+    artifact repository, an MLflow server with --artifacts-destination s3://): botocore reads them itself."""
+    return {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": str(max_attempts)}
+
+
 @dataclass(frozen=True)
 class ObjectStore:
     """One bucket and key prefix on an S3-compatible store."""
@@ -54,6 +101,16 @@ class ObjectStore:
         config = Config(retries={"total_max_attempts": self.max_attempts, "mode": "standard"},  # first attempt included
                         connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s)
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+
+    def check(self) -> None:
+        """Fail fast with a :class:`StoreError` naming the cause when the bucket cannot be used."""
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # noqa: BLE001 - re-raised, described when it is the store's fault
+            message = describe_store_error(exc, self.bucket, self.endpoint_url)
+            if message is None:
+                raise
+            raise StoreError(message) from None
 
     def key(self, relative: str) -> str:
         """Full object key: ``prefix/relative`` (no leading or doubled slashes)."""
