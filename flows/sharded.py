@@ -42,7 +42,7 @@ def embed_shard(root: str, start: int, stop: int, threads: int) -> np.ndarray:
 
 
 @task(name="rank-queries")
-def rank_shard(root: str, system: str, start: int, stop: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_shard(root: str, system: str, start: int, stop: int, threads: int) -> np.ndarray:
     return shards.rank_queries(root, system, start, stop, threads)
 
 
@@ -94,7 +94,7 @@ def evaluate_sharded(
     bounds = shards.shard_bounds(shards.n_test_queries(root_path), shards_per_job, cfg.evaluate.batch_size)
     futures = {name: [rank_shard.submit(str(root_path), name, lo, hi, threads) for lo, hi in bounds] for name in names}
     for name, parts in futures.items():
-        ranked = np.concatenate([p.result()[0] for p in parts])
+        ranked = np.concatenate([p.result() for p in parts])
         out["systems"][name] = shards.score_ranked(root_path, ranked)
         logger.info("%s: HR@10 %.4f on %d queries (%d shards)", name, out["systems"][name].get("hr@10", float("nan")),
                     len(ranked), len(bounds))

@@ -15,11 +15,12 @@ it runs), and add the same stage to dvc.yaml.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onevision import atomic, distributed, paths
+from onevision import atomic, paths
 from onevision.config import Config
 
 StageFn = Callable[[Config, Path], dict[str, Any]]
@@ -89,11 +90,11 @@ def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
     Under torchrun (``distributed.nproc_per_node`` > 1) every process runs the stage data-parallel and
     rank 0 alone writes its outputs and metrics.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return write_metrics(Path(root), name, stage_function(name)(cfg, Path(root)))
+    from onevision import distributed  # torch: only a torchrun process pays for it at import
+
     world = distributed.init_from_env()
-    metrics = stage_function(name)(cfg, Path(root))
-    if world.parallel:
-        metrics = {**metrics, "processes": world.size}
-        distributed.shutdown()
-        if not world.is_main:
-            return metrics
-    return write_metrics(Path(root), name, metrics)
+    metrics = {**stage_function(name)(cfg, Path(root)), "processes": world.size}
+    distributed.shutdown()
+    return write_metrics(Path(root), name, metrics) if world.is_main else metrics

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,36 +30,37 @@ class ArtifactStoreError(StoreError):
     """MLflow could not write or read an artifact on its store (S3 through MLflow or directly)."""
 
 
-_STORE_CODES = (("NoSuchBucket", "the artifact bucket does not exist: create it or fix the MLflow artifact root "
-                 "(--artifacts-destination / the experiment's artifact location)"),
-                ("InvalidAccessKeyId", "the artifact store rejected the credentials (check the AWS_* chain of the process "
-                 "that writes: this one, or the MLflow server when it proxies artifacts)"),
-                ("SignatureDoesNotMatch", "the artifact store rejected the credentials (check the AWS_* chain of the process "
-                 "that writes: this one, or the MLflow server when it proxies artifacts)"),
-                ("EndpointConnectionError", "the artifact store endpoint is unreachable (check MLFLOW_S3_ENDPOINT_URL "
-                 "where MLflow writes)"),
-                ("Could not connect to the endpoint URL", "the artifact store endpoint is unreachable (check "
-                 "MLFLOW_S3_ENDPOINT_URL where MLflow writes)"))
+# A proxying MLflow server returns the store's failure as text inside an HTTP 500: its codes, and what they mean.
+_PROXIED_CAUSES = (
+    (("NoSuchBucket",), "the artifact bucket does not exist: create it or fix the MLflow artifact root "
+                        "(--artifacts-destination / the experiment's artifact location)"),
+    (("InvalidAccessKeyId", "SignatureDoesNotMatch"), "the artifact store rejected the credentials (check the AWS_* "
+                        "chain of the process that writes: this one, or the MLflow server when it proxies artifacts)"),
+    (("EndpointConnectionError", "Could not connect to the endpoint URL"), "the artifact store endpoint is unreachable "
+                        "(check MLFLOW_S3_ENDPOINT_URL where MLflow writes)"),
+)
 
 
 @contextmanager
-def artifact_errors(what: str, location: str | None = None) -> Iterator[None]:
+def artifact_errors(what: str, location: Callable[[], str | None] | None = None) -> Iterator[None]:
     """Turn an object-store failure under MLflow into one :class:`ArtifactStoreError` naming the cause and the
     next step (a missing bucket, rejected credentials, an unreachable endpoint); other errors pass unchanged.
 
-    A proxying MLflow server reports the store's error inside an HTTP 500, so its text is read as well.
+    ``location`` is asked for the artifact URI only on failure (it may cost a tracking-server round trip).
     """
     try:
         yield
     except ArtifactStoreError:
         raise
     except Exception as exc:
-        bucket = location.removeprefix("s3://").split("/")[0] if location and location.startswith("s3://") else None
+        uri = location() if location else None
+        bucket = uri.removeprefix("s3://").split("/")[0] if uri and uri.startswith("s3://") else None
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get(ENDPOINT_ENV)
-        cause = describe_store_error(exc, bucket, endpoint) or next((hint for code, hint in _STORE_CODES if code in str(exc)), None)
+        cause = describe_store_error(exc, bucket, endpoint) or next(
+            (hint for codes, hint in _PROXIED_CAUSES if any(code in str(exc) for code in codes)), None)
         if cause is None:
             raise
-        where = f" ({location})" if location else ""
+        where = f" ({uri})" if uri else ""
         raise ArtifactStoreError(f"MLflow could not store {what}{where}: {cause}") from None
 
 
@@ -247,7 +248,7 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.exists():
-            with artifact_errors(path.name, self.artifact_uri(run_id)):
+            with artifact_errors(path.name, lambda: self.artifact_uri(run_id)):
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
     def artifact_uri(self, run_id: str) -> str | None:

@@ -22,7 +22,7 @@ import pandas as pd
 from onevision import paths
 from onevision.config import PARAMS_FILE, Config, load_config
 from onevision.encoder.api import ENCODER_DIR, ImageEncoder, decode_image_column, fuse_views
-from onevision.evaluation.cost import limit_threads
+from onevision.evaluation.cost import limit_threads, time_batches
 from onevision.evaluation.harness import TestSet, load_test_set
 from onevision.retrieval import Retriever
 
@@ -69,15 +69,15 @@ def _item_ids(root: str) -> np.ndarray:
     return np.sort(items["item_id"].to_numpy(np.int64))
 
 
-def _views(root: str) -> pd.DataFrame:
+def _views(root: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The validated catalog views of catalog items, in the order stage align_encoder embeds them."""
-    views = pd.read_parquet(Path(root) / paths.VALIDATED / "views.parquet")
+    views = pd.read_parquet(Path(root) / paths.VALIDATED / "views.parquet", columns=columns)
     views = views.sort_values(["item_id", "view_id"], kind="stable")
     return views[views["item_id"].isin(_item_ids(root))].reset_index(drop=True)
 
 
 def n_views(root: str | Path) -> int:
-    return len(_views(str(Path(root).resolve())).index)
+    return len(_views(str(Path(root).resolve()), ["item_id", "view_id"]))
 
 
 def n_test_queries(root: str | Path) -> int:
@@ -100,30 +100,23 @@ def fuse_item_embeddings(root: str | Path, view_embeddings: np.ndarray) -> tuple
     cfg = _config(root)
     item_ids = _item_ids(root)
     row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    views = _views(root)
+    views = _views(root, ["item_id", "view_id"])
     if len(views) != len(view_embeddings):
         raise ValueError(f"{len(view_embeddings)} view embeddings for {len(views)} catalog views")
     owner = row_of[views["item_id"].to_numpy()].to_numpy(np.int64)
     return item_ids, fuse_views(view_embeddings, owner, len(item_ids), cfg.encoder.fusion)
 
 
-def rank_queries(root: str | Path, system: str, start: int, stop: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, scores), each (stop - start, k): ``system``'s ranked lists for TEST queries [start, stop),
-    in the evaluation's batches and at its depth (max of ``evaluate.ks`` and the result page)."""
+def rank_queries(root: str | Path, system: str, start: int, stop: int, threads: int = 1) -> np.ndarray:
+    """int64 (stop - start, k): ``system``'s ranked item ids for TEST queries [start, stop), in the
+    evaluation's batches and at its depth (max of ``evaluate.ks`` and the result page)."""
     root = str(Path(root).resolve())
     cfg = _config(root)
     test, retriever = _test_set(root), _system(root, system)
     k = max(max(cfg.evaluate.ks), cfg.evaluate.shown or cfg.data.impressions_per_query)
-    ids, scores = [], []
     with limit_threads(threads):
-        for lo in range(start, stop, cfg.evaluate.batch_size):
-            hi = min(stop, lo + cfg.evaluate.batch_size)
-            result = retriever.retrieve(test.images[lo:hi], test.user_ids[lo:hi], k)
-            ids.append(result.item_ids)
-            scores.append(result.scores)
-    if not ids:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.concatenate(ids), np.concatenate(scores)
+        result, _ = time_batches(retriever, test.images[start:stop], test.user_ids[start:stop], k, cfg.evaluate.batch_size)
+    return result.item_ids
 
 
 def score_ranked(root: str | Path, ranked: np.ndarray) -> dict:

@@ -331,7 +331,7 @@ def train_dpo(
         for idx in _batches(len(pairs), batch_size, gen):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, total, lr, min(20, total // 10 + 1))
-            share = idx[distributed.shard(torch.arange(len(idx)), world)]
+            share = distributed.shard(idx, world)
             pc, pr = scorer(pairs.rows.context(bank, share), pairs.chosen[share], pairs.rejected[share])
             loss, cr, rj = dpo_loss(pc, pr, ref[0][share], ref[1][share], beta)
             objective = loss.mean() - sft_weight * pc.mean() / policy.cfg.n_levels

@@ -128,7 +128,7 @@ def register_candidate(
         try:
             with tempfile.TemporaryDirectory(prefix="onevision-bundle-") as tmp:
                 bundle = build_bundle(cfg, root, Path(tmp) / "bundle")
-                with mlflow.start_run(run_id=run_id), artifact_errors("the model", tracker.artifact_uri(run_id)):
+                with mlflow.start_run(run_id=run_id), artifact_errors("the model", lambda: tracker.artifact_uri(run_id)):
                     info = log_bundle_model(bundle)
             registry.ensure_model()
             mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
