@@ -60,6 +60,8 @@ SCENARIOS = (
         "tests/integration/test_drift_flow.py::test_clean_traffic_completes_without_alert")),
     Scenario("object store answering 503 SlowDown (transient, then persistent)", "false drift pages",
              ("tests/integration/test_store_faults.py",), "faults.object_store"),
+    Scenario("MLflow tracking server answering 503 for a while, for good, or gone, under a promotion", "unauthorised promotions",
+             ("tests/integration/test_tracking_faults.py",), "faults.tracking_server"),
     Scenario("two retrain flows at once in two checkouts; two `dvc push` at once to one remote", "data lost",
              ("tests/integration/test_concurrency.py",)),
     Scenario("SIGTERM of the retrain flow in a stage", "data lost", ("tests/integration/test_retrain_stop.py",)),

@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stagegraph import sync_dvc_yaml
-from onevision.tracking import Tracker, dvc_lock_hashes, git_revision
+from onevision.tracking import Tracker, dvc_lock_hashes, git_revision, retry_environment
 from tasks.stages import push_outputs, run_stage
 
 
@@ -49,7 +49,7 @@ def retrain(
     if sync_dvc_yaml(root_path, cfg):  # e.g. a catalog import: its CSVs and photos become deps of prepare
         logger.info("dvc.yaml: generated deps rewritten for this configuration")
     stages = stages_until(until)
-    tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
+    tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
     tags = {
         "git_revision": git_revision(root_path),
         "profile": cfg.profile,

@@ -58,9 +58,32 @@ def _setup_logging(verbose: bool = False) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(message: str, code: int = 2) -> None:
+# Exit codes every command shares: 1 a failed run or refused decision, 2 bad input or usage, 4 infrastructure
+# (MLflow tracking server, object store) unavailable after the configured retries: retry later, nothing was decided.
+EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 4
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
     typer.secho(f"error: {redact.redact(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def infrastructure_error(exc: BaseException) -> str | None:
+    """One line when ``exc`` is an unavailable tracking server or object store (after retries), else None."""
+    from onevision.storage.s3 import StoreError, describe_store_error
+    from onevision.tracking import describe_tracking_error
+
+    if isinstance(exc, StoreError):  # ArtifactStoreError included: its message already names the cause
+        return str(exc)
+    return describe_store_error(exc) or describe_tracking_error(exc)
+
+
+def _fail_run(what: str, exc: BaseException) -> None:
+    """A run that raised: exit 4 with the cause when infrastructure was down, else exit 1 with the error."""
+    cause = infrastructure_error(exc)
+    if cause is not None:
+        _fail(f"{what} failed, infrastructure unavailable: {cause}", code=EXIT_INFRA)
+    _fail(f"{what} failed: {exc}", code=EXIT_FAILED)
 
 
 def _project_config(root: Path, profile: str | None = None):
@@ -155,7 +178,7 @@ def retrain(
         _fail("retrain stopped: the running stage was stopped and DVC kept none of its outputs (dvc.lock is "
               "unchanged for it); finished stages are kept, so `onevision retrain` resumes from that stage", code=128 + signum)
     except Exception as exc:  # the flow already logged the traceback
-        _fail(f"retrain failed: {exc}", code=1)
+        _fail_run("retrain", exc)
     typer.echo("\nstage            status     seconds")
     for o in outcomes:
         typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}")
@@ -471,9 +494,18 @@ app.add_typer(registry_commands)  # promote, approve, reject, rollback, models, 
 app.add_typer(serving_commands)  # search
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: a command that meets an unavailable tracking server or object store (after the
+    configured retries) ends with one line and exit 4, not a traceback; any other error is left as it is."""
+    try:
+        app(prog_name="onevision")
+    except Exception as exc:
+        cause = infrastructure_error(exc)
+        if cause is None:
+            raise
+        typer.secho(f"error: infrastructure unavailable: {redact.redact(cause)}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_INFRA)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

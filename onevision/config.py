@@ -402,6 +402,11 @@ class TrackingConfig(Section):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project."
     )
+    max_attempts: int = Field(5, ge=1, le=11, description="Attempts per request to an MLflow tracking server, the first "
+                              "included (connection errors, timeouts, 429 and 5xx answers); then a clear failure (exit 4).")
+    backoff_factor: int = Field(1, ge=0, le=10, description="Backoff between attempts, seconds x 2^(retry-1) (urllib3; "
+                                "1 waits about 0, 2, 4, 8 s): a server restart of ~10 s is ridden out with the defaults.")
+    request_timeout_s: int = Field(60, ge=1, description="Timeout per request to the tracking server, seconds.")
 
 
 class DriftConfig(Section):

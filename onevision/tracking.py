@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from onevision.storage.s3 import ENDPOINT_ENV, StoreError, describe_store_error
+from onevision.storage.s3 import retry_environment as store_retry_environment
 
 # MLflow's limit on a param value's length.
 _MAX_PARAM_LEN = 6000
@@ -62,6 +63,65 @@ def artifact_errors(what: str, location: Callable[[], str | None] | None = None)
             raise
         where = f" ({uri})" if uri else ""
         raise ArtifactStoreError(f"MLflow could not store {what}{where}: {cause}") from None
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server did not answer (or kept answering 5xx) after the configured attempts."""
+
+
+def retry_environment(cfg: Any) -> dict[str, str]:
+    """The retry policy of ``cfg`` (``tracking.*``, ``storage.max_attempts``) as the environment variables the
+    libraries read themselves: MLflow's HTTP client (``MLFLOW_HTTP_REQUEST_*``: urllib3 retries with exponential
+    backoff on connection errors, timeouts, 429 and 5xx) and botocore for the boto3 clients MLflow builds."""
+    return {
+        **store_retry_environment(cfg.storage.max_attempts),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(cfg.tracking.max_attempts - 1),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(cfg.tracking.backoff_factor),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.tracking.request_timeout_s),
+    }
+
+
+def apply_retry_environment(env: Mapping[str, str]) -> None:
+    """Export ``env`` for this process; a value the operator already exported wins."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
+_API_URL = re.compile(r"API request to (\S+?)/api/")
+
+
+def describe_tracking_error(exc: BaseException) -> str | None:
+    """One line naming an unreachable or failing MLflow tracking server and the next step, or None for other errors.
+
+    MLflow raises ``MlflowException("API request to URL failed with exception ...")`` once its retries are spent,
+    with the requests error that ended them as the context.
+    """
+    try:
+        from requests import exceptions as rex
+    except ImportError:  # pragma: no cover - an MLflow dependency
+        return None
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    cause = next((e for e in chain if isinstance(e, rex.ConnectionError | rex.Timeout | rex.RetryError)), None)
+    if cause is None:
+        return None
+    text = " ".join(str(e) for e in chain)
+    if isinstance(cause, rex.RetryError) or "too many" in text and "error responses" in text:
+        reason = "it kept answering with errors (5xx/429)"
+    elif isinstance(cause, rex.Timeout) or "timed out" in text.lower():
+        reason = "requests timed out"
+    elif "refused" in text.lower():
+        reason = "connection refused"
+    else:
+        reason = "connection failed"
+    match = _API_URL.search(text)
+    server = match.group(1) if match else os.environ.get("MLFLOW_TRACKING_URI", "the MLflow tracking server")
+    attempts = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")) + 1
+    return (f"the MLflow tracking server {server} is unavailable after {attempts} attempt{'s' * (attempts != 1)} ({reason}; "
+            f"tracking.max_attempts / backoff_factor set the retries): check that it is up (curl {server}/health) "
+            "and tracking.tracking_uri / $MLFLOW_TRACKING_URI, then rerun")
 
 
 def tracking_uri(root: Path, configured: str | None = None) -> str:
@@ -177,15 +237,12 @@ def metric_key(name: str) -> str:
 class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
-    def __init__(self, root: Path, experiment: str, uri: str | None = None, store_attempts: int = 5):
+    def __init__(self, root: Path, experiment: str, uri: str | None = None, retries: Mapping[str, str] | None = None):
         from mlflow.tracking import MlflowClient
 
-        from onevision.storage.s3 import retry_environment
-
-        # MLflow builds its own boto3 client for s3:// artifact roots; botocore reads its retry policy from here
-        # (an operator's explicit AWS_RETRY_MODE / AWS_MAX_ATTEMPTS win).
-        for key, value in retry_environment(store_attempts).items():
-            os.environ.setdefault(key, value)
+        # MLflow's HTTP client and the boto3 client it builds for s3:// artifact roots read their retry policy
+        # from the environment (:func:`retry_environment`; an operator's explicit values win).
+        apply_retry_environment(retries or {})
         self.root = Path(root)
         self.uri = tracking_uri(self.root, uri)
         # An explicit client, not mlflow.set_tracking_uri: that would export the URI process-wide.

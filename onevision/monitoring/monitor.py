@@ -42,6 +42,7 @@ from onevision.monitoring.report import build_report, check_specs
 from onevision.monitoring.sids import SidAssigner, default_sid_assigner
 from onevision.monitoring.window import latest, read_window, reference_window, split_queries
 from onevision.storage.s3 import describe_store_error
+from onevision.tracking import describe_tracking_error
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +332,9 @@ def _rewrite_summary(summary: dict[str, Any]) -> None:
 
 def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """One MLflow run in ``drift.experiment``: thresholds as params, scores as metrics, report files as artifacts."""
-    from onevision.tracking import Tracker, git_revision
+    from onevision.tracking import Tracker, git_revision, retry_environment
 
-    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
+    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
     run_tags = {
         "status": summary["status"],
         "drift_detected": str(summary["drift_detected"]).lower(),
@@ -374,7 +375,7 @@ def upload_reports(cfg: Config, summary: dict[str, Any]) -> list[str]:
 
 def describe_error(exc: BaseException) -> str:
     """One line for an infrastructure failure: what happened, in the library's words, and its kind."""
-    clear = describe_store_error(exc)
+    clear = describe_store_error(exc) or describe_tracking_error(exc)
     text = clear or " ".join(str(exc).split()) or "no message"
     return f"{text} ({type(exc).__name__})"
 

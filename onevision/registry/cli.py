@@ -180,7 +180,7 @@ def promote(
     root: RootOpt = Path("."),
 ) -> None:
     """Run the promotion flow: register the project's model as `challenger`, check the gates, wait for a reviewer."""
-    from onevision.cli import _fail, _setup_logging
+    from onevision.cli import _fail, _fail_run, _setup_logging
 
     _setup_logging()
     root = root.resolve()
@@ -198,7 +198,7 @@ def promote(
     try:
         outcome = promotion(root=str(root), approval=approval)
     except Exception as exc:
-        _fail(f"promotion failed: {exc}", code=1)
+        _fail_run("promotion", exc)
     typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
     typer.echo(f"gate report: {root / 'reports/gate_report.md'}")
     if not outcome.get("gates_passed"):

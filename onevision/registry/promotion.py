@@ -95,8 +95,9 @@ class Candidate:
 
 
 def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
-    from onevision.tracking import tracking_uri
+    from onevision.tracking import apply_retry_environment, retry_environment, tracking_uri
 
+    apply_retry_environment(retry_environment(cfg))
     return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
 
 
@@ -114,12 +115,12 @@ def register_candidate(
 
     from onevision.serving.bundle import build_bundle
     from onevision.serving.pyfunc import log_bundle_model
-    from onevision.tracking import Tracker, artifact_errors, git_revision, tracking_uri
+    from onevision.tracking import Tracker, artifact_errors, git_revision, retry_environment, tracking_uri
 
     root = Path(root).resolve()
     # log_model/register_model are fluent APIs: point them at this project's store.
     with scoped_tracking_uri(tracking_uri(root, cfg.tracking.tracking_uri)):
-        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri, cfg.storage.max_attempts)
+        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
         registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
         if parent_run_id:

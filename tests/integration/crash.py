@@ -27,11 +27,24 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
-def retrain_argv(until: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-    argv = [str(BIN / "onevision"), "retrain", "--profile", "small"]
+def retrain_argv(until: str | None = None, extra: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> list[str]:
+    argv = [str(BIN / "onevision"), "retrain", "--profile", "small", *flags]
     for s in (*TINY, *extra):
         argv += ["--set", s]
     return argv + (["--until", until] if until else [])
+
+
+def registered_versions(project: Path) -> list[str]:
+    """Versions of the project's registered model in its embedded registry ([] when none was ever registered)."""
+    from mlflow.exceptions import MlflowException
+
+    from onevision.config import load_config
+    from onevision.registry.promotion import open_registry
+
+    try:
+        return [v.version for v in open_registry(load_config(project / "params.yaml"), project).versions()]
+    except MlflowException:  # RESOURCE_DOES_NOT_EXIST: no model registered
+        return []
 
 
 def pids_under(project: Path) -> list[int]:
@@ -69,9 +82,9 @@ class Running:
 
 
 def start_until_stage(project: Path, stage: str, *, until: str | None = None, extra_env: dict | None = None,
-                      timeout: float = 600, extra: tuple[str, ...] = ()) -> Running:
+                      timeout: float = 600, extra: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> Running:
     """Start the retrain flow (its own session) and return once ``stage`` has started running."""
-    proc = subprocess.Popen(retrain_argv(until, extra), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(retrain_argv(until, extra, flags), cwd=project, env=env(**(extra_env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     started = threading.Event()

@@ -1,4 +1,5 @@
-"""SIGTERM during a training stage: retrain stops it, keeps what finished, and the next run resumes there."""
+"""SIGTERM during a training stage: retrain stops it, keeps what finished, registers nothing (even with
+--promote), and the next run resumes there."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect
     project = make_project(tmp_path / "shop")
     # 40 encoder epochs: the stage runs for minutes, so the signal surely lands inside it, however loaded the machine
     running = crash.start_until_stage(project, "align_encoder", extra_env={"PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300,
-                                      extra=("encoder.epochs=40",))
+                                      extra=("encoder.epochs=40",), flags=("--promote",))
     proc = running.proc
     time.sleep(3)  # inside the stage's training
     proc.send_signal(signal.SIGTERM)
@@ -38,6 +39,7 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect
     assert crash.pids_under(project) == []  # dvc and the stage are gone, not orphaned
 
     assert "align_encoder" not in crash.locked_stages(project)  # nothing of the stopped stage was recorded
+    assert crash.registered_versions(project) == []  # a stopped run with --promote registers nothing
     status = json.loads(subprocess.run([str(crash.BIN / "dvc"), "status", "--json"], cwd=project, env=env,
                                        capture_output=True, text=True, check=True).stdout or "{}")
     assert "align_encoder" in status and not {"prepare", "validate", "split"} & set(status)

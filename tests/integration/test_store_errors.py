@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from onevision.storage.s3 import ObjectStore, StoreError
+from onevision.storage.s3 import ObjectStore, StoreError, retry_environment
 from onevision.tracking import ArtifactStoreError, Tracker
 from tests.integration.conftest import moto_s3
 from tests.stack import BIN, free_port, server_process
@@ -76,7 +76,7 @@ def _tracker_on(tmp_path, artifact_root: str) -> tuple[Tracker, str]:
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).create_experiment("errors", artifact_location=artifact_root)
-    tracker = Tracker(tmp_path, "errors", uri, store_attempts=2)
+    tracker = Tracker(tmp_path, "errors", uri, retry_environment(2))
     return tracker, tracker.start_parent("run", {}, {"seed": 0})
 
 

@@ -4,16 +4,13 @@ infrastructure error, never as an alarm."""
 
 from __future__ import annotations
 
-import http.client
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from onevision.monitoring.monitor import describe_error
 from onevision.storage.s3 import ObjectStore
 from tests.drill import count
 from tests.integration.conftest import moto_s3
+from tests.integration.proxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-faults"
@@ -21,56 +18,23 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
              b"<Message>Please reduce your request rate.</Message></Error>")
 
 
-class FaultyProxy:
-    """Forwards to ``upstream``; the first ``faults`` PUTs get 503 SlowDown (as S3 answers under load)."""
+class FaultyProxy(FaultProxy):
+    """Forwards to moto's server; the first ``faults`` PUTs get 503 SlowDown (as S3 answers under load)."""
 
     def __init__(self, upstream: str):
-        host, port = upstream.removeprefix("http://").split(":")
         self.faults, self.puts, self.injected = 0, 0, 0
-        proxy = self
+        super().__init__(upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _relay(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.command == "PUT":
-                    proxy.puts += 1
-                    if proxy.faults > 0:
-                        proxy.faults -= 1
-                        proxy.injected += 1
-                        count("faults.object_store")
-                        self.send_response(503)
-                        self.send_header("Content-Type", "application/xml")
-                        self.send_header("Content-Length", str(len(SLOW_DOWN)))
-                        self.end_headers()
-                        self.wfile.write(SLOW_DOWN)
-                        return
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay  # noqa: N815 - http.server API
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def fault(self, method: str, path: str) -> tuple[int, str, bytes] | None:
+        if method != "PUT":
+            return None
+        self.puts += 1
+        if self.faults <= 0:
+            return None
+        self.faults -= 1
+        self.injected += 1
+        count("faults.object_store")
+        return 503, "application/xml", SLOW_DOWN
 
 
 @pytest.fixture(scope="module")
