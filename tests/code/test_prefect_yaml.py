@@ -76,3 +76,72 @@ def test_on_demand_deployments_fit_their_flows(raw, name, flow_name):
     flow.validate_parameters(dep.get("parameters", {}))
     # what the description tells a user to type names this deployment
     assert f"prefect deployment run {flow_name}/{name}" in dep["description"]
+
+
+# ----------------------------------------------------------------------------- the Kubernetes work pool
+
+K8S = REPO / "infra" / "k8s"
+SAME_AS_LOCAL = ("entrypoint", "parameters", "tags", "schedules", "concurrency_limit")
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict:
+    return yaml.safe_load((K8S / "prefect.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def job_template() -> dict:
+    import json
+
+    return json.loads((K8S / "base-job-template.json").read_text())
+
+
+def test_k8s_deployments_validate_and_run_from_the_image(k8s):
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(k8s)
+    assert all(d.work_pool.name == "onevision-k8s" for d in model.deployments)
+    assert k8s["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]  # infra/Dockerfile's WORKDIR
+    assert "WORKDIR /app" in (REPO / "infra" / "Dockerfile").read_text()
+
+
+def test_k8s_deployments_are_those_of_prefect_yaml(raw, k8s):
+    """Same flows, parameters, schedules and queues as the process pool's: the guide cannot drift from them."""
+    local = {d["name"]: d for d in raw["deployments"]}
+    cluster = {d["name"]: d for d in k8s["deployments"]}
+    assert set(local) <= set(cluster), f"deployments missing on the cluster: {set(local) - set(cluster)}"
+    for name, dep in local.items():
+        for key in SAME_AS_LOCAL:
+            assert cluster[name].get(key) == dep.get(key), f"{name}.{key} differs from prefect.yaml"
+        assert cluster[name]["work_pool"]["work_queue_name"] == dep["work_pool"]["work_queue_name"]
+    gpu = cluster["retrain-gpu"]
+    assert gpu["entrypoint"] == local["retrain"]["entrypoint"]
+    assert set(gpu["parameters"]) == set(local["retrain"]["parameters"])
+
+
+def test_the_base_job_template_is_valid_and_every_job_variable_fits_it(k8s, job_template):
+    import jsonschema
+    from prefect.server.schemas.actions import validate_base_job_template
+    from prefect.utilities.templating import find_placeholders
+
+    validate_base_job_template(job_template)  # what the server checks on `prefect work-pool create`
+    declared = set(job_template["variables"]["properties"])
+    used = {p.name for p in find_placeholders(job_template["job_configuration"])}
+    assert used <= declared and declared <= used, (used ^ declared)  # no placeholder without a variable, no dead variable
+    schema = job_template["variables"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for dep in k8s["deployments"]:
+        variables = dep["work_pool"].get("job_variables", {})
+        assert set(variables) <= declared, f"{dep['name']}: unknown job variables {set(variables) - declared}"
+        jsonschema.validate(variables, schema)
+    gpu = next(d for d in k8s["deployments"] if d["name"] == "retrain-gpu")["work_pool"]["job_variables"]
+    assert gpu["gpus"] >= 1 and gpu["image"].endswith(":gpu")
+    container = job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}"
+    assert container["envFrom"] == [{"secretRef": {"name": "{{ secret_name }}"}}]  # credentials from a Secret only
+
+
+def test_the_k8s_deployments_carry_no_credentials(k8s):
+    text = (K8S / "prefect.yaml").read_text() + (K8S / "base-job-template.json").read_text()
+    for needle in ("AKIA", "SECRET_ACCESS_KEY=", "password:", "hooks.slack.com"):
+        assert needle not in text
