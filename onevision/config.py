@@ -388,11 +388,11 @@ class DistributedConfig(Section):
 
     nproc_per_node: int = Field(
         1, ge=1, le=64,
-        description="Processes per training stage (pretrain, sft, dpo) under torchrun with DistributedDataParallel "
-        "(gloo on CPU, NCCL on GPUs); 1: a plain single process. Execution only: results match within float tolerance, "
+        description="Processes per training stage (align_encoder, pretrain, sft, dpo) under torchrun with DistributedDataParallel "
+        "(gloo: the loops train on the CPU); 1: a plain single process. Execution only: results match within float tolerance, "
         "so it is not a DVC dependency.",
     )
-    stages: list[str] = Field(["pretrain", "sft", "dpo"], description="Stages that run data-parallel when nproc_per_node > 1.")
+    stages: list[str] = Field(["align_encoder", "pretrain", "sft", "dpo"], description="Stages that run data-parallel when nproc_per_node > 1.")
 
 
 class TrackingConfig(Section):

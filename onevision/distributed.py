@@ -17,15 +17,27 @@ With dropout off the N-process result equals the single-process one up to
 float summation order (the test asserts it); with dropout on, each process
 draws its own masks, the same in distribution, not bit for bit.
 
-Backend: NCCL when CUDA is available, gloo otherwise. Only rank 0 writes the
-stage's outputs; the others train, then leave.
+A loss over the whole batch (the encoder's InfoNCE with in-batch negatives)
+cannot be split into shares: each process embeds its contiguous share
+(:func:`share_bounds`), gathers everyone's rows (:func:`gather_rows`) and
+computes the global loss itself; batch norm normalises with the statistics of
+the global batch (:func:`global_batch_norm`, a CPU-capable SyncBatchNorm:
+torch's only runs on GPUs).
+
+Backend: gloo, also on a GPU machine: the training loops keep their tensors
+on the CPU, and NCCL only reduces CUDA tensors (training on CUDA, and with it
+NCCL, is not built yet). Only rank 0 writes the stage's outputs; the others
+train, then leave.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -59,10 +71,7 @@ def launched_by_torchrun() -> bool:
 def init_from_env() -> World:
     """Join the process group torchrun describes in the environment (no-op for a single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group("gloo")  # CPU tensors (module docstring): gloo even where CUDA is present
     return world()
 
 
@@ -95,6 +104,81 @@ def wrap(module: torch.nn.Module, w: World) -> torch.nn.Module:
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() and next(module.parameters()).is_cuda else None
     # heads unused by a batch (e.g. user rows of an anonymous stage) must not stall the gradient all-reduce
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
+def share_bounds(n: int, w: World) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` shares of ``n`` rows, one per rank, sizes differing by at most one."""
+    base, extra = divmod(n, w.size)
+    bounds, lo = [], 0
+    for r in range(w.size):
+        hi = lo + base + (r < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def gather_rows(local: torch.Tensor, bounds: list[tuple[int, int]], w: World) -> torch.Tensor:
+    """Every rank's rows (shares ``bounds``) in global order; gradients flow to this rank's own rows only.
+
+    Every process then computes the same global loss; its backward reaches this rank's share, and DDP's
+    average of the parameter gradients over ranks adds up the shares' contributions once the loss is
+    multiplied by the world size (:func:`global_loss_scale`).
+    """
+    if not w.parallel:
+        return local
+    longest = max(hi - lo for lo, hi in bounds)
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype)
+    padded[: len(local)] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(w.size)]
+    dist.all_gather(parts, padded)
+    rows = [local if r == w.rank else parts[r][: hi - lo] for r, (lo, hi) in enumerate(bounds)]
+    return torch.cat(rows)
+
+
+def global_loss_scale(w: World) -> float:
+    """Factor for a loss every rank computes over the gathered global batch (:func:`gather_rows`)."""
+    return float(w.size)
+
+
+def _global_batch_norm(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm with the mean and variance of the rows of every rank (autograd through the all-reduce)."""
+    import torch.nn.functional as F
+    from torch.distributed.nn.functional import all_reduce
+
+    if not bn.training:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    dims = [0, *range(2, x.dim())]
+    channels = x.shape[1]
+    count = torch.tensor([x.numel() / channels], dtype=torch.float64)
+    stats = all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64), count]))
+    total = stats[-1]
+    mean = stats[:channels] / total
+    var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - m).add_(mean.to(x.dtype), alpha=m)
+            bn.running_var.mul_(1 - m).add_((var * total / (total - 1)).to(x.dtype), alpha=m)
+    shape = [1, channels] + [1] * (x.dim() - 2)
+    y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype).view(shape) + bn.eps)
+    return y * bn.weight.view(shape) + bn.bias.view(shape) if bn.affine else y
+
+
+@contextmanager
+def global_batch_norm(module: torch.nn.Module, w: World) -> Iterator[None]:
+    """Inside: every batch-norm layer of ``module`` trains on the global batch's statistics (no-op alone).
+
+    The layers keep their class, parameters and buffers (a saved model is the same as a single process's).
+    """
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if w.parallel else []
+    for bn in layers:
+        bn.forward = partial(_global_batch_norm, bn)
+    try:
+        yield
+    finally:
+        for bn in layers:
+            del bn.forward
 
 
 def all_sum(values: list[float], w: World) -> list[float]:

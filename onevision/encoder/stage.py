@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import atomic, paths
+from onevision import atomic, distributed, paths
 from onevision.config import Config
 from onevision.encoder.api import (
     ENCODER_DIR,
@@ -106,6 +106,8 @@ def align_encoder(cfg: Config, root: Path) -> dict[str, Any]:
         data, cfg.encoder, seed=cfg.seed, image_size=cfg.data.image_size, channels=cfg.data.image_channels,
     )
     train_s = time.perf_counter() - t0 - load_s
+    if not distributed.world().is_main:  # rank 0 writes the outputs of a data-parallel run
+        return {}
     view_emb = encoder.embed(data.view_images)
     item_emb = fuse_views(view_emb, data.view_owner, data.n_items, cfg.encoder.fusion)
     save_view_embeddings(

@@ -19,6 +19,12 @@ After each epoch a retrieval probe embeds every catalog view, fuses them into
 item embeddings and searches the VAL queries against them by exact kNN
 (cosine): ``probe_top1`` is the share of queries whose nearest item is the
 photographed one.
+
+Under torchrun (``distributed.nproc_per_node`` > 1, onevision.distributed)
+every process draws the same global batch and its augmentations, embeds its
+contiguous share, gathers the others' embeddings and computes the global loss;
+batch norm uses the global batch's statistics. The result is the
+single-process one up to float summation order; only rank 0 runs the probe.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from onevision import distributed
 from onevision.config import EncoderConfig
 from onevision.encoder.api import ImageEncoder, fuse_views
 from onevision.encoder.batch_augment import random_views
 from onevision.encoder.losses import align_loss
-from onevision.encoder.model import EncoderNet, EncoderSpec, default_lite0_weights
+from onevision.encoder.model import EncoderNet, EncoderSpec, absorbed_biases, default_lite0_weights
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +172,18 @@ def train_encoder(
     ``probe_untrained`` the history starts with an epoch-0 row: the probe of
     the randomly initialised network.
     """
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    world = distributed.world()
+    if cfg.threads > 0 or world.parallel:  # the cores are shared by the data-parallel processes
+        torch.set_num_threads(max(1, (cfg.threads or torch.get_num_threads()) // world.size))
     torch.manual_seed(int(np.random.SeedSequence([seed, 0xE4C]).generate_state(1)[0]))
     net = build_encoder_net(cfg, image_size, channels)
+    for bias in absorbed_biases(net):  # no effect under the batch norm that follows: kept fixed, not random-walked
+        bias.requires_grad_(False)
+    model = distributed.wrap(net, world)
     n_cat = int(data.categories.max()) + 1
+    # the head sees the gathered global batch on every rank: its gradient is whole there, no averaging needed
     classifier = torch.nn.Linear(cfg.embed_dim, n_cat) if objective == "category" else None
-    params = list(net.parameters()) + (list(classifier.parameters()) if classifier is not None else [])
+    params = [p for p in net.parameters() if p.requires_grad] + (list(classifier.parameters()) if classifier is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = _generator(seed, 1)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # augmentation draws
@@ -181,11 +193,24 @@ def train_encoder(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps + cfg.epochs, pct_start=0.15)
     encoder = ImageEncoder(net, fusion=cfg.fusion)
     history: list[dict] = []
+
+    def run_probe() -> dict[str, float]:
+        if not world.is_main:  # only rank 0 reports; the others' weights are the same
+            return {"top1": float("nan"), "top10": float("nan")}
+        return retrieval_probe(item_embeddings(encoder, data, cfg.fusion), encoder.embed(data.val_images), data.val_owner)
+
     if probe_untrained:
         # epoch 0: the randomly initialised network, the floor the alignment has to lift
         t0 = time.perf_counter()
-        probe = retrieval_probe(item_embeddings(encoder, data, cfg.fusion), encoder.embed(data.val_images), data.val_owner)
+        probe = run_probe()
         history.append({"epoch": 0, "probe_top1": probe["top1"], "probe_top10": probe["top10"], "seconds": round(time.perf_counter() - t0, 3)})
+    with distributed.global_batch_norm(net, world):
+        _train_epochs(data, cfg, model, net, classifier, opt, sched, rng, gen, objective, world, history, run_probe, on_epoch, progress)
+    return encoder, history
+
+
+def _train_epochs(data, cfg, model, net, classifier, opt, sched, rng, gen, objective, world, history, run_probe, on_epoch, progress) -> None:
+    """The epochs of :func:`train_encoder` (``model``: ``net``, under DDP when data-parallel); appends to ``history``."""
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         net.train()
@@ -206,8 +231,15 @@ def train_encoder(
                 hard = torch.from_numpy(np.concatenate([from_view, np.zeros(len(p_img), bool)]))
                 x = torch.where(hard[:, None, None, None], random_views(x, gen, cfg.online_augment), random_views(x, gen, MILD_AUGMENT * cfg.online_augment))
             x = net.normalize(x)
-            emb, _ = net(x)  # (2B, D)
             b = len(idx)
+            if world.parallel:  # this rank's share of the pairs; everyone's embeddings gathered back in order
+                bounds = distributed.share_bounds(b, world)
+                lo, hi = bounds[world.rank]
+                local, _ = model(torch.cat([x[lo:hi], x[b + lo : b + hi]]))
+                n = hi - lo
+                emb = torch.cat([distributed.gather_rows(local[:n], bounds, world), distributed.gather_rows(local[n:], bounds, world)])
+            else:
+                emb, _ = model(x)  # (2B, D)
             if objective == "align":
                 same = torch.from_numpy(own[:, None] == own[None, :])  # (B, B) same item: not a negative
                 loss, parts = align_loss(emb[:b], emb[b:], same_item=same, lambda_infonce=cfg.lambda_infonce, lambda_circle=cfg.lambda_circle,
@@ -217,7 +249,10 @@ def train_encoder(
                 loss = F.cross_entropy(classifier(emb), target)
                 parts = {"infonce": 0.0, "circle": 0.0}
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * distributed.global_loss_scale(world) if world.parallel else loss).backward()
+            if world.parallel and classifier is not None:  # not under DDP: its whole gradient was scaled, undo it
+                for param in classifier.parameters():
+                    param.grad /= distributed.global_loss_scale(world)
             opt.step()
             sched.step()
             sums["loss"] += float(loss.detach()) * b
@@ -225,11 +260,10 @@ def train_encoder(
             sums["circle"] += parts["circle"] * b
         train_s = time.perf_counter() - t0
         net.eval()
-        probe = retrieval_probe(item_embeddings(encoder, data, cfg.fusion), encoder.embed(data.val_images), data.val_owner)
+        probe = run_probe()
         row = {"epoch": epoch, **{k: v / len(anchors) for k, v in sums.items()}, "probe_top1": probe["top1"], "probe_top10": probe["top10"],
                "lr": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 3), "train_seconds": round(train_s, 3)}
         history.append(row)
         log.info("%s epoch %d: loss %.4f  probe top1 %.3f top10 %.3f  (%.1f s)", objective, epoch, row["loss"], row["probe_top1"], row["probe_top10"], row["seconds"])
         if on_epoch is not None:
             on_epoch(row)
-    return encoder, history

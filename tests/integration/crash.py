@@ -122,6 +122,11 @@ def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s
         time.sleep(0.3)
     proc.wait(30)
     reader.join(10)
+    # A killed dvc whose parent died too stays a zombie until init reaps it, and DVC takes a zombie's lock
+    # for a live one ("is busy"); a crashed node has no such process left: wait until they are all gone.
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.2)
     return Crash(stage, "".join(lines), killed)
 
 
