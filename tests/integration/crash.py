@@ -162,6 +162,9 @@ def _numbers(doc, prefix: str = "") -> dict[str, float]:
 TIMED_KEY = ("seconds", "_ms", "ms_", "latency", "throughput", "qps", "per_s", "rss", "_mb")  # wall time and memory
 
 
+RANK_SLOT_TOL = 2e-3  # two ranked slots of the TINY profile's TEST set
+
+
 def result_differences(project: Path, reference: Path, *, rel: float = 1e-4) -> list[str]:
     """How ``project``'s run differs from ``reference``'s beyond float noise: data tables, the encoder and the
     SID table byte for byte; every stage's metrics (losses, probes, TEST quality) within ``rel``, wall times aside.
@@ -182,6 +185,9 @@ def result_differences(project: Path, reference: Path, *, rel: float = 1e-4) -> 
             if any(t in key for t in TIMED_KEY):
                 continue
             x, y = a.get(key), b.get(key)
-            if x is None or y is None or not (math.isclose(x, y, rel_tol=rel, abs_tol=1e-6) or (math.isnan(x) and math.isnan(y))):
+            # A TEST rank metric moves in steps of one ranked slot (cat_precision@5 on 250 queries: 8e-4): a near tie
+            # between two items can flip with VRQ's last float bits (measured once: 1 slot of 1,250 in one system).
+            slots = RANK_SLOT_TOL if stage == "evaluate" and "@" in key else 1e-6
+            if x is None or y is None or not (math.isclose(x, y, rel_tol=rel, abs_tol=slots) or (math.isnan(x) and math.isnan(y))):
                 diffs.append(f"metrics/{stage}.json {key}: {x} vs {y}")
     return diffs
