@@ -59,7 +59,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m 'not slow'
 
 lint: install
-	$(BIN)/ruff check onevision tasks flows tests benchmarks
+	$(BIN)/ruff check onevision tests benchmarks
 
 ui-mlflow:
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

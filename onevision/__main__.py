@@ -1,5 +1,5 @@
 """``python -m onevision``: the command line (how torchrun relaunches a stage in several processes)."""
 
-from onevision.cli import main
+from onevision.app.cli import main
 
 main()

@@ -311,7 +311,7 @@ class EvaluateConfig(Section):
 
     ks: list[int] = Field([1, 5, 10, 50], min_length=1, description="Cut-offs K of HR@K, Recall@K, NDCG@K, precision@K.")
     systems: list[str] | None = Field(
-        None, description="Systems to evaluate (names in onevision.evaluation.systems); None: every one whose artifacts exist."
+        None, description="Systems to evaluate (names in onevision.comparison.systems); None: every one whose artifacts exist."
     )
     max_queries: int | None = Field(None, ge=1, description="Cap on test queries (seeded sample); None: all of them.")
     batch_size: int = Field(256, ge=1, description="Queries per retrieve call for quality metrics and throughput (QPS).")
@@ -486,7 +486,7 @@ class StorageConfig(Section):
 
 
 class GatesConfig(Section):
-    """Promotion gates (onevision.registry.gates); docs/reviewers.md explains each one.
+    """Promotion gates (onevision.promotion.gates); docs/reviewers.md explains each one.
 
     Tolerances are relative: a gate against a reference r passes when candidate >= r x (1 - tolerance).
     Metric names are keys of a system's row in metrics/evaluate.json.

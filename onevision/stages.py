@@ -39,7 +39,7 @@ STAGES: dict[str, str] = {
     "dpo": "onevision.generative.stages:dpo",
     # before evaluate: evaluate reports the pruned model (models/pruning) beside the unpruned one
     "calibrate_pruning": "onevision.generative.calibrate:calibrate_pruning",
-    "evaluate": "onevision.evaluation.stage:evaluate",
+    "evaluate": "onevision.comparison.stage:evaluate",
 }
 
 # Sections of params.yaml each stage depends on (besides seed/profile/profiles/overrides);

@@ -1,1 +1,1 @@
-"""Offline evaluation: metrics, the system registry, the harness and its report (stage ``evaluate``)."""
+"""What every stage measures with: ranking metrics, latency/cost timing, the test-set harness, photo sheets."""

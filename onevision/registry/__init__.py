@@ -1,1 +1,2 @@
-"""Model registry and promotion: register a candidate, check its gates, approve/reject, roll back (MLflow aliases)."""
+"""The model registry (MLflow aliases and tags), its append-only audit log, and the check that the
+``champion`` was set by an audited decision (what serving and drift refuse otherwise)."""

@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -223,3 +224,47 @@ class ModelRegistry:
         except MlflowException:
             return []
         return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT_PREFIX))]
+
+
+# --------------------------------------------------------------------------- the champion check
+
+
+def version_fingerprint(mv) -> str:
+    """A digest of what a model version is (name, number, artifact source, run, creation time): an approval
+    record names it, so a record cannot be reused for another version, nor survive a re-registration."""
+    import hashlib
+
+    blob = "|".join(str(x) for x in (mv.name, mv.version, mv.source, mv.run_id, mv.creation_timestamp))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class ChampionCheck:
+    """Whether the ``champion`` alias was set by the gate-and-approval path (or an audited rollback)."""
+
+    version: str | None
+    approved: bool
+    reason: str
+    record: dict[str, Any] | None = None
+
+
+def verify_champion(registry: ModelRegistry) -> ChampionCheck:
+    """The champion must be the version of the latest audited move of the alias (approve or rollback), with
+    that record's fingerprint. Setting the alias any other way (the MLflow UI's "Aliases: Add", the plain
+    API) leaves no such record, and is caught here."""
+    mv = registry.by_alias(CHAMPION)
+    if mv is None:
+        return ChampionCheck(None, True, "no champion")
+    version = version_id(mv)
+    moves = [r for r in registry.audit_log() if r.get("action") in ("approve", "rollback")]
+    if not moves:
+        return ChampionCheck(version, False, f"champion v{version} has no approval record in the audit log: the alias was set outside `onevision approve`")
+    last = moves[-1]
+    if str(last.get("version")) != version:
+        return ChampionCheck(version, False, f"champion v{version} is not the version of the last audited decision "
+                             f"({last.get('action')} of v{last.get('version')} by {last.get('by')} at {last.get('at')}): "
+                             "the alias was moved outside `onevision approve` / `rollback`", last)
+    if last.get("model_hash") != version_fingerprint(mv):
+        return ChampionCheck(version, False, f"champion v{version}'s approval record does not name this version's fingerprint "
+                             "(recorded before fingerprints, or not for this version)", last)
+    return ChampionCheck(version, True, f"approved: {last.get('action')} by {last.get('by')} at {last.get('at')}", last)

@@ -129,8 +129,7 @@ def check_served_champion(bundle: Path) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    from onevision.registry.model_registry import CHAMPION, ModelRegistry
-    from onevision.registry.promotion import verify_champion
+    from onevision.registry.model_registry import CHAMPION, ModelRegistry, verify_champion
 
     client = MlflowClient(uri)
     for found in client.search_model_versions(f"run_id='{run_id}'"):

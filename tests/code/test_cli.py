@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from onevision.cli import app
+from onevision.app.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -27,7 +27,7 @@ def test_every_command_has_help(args):
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = "import sys; from onevision.cli import app; print(sorted(m for m in ('torch','prefect','mlflow','evidently','dvc') if m in sys.modules))"
+    code = "import sys; from onevision.app.cli import app; print(sorted(m for m in ('torch','prefect','mlflow','evidently','dvc') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -105,7 +105,7 @@ def test_too_few_queries_give_no_verdict(cfg, project, baseline, tmp_path):
 
 
 def test_cli_exit_codes(project, items, tmp_path, monkeypatch):
-    from onevision.cli import app
+    from onevision.app.cli import app
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     clean = synthetic_window(project, 300, seed=61)

@@ -215,7 +215,7 @@ def test_the_readme_import_then_validate_agree_on_size_and_channels(shop, tmp_pa
 
     from typer.testing import CliRunner
 
-    from onevision.cli import app
+    from onevision.app.cli import app
 
     project = tmp_path / "project"
     project.mkdir()

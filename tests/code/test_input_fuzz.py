@@ -213,7 +213,7 @@ def test_any_command_line_argument_is_run_or_refused_clearly(tmp_path_factory, c
 
     from typer.testing import CliRunner
 
-    from onevision.cli import app
+    from onevision.app.cli import app
 
     count("fuzz.cli")
     project = tmp_path_factory.mktemp("cli")

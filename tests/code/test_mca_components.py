@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from onevision.comparison.references import KNNRetriever, PopularityRetriever, RandomRetriever
 from onevision.config import EvaluateConfig, MCAConfig
-from onevision.evaluation.references import KNNRetriever, PopularityRetriever, RandomRetriever
 from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade, top_k
 from onevision.mca.features import FEATURES, Catalog, FoldStats, LogStats, PairCounts, pair_features, query_folds
 from onevision.mca.index import ItemIndex, gpu_available, resolve_factory

@@ -164,7 +164,7 @@ def test_dvc_metrics_show_prints_only_the_headline():
 
 
 def test_headline_is_short():
-    from onevision.evaluation.stage import headline
+    from onevision.comparison.stage import headline
 
     row = {"hr@10": 0.86, "ndcg@10": 0.69, "sim_orders_per_1k": 240.0, "latency_p50_ms": 2.8, "stages": {"x": 1}, "mrr": 0.6}
     out = headline({"onevision": row, "mca": {**row, "hr@10": 0.85}, "knn": row})

@@ -37,7 +37,7 @@ def test_drift_deployment_runs_daily_on_a_work_pool(raw):
     from prefect.client.schemas.schedules import CronSchedule
 
     dep = _deployment(raw, "drift-daily")
-    assert dep["entrypoint"] == "flows/drift.py:drift_monitor"
+    assert dep["entrypoint"] == "onevision/app/flows/drift.py:drift_monitor"
     assert dep["work_pool"]["name"] == "onevision-process"  # the pool infra/docker-compose.yml's worker serves
     (schedule,) = [_schedule_config_to_deployment_schedule(s) for s in dep["schedules"]]
     DeploymentScheduleCreate(**schedule)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from onevision.cli import app
+from onevision.app.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -134,7 +134,7 @@ def test_serve_without_a_champion_says_how_to_get_one_and_what_to_serve(registry
 
 def test_serve_pins_the_approved_champion_version(registry_project):
     from onevision.config import load_config
-    from onevision.registry.promotion import approve, open_registry
+    from onevision.promotion.workflow import approve, open_registry
 
     registry = client(registry_project)
     registry.create_registered_model("onevision")
@@ -180,7 +180,7 @@ def test_the_reviewer_is_who_runs_the_command(registry_project, monkeypatch):
     result = runner.invoke(app, ["approve", "1", "--reason", "ship it", "--root", str(registry_project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 0, result.output
     from onevision.config import load_config
-    from onevision.registry.promotion import open_registry
+    from onevision.promotion.workflow import open_registry
 
     record = open_registry(load_config(registry_project / "params.yaml"), registry_project).audit_log()[-1]
     assert (record["by"], record["identity"]) == ("alice", "$ONEVISION_REVIEWER")

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from onevision.config import Config, GatesConfig
-from onevision.registry.gates import GateInputs, candidate_metrics, collect_gate_inputs, evaluate_gates, lookup
-from onevision.registry.promotion import ReviewerNotAllowed, authorize_reviewer
+from onevision.promotion.gates import GateInputs, candidate_metrics, collect_gate_inputs, evaluate_gates, lookup
+from onevision.promotion.workflow import ReviewerNotAllowed, authorize_reviewer
 from onevision.tracking import metric_key
 
 GATES = GatesConfig()

@@ -78,7 +78,7 @@ def test_page_renders_in_headless_chromium(tmp_path):
 def test_the_reports_say_when_dpo_kept_its_input(tmp_path):
     import json
 
-    from onevision.evaluation.stage import dpo_note
+    from onevision.comparison.stage import dpo_note
 
     (tmp_path / "metrics").mkdir()
     assert dpo_note(tmp_path) is None  # no DPO stage yet

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config.
 PROJECT_FILES = ("params.yaml", "dvc.yaml", "prefect.yaml", ".dvcignore", ".gitignore")
-PROJECT_DIRS = ("onevision", "tasks", "flows")
+PROJECT_DIRS = ("onevision",)
 
 # The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
 TINY = [
@@ -134,7 +134,7 @@ def moto_s3(bucket: str):
 def tiny_full_run(tmp_path_factory, isolated_state, prefect_server):
     """The whole retrain flow on the shrunk small profile (TINY), once per session: what the pipeline tests check
     and what the crash tests compare a crashed-and-resumed run with."""
-    from flows.retrain import retrain
+    from onevision.app.flows.retrain import retrain
 
     project = make_project(tmp_path_factory.mktemp("full") / "onevision")
     outcomes = retrain(root=str(project), profile="small", overrides=TINY)

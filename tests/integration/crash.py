@@ -39,7 +39,7 @@ def registered_versions(project: Path) -> list[str]:
     from mlflow.exceptions import MlflowException
 
     from onevision.config import load_config
-    from onevision.registry.promotion import open_registry
+    from onevision.promotion.workflow import open_registry
 
     try:
         return [v.version for v in open_registry(load_config(project / "params.yaml"), project).versions()]

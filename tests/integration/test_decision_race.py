@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from onevision.config import load_config
+from onevision.promotion.workflow import open_registry, verify_champion
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
-from onevision.registry.promotion import open_registry, verify_champion
 from tests.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,7 +52,7 @@ def decide_at_once(project: Path, commands: list[tuple[str, list[str]]]) -> list
     procs = []
     for i, (reviewer, argv) in enumerate(commands):
         env = {**os.environ, "ONEVISION_REVIEWER": reviewer, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        code = ("import sys, time, pathlib; from onevision.cli import app; from onevision.registry import promotion; "
+        code = ("import sys, time, pathlib; from onevision.app.cli import app; from onevision.promotion import workflow as promotion; "
                 # widen the window between "is it still awaiting?" and moving the alias, as a slow server would
                 "check = promotion._awaiting; promotion._awaiting = lambda *a: (check(*a), time.sleep(1.0))[0]; "
                 f"pathlib.Path({str(go)!r} + '.ready{i}').touch(); "
@@ -97,7 +97,7 @@ def test_racing_approvals_of_one_candidate_leave_one_champion_and_one_record(pro
 def test_racing_approve_reject_and_rollback_keep_the_registry_consistent(project):
     first, second, third = gated_versions(project, 3)
     registry = open_registry(load_config(project / "params.yaml"), project)
-    from onevision.registry.promotion import approve
+    from onevision.promotion.workflow import approve
 
     approve(load_config(project / "params.yaml"), project, first, "alice", "first champion")
     results = decide_at_once(project, [

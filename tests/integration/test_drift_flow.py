@@ -63,7 +63,7 @@ def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, pre
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import Artifact
 
-    from flows.drift import drift_monitor
+    from onevision.app.flows.drift import drift_monitor
 
     url, received = webhook
     received.clear()
@@ -90,7 +90,7 @@ def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, pre
 
 
 def test_clean_traffic_completes_without_alert(project, prefect_server, webhook, s3_endpoint):
-    from flows.drift import drift_monitor
+    from onevision.app.flows.drift import drift_monitor
 
     url, received = webhook
     received.clear()
@@ -102,10 +102,10 @@ def test_clean_traffic_completes_without_alert(project, prefect_server, webhook,
 
 
 def test_an_unreachable_store_on_a_quiet_day_is_an_infrastructure_error_not_an_alarm(project, prefect_server, webhook, monkeypatch):
-    import tasks.drift
-    from flows.drift import drift_monitor
+    import onevision.app.tasks.drift
+    from onevision.app.flows.drift import drift_monitor
 
-    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    monkeypatch.setattr(onevision.app.tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.1, 0.1, 0.1])
     url, received = webhook
     received.clear()
     dead = "http://127.0.0.1:9"  # nothing listens: connection refused
@@ -120,7 +120,7 @@ def test_an_unreachable_store_on_a_quiet_day_is_an_infrastructure_error_not_an_a
 def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
     from typer.testing import CliRunner
 
-    from onevision.cli import app
+    from onevision.app.cli import app
 
     # the CLI points MLFLOW_TRACKING_URI at the project (setdefault): set here so the test leaves no trace
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
@@ -131,7 +131,7 @@ def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
 
 
 def test_alerting_without_failing_when_configured(project, prefect_server, webhook, s3_endpoint):
-    from flows.drift import drift_monitor
+    from onevision.app.flows.drift import drift_monitor
 
     url, _ = webhook
     overrides = [*_overrides(url, s3_endpoint), "drift.fail_on_drift=false"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from onevision.config import load_config
-from onevision.registry.promotion import approve, check_gates, open_registry, register_candidate
+from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
 
 from .promotion_project import make_tiny_project
 

@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from onevision.cli import app
+from onevision.app.cli import app
 from onevision.config import load_config
 from onevision.data.images import encode_png
+from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
 from onevision.registry.model_registry import (
     AWAITING,
     CHALLENGER,
@@ -33,7 +34,6 @@ from onevision.registry.model_registry import (
     ROLLED_BACK,
     PromotionError,
 )
-from onevision.registry.promotion import approve, check_gates, open_registry, register_candidate
 
 from .promotion_project import GOOD_METRICS, item_images, make_tiny_project, write_metrics
 
@@ -280,8 +280,8 @@ def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp
     """The bypass: the MLflow UI's "Aliases: Add" (the plain API) on a gates-failed version."""
     import mlflow
 
+    from onevision.promotion.workflow import verify_champion
     from onevision.registry.model_registry import scoped_tracking_uri
-    from onevision.registry.promotion import verify_champion
 
     reg = registry(project)
     assert verify_champion(reg).approved  # every move so far went through approve / rollback
@@ -299,7 +299,7 @@ def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp
     assert refused.exit_code == 2 and f"champion v{failed}" in refused.output and "Traceback" not in refused.output
     with scoped_tracking_uri(f"sqlite:///{project / 'mlflow.db'}"), pytest.raises(Exception, match="refusing to serve"):
         mlflow.pyfunc.load_model("models:/onevision@champion")  # what `mlflow models serve` loads
-    from onevision.registry.promotion import UnapprovedChampion, check_registry_champion
+    from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
 
     with pytest.raises(UnapprovedChampion, match="onevision drift"):  # what the drift monitor checks first
         check_registry_champion(load_config(project / "params.yaml"), project, "onevision drift")

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from onevision.cli import app
+from onevision.app.cli import app
 from onevision.config import load_config
+from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
-from onevision.registry.promotion import open_registry
 
 from .conftest import wait_for
 from .promotion_project import make_tiny_project
@@ -48,7 +48,7 @@ def flow_state(flow_run_id: UUID):
 
 def start_promotion(project: Path) -> tuple[threading.Thread, dict]:
     """Run the promotion flow (approval=pause) in a thread, as a long-running flow process would."""
-    from flows.promote import promotion
+    from onevision.app.flows.promote import promotion
 
     result: dict = {}
 
@@ -129,7 +129,7 @@ def test_cli_decision_resumes_the_paused_flow(project, prefect_server):
 
 
 def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
-    from flows.promote import promotion
+    from onevision.app.flows.promote import promotion
 
     outcome = promotion(root=str(project), approval="registry")
     assert outcome["status"] == AWAITING and outcome["gates_passed"]
@@ -137,7 +137,7 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
 
 
 def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):
-    from flows.promote import promotion
+    from onevision.app.flows.promote import promotion
 
     from .promotion_project import GOOD_METRICS, write_metrics
 

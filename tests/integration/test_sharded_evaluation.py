@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from onevision import paths
+from onevision.comparison.shards import shard_bounds
+from onevision.comparison.systems import build_systems
 from onevision.config import PARAMS_FILE, load_config
 from onevision.encoder.api import ENCODER_DIR, ImageEncoder, decode_image_column, fuse_views, load_item_embeddings
 from onevision.evaluation.cost import limit_threads
 from onevision.evaluation.harness import evaluate_system, load_test_set
 from onevision.evaluation.metrics import json_safe
-from onevision.evaluation.shards import shard_bounds
-from onevision.evaluation.systems import build_systems
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -29,7 +29,7 @@ def test_shard_bounds_cover_the_rows_in_whole_batches(n, shards, align):
 
 
 def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
-    from flows.sharded import run
+    from onevision.app.flows.sharded import run
 
     project, _ = tiny_full_run
     cfg = load_config(project / PARAMS_FILE)

@@ -74,7 +74,7 @@ def test_persistent_errors_fail_clearly_after_the_configured_attempts(proxy, tmp
 def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an_alarm(proxy, tmp_path):
     from typer.testing import CliRunner
 
-    from onevision.cli import app
+    from onevision.app.cli import app
     from onevision.monitoring.testing import build_synthetic_project, synthetic_window
 
     root = build_synthetic_project(tmp_path / "proj")
@@ -95,11 +95,11 @@ def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, 
     Prefect's task retry succeeds, the run completes, every report is in the bucket."""
     import boto3
 
-    import tasks.drift
-    from flows.drift import drift_monitor
+    import onevision.app.tasks.drift
+    from onevision.app.flows.drift import drift_monitor
     from onevision.monitoring.testing import build_synthetic_project, synthetic_window
 
-    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
+    monkeypatch.setattr(onevision.app.tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
     root = build_synthetic_project(tmp_path / "proj")
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
     proxy.faults, proxy.injected = 1, 0

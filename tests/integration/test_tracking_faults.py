@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from onevision.config import load_config
+from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import CHALLENGER
-from onevision.registry.promotion import open_registry
 from tests.drill import count
 from tests.integration.proxy import FaultProxy
 from tests.stack import free_port, server_process

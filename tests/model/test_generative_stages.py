@@ -27,7 +27,7 @@ def project(tmp_path_factory) -> tuple[Path, object]:
 
 @pytest.mark.slow
 def test_stages_write_checkpoints_metrics_and_serve(project):
-    from onevision.evaluation.systems import build_systems
+    from onevision.comparison.systems import build_systems
     from onevision.generative.retriever import OneVisionRetriever
     from onevision.stages import STAGES, run_stage
 
@@ -103,7 +103,7 @@ def test_best_epoch_keeps_the_weights_of_the_epoch_with_most_val_orders(monkeypa
 def test_calibrate_pruning_writes_its_files_and_feeds_evaluate_and_serving(project):
     """Stage calibrate_pruning on the tiny project: chosen config, Pareto metrics, plot and report; the
     evaluation adds the onevision_pruned row and the serving bundle decodes with the chosen config."""
-    from onevision.evaluation.systems import build_systems
+    from onevision.comparison.systems import build_systems
     from onevision.generative.pruning import PruningConfig, load_pruning
     from onevision.serving.bundle import build_bundle, load_retriever, read_manifest
     from onevision.stages import STAGE_PARAMS, STAGES, run_stage

@@ -124,8 +124,8 @@ def _simulator(root: Path, seed: int):
 
 @pytest.mark.slow
 def test_mca_hr10_far_above_random_and_not_below_recall_alone(tiny_project, held_out):
+    from onevision.comparison.references import KNNRetriever, RandomRetriever
     from onevision.evaluation.metrics import hit_rate_at_k
-    from onevision.evaluation.references import KNNRetriever, RandomRetriever
 
     cfg, root, encoder, cascade, _ = tiny_project
     images, users, target = held_out
@@ -178,7 +178,7 @@ def test_cascade_round_trips_through_disk(tiny_project, held_out):
 
 @pytest.mark.slow
 def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_path):
-    from onevision.evaluation.stage import run_evaluation
+    from onevision.comparison.stage import run_evaluation
 
     cfg, root, encoder, *_ = tiny_project
     results = run_evaluation(cfg, root, encoder=encoder)
@@ -211,7 +211,7 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
 @pytest.mark.slow
 def test_evaluate_stage_skips_absent_systems(tiny_project, tmp_path):
     """Without models/mca (and without OneVision) the registry yields only what exists."""
-    from onevision.evaluation.systems import build_systems
+    from onevision.comparison.systems import build_systems
 
     cfg, root, encoder, *_ = tiny_project
     names = [s.name for s in build_systems(cfg, root, encoder=encoder)]

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from onevision.app.common import load_project, setup_logging
+
 
 def evaluate_command(
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")] = None,
@@ -25,17 +27,16 @@ def evaluate_command(
     Writes metrics/evaluate.json, reports/evaluate.md and plots/evaluate_*.png
     under --root (as the `evaluate` stage does) and prints the headline table.
     """
-    from onevision.cli import _load, _setup_logging
 
-    _setup_logging()
+    setup_logging()
     extra = list(overrides or [])
     if systems:
         extra.append(f"evaluate.systems=[{','.join(s.strip() for s in systems.split(','))}]")
     if max_queries:
         extra.append(f"evaluate.max_queries={max_queries}")
-    cfg = _load(root, profile, extra)
+    cfg = load_project(root, profile, extra)
+    from onevision.comparison.stage import run_evaluation
     from onevision.evaluation.metrics import ORDERS, resolve_metric
-    from onevision.evaluation.stage import run_evaluation
     from onevision.stages import write_metrics
 
     results = run_evaluation(cfg, root, measure_cost=not no_cost)

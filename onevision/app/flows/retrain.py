@@ -13,11 +13,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from onevision.app.tasks.stages import push_outputs, run_stage
 from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stagegraph import sync_dvc_yaml
 from onevision.tracking import Tracker, dvc_lock_hashes, git_revision, retry_environment
-from tasks.stages import push_outputs, run_stage
 
 
 @flow(name="retrain", log_prints=True)
@@ -38,7 +38,7 @@ def retrain(
     push: afterwards `dvc push` the outputs to the project's default DVC remote (an S3 bucket on a shared stack).
 
     promote: then run the promotion flow (register, gates, reviewer); opt-in, it needs
-    the stages through `evaluate` and a trained model (flows/promote.py).
+    the stages through `evaluate` and a trained model (onevision/app/flows/promote.py).
     """
     logger = get_run_logger()
     root_path = Path(root).resolve()
@@ -83,7 +83,7 @@ def retrain(
     for o in outcomes:
         logger.info("%-16s %-8s %6.1f s", o["stage"], "skipped" if o["skipped"] else "ran", o["seconds"])
     if promote:
-        from flows.promote import promotion
+        from onevision.app.flows.promote import promotion
 
         result = promotion(root=str(root_path), parent_run_id=parent_id)
         logger.info("promotion: version %s, gates %s, status %s", result["version"], "passed" if result["gates_passed"] else "failed", result["status"])

@@ -4,7 +4,7 @@ Writes ``metrics/evaluate.json`` (through the stage registry: one object per
 system, keyed by system name), ``reports/evaluate.md``, the visual report
 ``reports/evaluate.html`` (photos of queries and results) and the plots
 ``plots/evaluate_quality_latency.png`` and ``plots/evaluate_per_k.png``.
-Systems come from :func:`onevision.evaluation.systems.build_systems`; a system
+Systems come from :func:`onevision.comparison.systems.build_systems`; a system
 whose artifacts are missing (OneVision before its stages ran) is skipped.
 """
 
@@ -30,10 +30,10 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
 
     ``encoder`` replaces the saved one for the registry's systems (tests inject a fake).
     """
+    from onevision.comparison.report import markdown_report, plot_results
+    from onevision.comparison.systems import build_systems
     from onevision.evaluation.cost import limit_threads
     from onevision.evaluation.harness import evaluate_systems, load_test_set
-    from onevision.evaluation.report import markdown_report, plot_results
-    from onevision.evaluation.systems import build_systems
 
     t0 = time.perf_counter()
     test = load_test_set(cfg, root)

@@ -1,4 +1,4 @@
-"""Prefect flows that chain the tasks in tasks/."""
+"""Prefect flows that chain the tasks in onevision.app.tasks."""
 
 from onevision import redact
 

@@ -60,7 +60,7 @@ def drift_command(
     from onevision.pipeline import apply_local_state_env
 
     apply_local_state_env(root)  # MLflow's SQLite store inside the project, like `onevision retrain`
-    from onevision.registry.promotion import UnapprovedChampion, check_registry_champion
+    from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
 
     try:
         check_registry_champion(cfg, root, "onevision drift")  # monitoring a champion nobody approved: refuse or warn

@@ -35,10 +35,10 @@ from prefect.input import RunInput
 from prefect.states import Completed
 from pydantic import Field
 
+from onevision.app.tasks.promote import apply_decision, check_gates, register_candidate
 from onevision.config import PARAMS_FILE, load_config
+from onevision.promotion.workflow import authorize_reviewer, open_registry
 from onevision.registry.model_registry import AWAITING, PromotionError
-from onevision.registry.promotion import authorize_reviewer, open_registry
-from tasks.promote import apply_decision, check_gates, register_candidate
 
 
 class ReviewDecision(RunInput):

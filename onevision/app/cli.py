@@ -7,7 +7,6 @@ commands that need them, so `onevision --help` answers at once.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -18,6 +17,15 @@ from typing import Annotated
 import typer
 
 from onevision import atomic, redact
+from onevision.app.common import (
+    EXIT_INFRA,
+    fail,
+    fail_run,
+    infrastructure_error,
+    load_project,
+    project_config,
+    setup_logging,
+)
 from onevision.config import PARAMS_FILE, Config, ConfigError, describe_fields, load_config
 
 app = typer.Typer(
@@ -42,63 +50,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable; value read as YAML)."),
 ]
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    redact.install()  # credentials from the environment never reach a log line
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if not verbose:
-        # The Prefect client logs every HTTP request to its API at INFO, and faiss's loader each SIMD build it
-        # tries ("Could not load library with AVX512 support ... ModuleNotFoundError"): noise, not news.
-        for noisy in ("httpx", "httpcore", "faiss.loader"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-# Exit codes every command shares: 1 a failed run or refused decision, 2 bad input or usage, 4 infrastructure
-# (MLflow tracking server, object store) unavailable after the configured retries: retry later, nothing was decided.
-EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 4
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    typer.secho(f"error: {redact.redact(message)}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def infrastructure_error(exc: BaseException) -> str | None:
-    """One line when ``exc`` is an unavailable tracking server or object store (after retries), else None."""
-    from onevision.storage.s3 import StoreError, describe_store_error
-    from onevision.tracking import describe_tracking_error
-
-    if isinstance(exc, StoreError):  # ArtifactStoreError included: its message already names the cause
-        return str(exc)
-    return describe_store_error(exc) or describe_tracking_error(exc)
-
-
-def _fail_run(what: str, exc: BaseException) -> None:
-    """A run that raised: exit 4 with the cause when infrastructure was down, else exit 1 with the error."""
-    cause = infrastructure_error(exc)
-    if cause is not None:
-        _fail(f"{what} failed, infrastructure unavailable: {cause}", code=EXIT_INFRA)
-    _fail(f"{what} failed: {exc}", code=EXIT_FAILED)
-
-
-def _project_config(root: Path, profile: str | None = None):
-    """The project's config when ``root`` has a params.yaml, else the defaults (data commands work anywhere)."""
-    return _load(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
-
-
-def _load(root: Path, profile: str | None, overrides: list[str] | None):
-    try:
-        return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-# --------------------------------------------------------------------------- retrain
 
 
 class RetrainStopped(BaseException):
@@ -145,10 +96,10 @@ def retrain(
     Each --set adds to the overrides recorded by earlier runs (--reset drops them).
     Unchanged stages are skipped.
     """
-    _setup_logging()
+    setup_logging()
     root = root.resolve()
     if not (root / PARAMS_FILE).exists():
-        _fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
+        fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
     from onevision.pipeline import apply_local_state_env, stages_until, write_run_params
 
     try:
@@ -156,7 +107,7 @@ def retrain(
         # Written before Prefect starts: config errors and refused switches fail fast, with nothing run.
         changes = write_run_params(root, profile, overrides or [], reset=reset, replace_trained=replace_trained)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for key, change in changes.items():
         if key == "dropped overrides":
             typer.echo(f"params.yaml: --reset dropped {', '.join(change)}")
@@ -165,7 +116,7 @@ def retrain(
     apply_local_state_env(root)
     from prefect.exceptions import TerminationSignal
 
-    from flows.retrain import retrain as retrain_flow
+    from onevision.app.flows.retrain import retrain as retrain_flow
 
     # SIGTERM becomes an exception: Prefect marks the run Crashed and re-delivers the signal to this handler,
     # so the process still unwinds (the running stage is stopped, Prefect's temporary server shut down)
@@ -175,10 +126,10 @@ def retrain(
         outcomes = retrain_flow(root=str(root), until=until, promote=promote, push=push)
     except (KeyboardInterrupt, TerminationSignal, RetrainStopped) as exc:
         signum = getattr(exc, "signal", signal.SIGINT)
-        _fail("retrain stopped: the running stage was stopped and DVC kept none of its outputs (dvc.lock is "
+        fail("retrain stopped: the running stage was stopped and DVC kept none of its outputs (dvc.lock is "
               "unchanged for it); finished stages are kept, so `onevision retrain` resumes from that stage", code=128 + signum)
     except Exception as exc:  # the flow already logged the traceback
-        _fail_run("retrain", exc)
+        fail_run("retrain", exc)
     typer.echo("\nstage            status     seconds")
     for o in outcomes:
         typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}")
@@ -232,12 +183,12 @@ def stage_run(
     root: RootOpt = Path("."),
 ) -> None:
     """Run one stage with the effective config of params.yaml (DVC's command for each stage)."""
-    _setup_logging()
+    setup_logging()
     from onevision.stages import STAGES, run_stage
 
     if name not in STAGES:
-        _fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
-    cfg = _load(root, None, None)
+        fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    cfg = load_project(root, None, None)
     if _relaunched_data_parallel(name, cfg, root):
         return
     try:
@@ -247,7 +198,7 @@ def stage_run(
 
         if isinstance(exc, ValidationFailed):
             typer.echo(str(exc), err=True)
-            _fail(f"stage '{name}' failed: data validation did not pass (report: reports/validate.md)", code=1)
+            fail(f"stage '{name}' failed: data validation did not pass (report: reports/validate.md)", code=1)
         raise
     if os.environ.get("RANK", "0") == "0":  # one answer from a data-parallel run
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
@@ -261,13 +212,13 @@ def _relaunched_data_parallel(name: str, cfg: Config, root: Path) -> bool:
     d = cfg.distributed
     unknown = sorted(set(d.stages) - set(STAGES))
     if unknown:
-        _fail(f"distributed.stages names unknown stages {', '.join(unknown)}; stages: {', '.join(STAGES)} (fix params.yaml)")
+        fail(f"distributed.stages names unknown stages {', '.join(unknown)}; stages: {', '.join(STAGES)} (fix params.yaml)")
     if d.nproc_per_node == 1 or name not in d.stages or distributed.launched_by_torchrun():
         return False
     typer.echo(f"stage '{name}': {d.nproc_per_node} data-parallel processes under torchrun", err=True)
     rc = subprocess.call(distributed.torchrun_command(d.nproc_per_node, ["stage", "run", name, "--root", str(root)]))
     if rc:
-        _fail(f"stage '{name}' failed in one of its {d.nproc_per_node} processes (exit {rc}); the log above names the rank", code=rc)
+        fail(f"stage '{name}' failed in one of its {d.nproc_per_node} processes (exit {rc}); the log above names the rank", code=rc)
     return True
 
 
@@ -282,13 +233,13 @@ def stage_dvc_deps(
 
     path = root / "dvc.yaml"
     if not path.exists():
-        _fail(f"{path} not found; run from the project root or pass --root")
-    cfg = _load(root, None, None)
+        fail(f"{path} not found; run from the project root or pass --root")
+    cfg = load_project(root, None, None)
     if render_dvc_yaml(path.read_text(), cfg) == path.read_text():
         typer.echo(f"{path}: generated deps are up to date")
         return
     if check:
-        _fail(f"{path}: deps differ from the stages' imports or the configured data; run `onevision stage dvc-deps`", code=1)
+        fail(f"{path}: deps differ from the stages' imports or the configured data; run `onevision stage dvc-deps`", code=1)
     sync_dvc_yaml(root, cfg)
     typer.echo(f"{path}: deps rewritten from the stages' imports and the configured data")
 
@@ -308,7 +259,7 @@ def stage_list() -> None:
 @config_app.command("show")
 def config_show(profile: ProfileOpt = None, overrides: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Print the effective configuration (params.yaml ⊕ profile ⊕ overrides) as JSON."""
-    typer.echo(json.dumps(_load(root, profile, overrides).to_dict(), indent=2))
+    typer.echo(json.dumps(load_project(root, profile, overrides).to_dict(), indent=2))
 
 
 @config_app.command("docs")
@@ -329,8 +280,8 @@ def data_build_demo(
     root: RootOpt = Path("."),
 ) -> None:
     """Build the Fashion-MNIST demo shop (items, views, users, queries, impressions, interactions)."""
-    _setup_logging()
-    cfg = _load(root, profile, overrides)
+    setup_logging()
+    cfg = load_project(root, profile, overrides)
     from onevision.data.demo import build_demo
     from onevision.data.tables import write_tables
 
@@ -353,14 +304,14 @@ def data_example_catalog(
     The files have the format `onevision data import` reads (docs/own-catalog.md); the garments come
     from the Fashion-MNIST folder of params.yaml (data.fashion_mnist_dir), so nothing is downloaded.
     """
-    _setup_logging()
+    setup_logging()
     from onevision.data.example_catalog import ExampleSpec, write_example_catalog
 
-    cfg = _project_config(root)
+    cfg = project_config(root)
     try:
         counts = write_example_catalog(out, cfg.data.fashion_mnist_dir, ExampleSpec(n_items=items, n_users=users, n_queries=queries, seed=seed))
     except FileNotFoundError as exc:
-        _fail(f"{exc}; the example garments come from Fashion-MNIST: apt-get install dataset-fashion-mnist")
+        fail(f"{exc}; the example garments come from Fashion-MNIST: apt-get install dataset-fashion-mnist")
     typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()) + f" written to {out}/ (photos/, catalog.csv, queries.csv)")
 
 
@@ -379,19 +330,19 @@ def data_import(
 
     Sizes default to the project's params.yaml (as `onevision data validate` does), so the two agree.
     """
-    _setup_logging()
+    setup_logging()
     from onevision.data.importer import import_catalog
     from onevision.data.tables import write_tables
 
-    cfg = _project_config(root, profile)
+    cfg = project_config(root, profile)
     image_size = image_size or cfg.data.image_size
     channels = channels or cfg.data.image_channels
     if channels not in (1, 3):
-        _fail("--channels must be 1 or 3")
+        fail("--channels must be 1 or 3")
     try:
         tables = import_catalog(catalog, images, queries_csv=queries, image_size=image_size, image_channels=channels)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for name, path in write_tables(tables, out).items():
         typer.echo(f"{name:<14} {len(tables[name]):>8} rows  {path}")
 
@@ -408,8 +359,8 @@ def data_validate(
     root: RootOpt = Path("."),
 ) -> None:
     """Validate a dataset folder. Exit 0 when clean, 1 with the report otherwise. Never modifies the input."""
-    _setup_logging()
-    cfg = _project_config(root, profile)
+    setup_logging()
+    cfg = project_config(root, profile)
     from onevision.data.validation import validate_folder
 
     try:
@@ -422,7 +373,7 @@ def data_validate(
             max_bad_fraction=cfg.validate_.max_bad_fraction if max_bad_fraction is None else max_bad_fraction,
         )
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     text = result.report_markdown()
     if report:
         atomic.write_text(report, text)
@@ -434,10 +385,10 @@ def data_validate(
 
 # --------------------------------------------------------------------------- feature commands
 # Each feature package keeps its commands in its own cli module (heavy imports inside the commands).
-from onevision.evaluation.cli import evaluate_command  # noqa: E402
-from onevision.monitoring.cli import drift_command  # noqa: E402
-from onevision.registry.cli import commands as registry_commands  # noqa: E402
-from onevision.serving.cli import commands as serving_commands  # noqa: E402
+from onevision.app.evaluation_cli import evaluate_command  # noqa: E402
+from onevision.app.monitoring_cli import drift_command  # noqa: E402
+from onevision.app.registry_cli import commands as registry_commands  # noqa: E402
+from onevision.app.serving_cli import commands as serving_commands  # noqa: E402
 
 
 @app.command("evaluate-sharded")
@@ -461,22 +412,22 @@ def evaluate_sharded(
     Same merged ranked lists and quality metrics as the serial `evaluate` stage (shards are whole batches
     of it); no latency or memory measurement. Writes reports/evaluate_sharded.json.
     """
-    _setup_logging()
+    setup_logging()
     root = root.resolve()
     if not (root / PARAMS_FILE).exists():
-        _fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
-    cfg = _load(root, None, None)
+        fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
+    cfg = load_project(root, None, None)
     names = [s.strip() for s in systems.split(",")] if systems else list(cfg.evaluate.systems)
     from onevision.pipeline import apply_local_state_env
 
     apply_local_state_env(root)
-    from flows.sharded import REPORT, run
+    from onevision.app.flows.sharded import REPORT, run
 
     try:
         out = run(str(root), workers=workers, address=address, systems=names, threads=threads, embed=not no_embed,
                   embeddings_out=str(embeddings_out) if embeddings_out else None)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(f"evaluate-sharded: {exc}")
+        fail(f"evaluate-sharded: {exc}")
     typer.echo(f"\n{'system':<16} {'HR@10':>7} {'MRR':>7} {'queries':>8}")
     for name, m in out["systems"].items():
         typer.echo(f"{name:<16} {m.get('hr@10', float('nan')):>7.3f} {m.get('mrr', float('nan')):>7.3f} {m['n_queries']:>8}")

@@ -1,6 +1,6 @@
 """`onevision promote | approve | reject | rollback | models | audit`: promotion from the command line.
 
-Registered in onevision/cli.py with ``app.add_typer(commands)`` (no group name,
+Registered in onevision/app/cli.py with ``app.add_typer(commands)`` (no group name,
 so they are top-level commands). Heavy imports stay inside the commands.
 """
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from onevision.app.common import fail, fail_run, load_project, setup_logging
 
 commands = typer.Typer()
 
@@ -23,9 +25,8 @@ VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onev
 
 
 def _cfg(root: Path):
-    from onevision.cli import _load
 
-    return _load(root, None, None)
+    return load_project(root, None, None)
 
 
 def _echo_record(record: dict) -> None:
@@ -34,7 +35,7 @@ def _echo_record(record: dict) -> None:
 
 def _resume_paused_flow(cfg, root: Path, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
-    from onevision.registry.promotion import open_registry
+    from onevision.promotion.workflow import open_registry
 
     mv = open_registry(cfg, root).version(version)
     flow_run_id = mv.tags.get("prefect.flow_run_id")
@@ -58,9 +59,9 @@ def _resume_paused_flow(cfg, root: Path, version: str, reviewer: str, decision: 
 
 def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str]:
     """For a version whose gates failed: which gates, where its gate report is, what to do instead."""
+    from onevision.promotion.report import where_to_read
+    from onevision.promotion.workflow import GATE_REPORT, open_registry
     from onevision.registry.model_registry import GATES_FAILED
-    from onevision.registry.promotion import GATE_REPORT, open_registry
-    from onevision.registry.report import where_to_read
 
     try:
         registry = open_registry(cfg, root)
@@ -77,19 +78,18 @@ def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str
 
 
 def _decide(decision: str, version: str, reviewer: str | None, reason: str, root: Path) -> None:
-    from onevision.cli import _fail
+    from onevision.promotion.workflow import ReviewerNotAllowed, decide, reviewer_identity
     from onevision.registry.model_registry import PromotionError
-    from onevision.registry.promotion import ReviewerNotAllowed, decide, reviewer_identity
 
     cfg = _cfg(root)
     try:
         name, source = reviewer_identity(reviewer)
         record = decide(cfg, root, version, name, decision, reason, identity=source)
     except ReviewerNotAllowed as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except PromotionError as exc:
         hint = _gates_failed_hint(cfg, root, version, decision) if reason.strip() else []  # no reason: refused before the registry
-        _fail("\n".join([str(exc), *hint]))
+        fail("\n".join([str(exc), *hint]))
     _echo_record(record)
     _resume_paused_flow(cfg, root, record["version"], record["by"], decision, reason)
 
@@ -117,23 +117,22 @@ def rollback(
     root: RootOpt = Path("."),
 ) -> None:
     """Restore `previous-champion` as `champion` in one step (audited, under your own name)."""
-    from onevision.cli import _fail
+    from onevision.promotion.workflow import reviewer_identity
+    from onevision.promotion.workflow import rollback as do_rollback
     from onevision.registry.model_registry import PromotionError
-    from onevision.registry.promotion import reviewer_identity
-    from onevision.registry.promotion import rollback as do_rollback
 
     try:
         name, _source = reviewer_identity(by)
         record = do_rollback(_cfg(root), root, reason, name)
     except PromotionError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _echo_record(record)
 
 
 @commands.command()
 def models(root: RootOpt = Path(".")) -> None:
     """List the registered model's versions: aliases, status, gates, who decided."""
-    from onevision.registry.promotion import open_registry, summary
+    from onevision.promotion.workflow import open_registry, summary
 
     cfg = _cfg(root)
     registry = open_registry(cfg, root)
@@ -144,7 +143,7 @@ def models(root: RootOpt = Path(".")) -> None:
         typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
     if not rows:
         typer.echo("(no versions yet: run `onevision promote`)")
-    from onevision.registry.promotion import verify_champion
+    from onevision.promotion.workflow import verify_champion
 
     check = verify_champion(registry)
     if not check.approved:
@@ -158,7 +157,7 @@ def audit(
     root: RootOpt = Path("."),
 ) -> None:
     """Print the promotion audit log: approvals, rejections, rollbacks (who, when, why, gate values)."""
-    from onevision.registry.promotion import open_registry
+    from onevision.promotion.workflow import open_registry
 
     records = open_registry(_cfg(root), root).audit_log()
     if as_json:
@@ -180,25 +179,24 @@ def promote(
     root: RootOpt = Path("."),
 ) -> None:
     """Run the promotion flow: register the project's model as `challenger`, check the gates, wait for a reviewer."""
-    from onevision.cli import _fail, _fail_run, _setup_logging
 
-    _setup_logging()
+    setup_logging()
     root = root.resolve()
     _cfg(root)  # config errors before Prefect starts
     if approval not in (None, "auto", "pause", "registry"):
-        _fail(f"--approval must be pause, registry or auto, got {approval!r}")
+        fail(f"--approval must be pause, registry or auto, got {approval!r}")
     import os
 
     from onevision.pipeline import apply_local_state_env
 
     apply_local_state_env(root)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
-    from flows.promote import promotion
+    from onevision.app.flows.promote import promotion
 
     try:
         outcome = promotion(root=str(root), approval=approval)
     except Exception as exc:
-        _fail_run("promotion", exc)
+        fail_run("promotion", exc)
     typer.echo(json.dumps(outcome, indent=2, sort_keys=True))
     typer.echo(f"gate report: {root / 'reports/gate_report.md'}")
     if not outcome.get("gates_passed"):

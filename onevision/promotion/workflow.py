@@ -12,7 +12,7 @@ Lifecycle of a version (its ``status`` tag)::
                                                  -> rejected             \\-> rolled-back
                                                  -> superseded (a newer candidate arrived)
 
-No Prefect here: the promotion flow (flows/promote.py) and the CLI both call
+No Prefect here: the promotion flow (onevision/app/flows/promote.py) and the CLI both call
 these functions.
 """
 
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from onevision import atomic, paths
 from onevision.config import Config
-from onevision.registry.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
+from onevision.promotion.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
 from onevision.registry.model_registry import (
     AWAITING,
     CHALLENGER,
@@ -44,10 +44,13 @@ from onevision.registry.model_registry import (
     STATUS_CHAMPION,
     STATUS_PREVIOUS,
     SUPERSEDED,
+    ChampionCheck,
     ModelRegistry,
     PromotionError,
     now_iso,
     scoped_tracking_uri,
+    verify_champion,
+    version_fingerprint,
     version_id,
 )
 from onevision.tracking import metric_key
@@ -170,7 +173,7 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     gates = resolved_gates(cfg.registry.gates, inputs)  # "orders": simulated or logged, whichever this project measures
     report = evaluate_gates(inputs, gates)
 
-    from onevision.registry.report import markdown_report, plot_report
+    from onevision.promotion.report import markdown_report, plot_report
 
     plot = plot_report(root / GATE_PLOT, inputs, gates, report)
     text = markdown_report(registry.name, version, report, inputs, gates, plot_name=f"gate_report/{plot.name}")
@@ -180,7 +183,7 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     sheet = root / paths.REPORTS / "evaluate.html"  # photos of queries and results (stage evaluate)
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
     try:  # the same queries answered by the candidate, the champion (run now) and MCA
-        from onevision.registry.sheet import candidate_sheet
+        from onevision.promotion.sheet import candidate_sheet
 
         names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
         candidate = candidate_sheet(root, registry.name, version, inputs.champion_version, registry.tracking_uri, gates.candidate_system,
@@ -248,47 +251,6 @@ def _gate_values(mv) -> dict[str, Any]:
             name = key[len("gate."):-len(".value")]
             out[name] = {"value": value, "passed": mv.tags.get(f"gate.{name}.passed") == "true"}
     return out
-
-
-def version_fingerprint(mv) -> str:
-    """A digest of what a model version is (name, number, artifact source, run, creation time): an approval
-    record names it, so a record cannot be reused for another version, nor survive a re-registration."""
-    import hashlib
-
-    blob = "|".join(str(x) for x in (mv.name, mv.version, mv.source, mv.run_id, mv.creation_timestamp))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-@dataclass
-class ChampionCheck:
-    """Whether the ``champion`` alias was set by the gate-and-approval path (or an audited rollback)."""
-
-    version: str | None
-    approved: bool
-    reason: str
-    record: dict[str, Any] | None = None
-
-
-def verify_champion(registry: ModelRegistry) -> ChampionCheck:
-    """The champion must be the version of the latest audited move of the alias (approve or rollback), with
-    that record's fingerprint. Setting the alias any other way (the MLflow UI's "Aliases: Add", the plain
-    API) leaves no such record, and is caught here."""
-    mv = registry.by_alias(CHAMPION)
-    if mv is None:
-        return ChampionCheck(None, True, "no champion")
-    version = version_id(mv)
-    moves = [r for r in registry.audit_log() if r.get("action") in ("approve", "rollback")]
-    if not moves:
-        return ChampionCheck(version, False, f"champion v{version} has no approval record in the audit log: the alias was set outside `onevision approve`")
-    last = moves[-1]
-    if str(last.get("version")) != version:
-        return ChampionCheck(version, False, f"champion v{version} is not the version of the last audited decision "
-                             f"({last.get('action')} of v{last.get('version')} by {last.get('by')} at {last.get('at')}): "
-                             "the alias was moved outside `onevision approve` / `rollback`", last)
-    if last.get("model_hash") != version_fingerprint(mv):
-        return ChampionCheck(version, False, f"champion v{version}'s approval record does not name this version's fingerprint "
-                             "(recorded before fingerprints, or not for this version)", last)
-    return ChampionCheck(version, True, f"approved: {last.get('action')} by {last.get('by')} at {last.get('at')}", last)
 
 
 class UnapprovedChampion(PromotionError):

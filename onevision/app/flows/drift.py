@@ -26,9 +26,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from onevision.app.tasks.drift import (
+    check_drift,
+    load_current_window,
+    log_drift_run,
+    send_drift_alert,
+    upload_drift_reports,
+)
 from onevision.config import PARAMS_FILE, load_config
 from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, describe_error, summary_markdown, webhook_url
-from tasks.drift import check_drift, load_current_window, log_drift_run, send_drift_alert, upload_drift_reports
 
 
 @flow(name="drift_monitor", log_prints=True)

@@ -1,6 +1,6 @@
 """Shards of the two embarrassingly parallel jobs: embedding the catalog and ranking the test queries.
 
-The application layer (``flows/sharded.py``) submits these to Dask workers
+The application layer (``onevision/app/flows/sharded.py``) submits these to Dask workers
 through Prefect's Dask task runner; each call is self-contained (a project
 root and a row range), so a worker process needs nothing but the project on
 disk. Shard bounds are multiples of the batch size the serial code uses, so
@@ -51,7 +51,7 @@ def _test_set(root: str) -> TestSet:
 
 @functools.lru_cache(maxsize=8)
 def _system(root: str, name: str) -> Retriever:
-    from onevision.evaluation.systems import build_systems  # the registry imports every system's package
+    from onevision.comparison.systems import build_systems  # the registry imports every system's package
 
     built = [s for s in build_systems(_config(root), Path(root), names=[name]) if s.name == name]
     if not built:

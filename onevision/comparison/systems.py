@@ -145,8 +145,8 @@ def build_mca(ctx: SystemContext) -> list[Retriever] | None:
 
 @register_system("knn")
 def build_knn(ctx: SystemContext) -> Retriever | None:
+    from onevision.comparison.references import KNNRetriever
     from onevision.encoder.api import ITEM_EMBEDDINGS
-    from onevision.evaluation.references import KNNRetriever
 
     if not (ctx.has_encoder and ctx.has(ITEM_EMBEDDINGS)):
         return None
@@ -156,14 +156,14 @@ def build_knn(ctx: SystemContext) -> Retriever | None:
 
 @register_system("popularity")
 def build_popularity(ctx: SystemContext) -> Retriever:
-    from onevision.evaluation.references import PopularityRetriever
+    from onevision.comparison.references import PopularityRetriever
 
     return PopularityRetriever(*_train_popularity(ctx))
 
 
 @register_system("random")
 def build_random(ctx: SystemContext) -> Retriever:
-    from onevision.evaluation.references import RandomRetriever
+    from onevision.comparison.references import RandomRetriever
 
     return RandomRetriever(ctx.items["item_id"].to_numpy(np.int64), seed=ctx.cfg.seed)
 

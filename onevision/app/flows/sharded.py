@@ -29,9 +29,9 @@ from prefect import flow, get_run_logger, task
 from prefect_dask import DaskTaskRunner
 
 from onevision import atomic, paths
+from onevision.comparison import shards
 from onevision.config import PARAMS_FILE, load_config
 from onevision.encoder.api import ITEM_EMBEDDINGS, load_item_embeddings
-from onevision.evaluation import shards
 
 REPORT = paths.REPORTS / "evaluate_sharded.json"
 

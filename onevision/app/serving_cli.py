@@ -1,6 +1,6 @@
 """`onevision search`: one query against the champion (or any model URI, or a local project).
 
-Registered in onevision/cli.py with ``app.add_typer(commands)``. Heavy imports stay inside the command.
+Registered in onevision/app/cli.py with ``app.add_typer(commands)``. Heavy imports stay inside the command.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from onevision.app.common import fail, load_project
 
 commands = typer.Typer()
 
@@ -36,8 +38,8 @@ def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | No
 
     uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
     if uri.endswith("@champion"):  # only what the gates and a reviewer approved is served as champion
+        from onevision.promotion.workflow import enforce_champion
         from onevision.registry.model_registry import ModelRegistry
-        from onevision.registry.promotion import enforce_champion
 
         enforce_champion(cfg, ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)), "onevision search")
     import os
@@ -136,25 +138,24 @@ def search(
     root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
 ) -> None:
     """Search the catalog with a photo: top-k item ids with scores."""
-    from onevision.cli import _fail, _load
 
-    cfg = _load(root, None, None)
+    cfg = load_project(root, None, None)
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from onevision.registry.promotion import UnapprovedChampion
+    from onevision.promotion.workflow import UnapprovedChampion
     from onevision.serving.queries import InvalidQuery
 
     try:
         predictor, source = load_search_model(cfg, root, model, project)
     except UnapprovedChampion as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (MlflowException, OSError, ValueError, ImportError) as exc:
         if model is None and project is None and has_champion(cfg, root) is False:
-            _fail(no_champion_message(cfg, root, image))
+            fail(no_champion_message(cfg, root, image))
         if project is not None:
-            _fail(f"cannot load the project {project}: {exc}\n--project needs a trained project root (`onevision retrain` writes its artifacts)")
-        _fail(f"cannot load the model {model or 'champion'}: {exc}\n`onevision models` lists the registered versions "
+            fail(f"cannot load the project {project}: {exc}\n--project needs a trained project root (`onevision retrain` writes its artifacts)")
+        fail(f"cannot load the model {model or 'champion'}: {exc}\n`onevision models` lists the registered versions "
               "(--model models:/NAME/VERSION); --project DIR searches a local trained project")
     frame = pd.DataFrame({"image": [image.read_bytes()], "user_id": [user]})
     try:
@@ -165,9 +166,9 @@ def search(
         else:
             result = predictor.predict(frame, params={"k": k})
     except InvalidQuery as exc:
-        _fail(f"bad request: {exc}")
+        fail(f"bad request: {exc}")
     except MlflowException as exc:
-        _fail(exc.message)
+        fail(exc.message)
     row = result.iloc[0]
     hits = [{"rank": i + 1, "item_id": int(item), "score": float(score)} for i, (item, score) in enumerate(zip(row["item_ids"], row["scores"], strict=True))]
     if sheet is not None:
@@ -195,24 +196,23 @@ def serve(
     import shutil
     import sys
 
-    from onevision.cli import _fail, _load
+    from onevision.promotion.workflow import UnapprovedChampion, enforce_champion
     from onevision.registry.model_registry import CHAMPION, ModelRegistry, version_id
-    from onevision.registry.promotion import UnapprovedChampion, enforce_champion
 
-    cfg = _load(root, None, None)
+    cfg = load_project(root, None, None)
     uri = registry_uri(cfg, root)
     if model is None:
         try:
             registry = ModelRegistry(cfg.registry.model_name, uri)
             champion = registry.by_alias(CHAMPION)
         except Exception as exc:  # noqa: BLE001 - the registry does not answer: say where it looked
-            _fail(f"the model registry at {uri} does not answer ({exc}); set tracking.tracking_uri or MLFLOW_TRACKING_URI")
+            fail(f"the model registry at {uri} does not answer ({exc}); set tracking.tracking_uri or MLFLOW_TRACKING_URI")
         if champion is None:
-            _fail(no_champion_message(cfg, root))
+            fail(no_champion_message(cfg, root))
         try:
             enforce_champion(cfg, registry, "onevision serve")
         except UnapprovedChampion as exc:
-            _fail(str(exc))
+            fail(str(exc))
         model = f"models:/{cfg.registry.model_name}/{version_id(champion)}"  # pinned: a later alias move needs a restart
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     command = [mlflow_bin, "models", "serve", "-m", model, "--env-manager", "local", "-h", host, "-p", str(port)]

@@ -12,7 +12,7 @@ from typing import Any
 from onevision import atomic
 from onevision.config import GatesConfig
 from onevision.evaluation.metrics import ORDERS_LABELS
-from onevision.registry.gates import GateInputs, GateReport, candidate_metric, lookup
+from onevision.promotion.gates import GateInputs, GateReport, candidate_metric, lookup
 
 
 def _fmt(value: Any) -> str:

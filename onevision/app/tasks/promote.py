@@ -1,4 +1,4 @@
-"""Prefect tasks of the promotion flow: thin wrappers over onevision.registry.promotion."""
+"""Prefect tasks of the promotion flow: thin wrappers over onevision.promotion.workflow."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from onevision.config import PARAMS_FILE, load_config
-from onevision.registry import promotion
+from onevision.promotion import workflow as promotion
 
 
 def _cfg(root: str):

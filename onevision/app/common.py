@@ -1,0 +1,65 @@
+"""What every command of the ``onevision`` CLI shares: logging, failing with a clear line and an exit code,
+loading the project's configuration."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from onevision import redact
+from onevision.config import PARAMS_FILE, Config, ConfigError, load_config
+from onevision.storage.s3 import StoreError, describe_store_error
+from onevision.tracking import describe_tracking_error
+
+
+def setup_logging(verbose: bool = False) -> None:
+    redact.install()  # credentials from the environment never reach a log line
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:
+        # The Prefect client logs every HTTP request to its API at INFO, and faiss's loader each SIMD build it
+        # tries ("Could not load library with AVX512 support ... ModuleNotFoundError"): noise, not news.
+        for noisy in ("httpx", "httpcore", "faiss.loader"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# Exit codes every command shares: 1 a failed run or refused decision, 2 bad input or usage, 4 infrastructure
+# (MLflow tracking server, object store) unavailable after the configured retries: retry later, nothing was decided.
+EXIT_FAILED, EXIT_USAGE, EXIT_INFRA = 1, 2, 4
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    typer.secho(f"error: {redact.redact(message)}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def infrastructure_error(exc: BaseException) -> str | None:
+    """One line when ``exc`` is an unavailable tracking server or object store (after retries), else None."""
+    if isinstance(exc, StoreError):  # ArtifactStoreError included: its message already names the cause
+        return str(exc)
+    return describe_store_error(exc) or describe_tracking_error(exc)
+
+
+def fail_run(what: str, exc: BaseException) -> None:
+    """A run that raised: exit 4 with the cause when infrastructure was down, else exit 1 with the error."""
+    cause = infrastructure_error(exc)
+    if cause is not None:
+        fail(f"{what} failed, infrastructure unavailable: {cause}", code=EXIT_INFRA)
+    fail(f"{what} failed: {exc}", code=EXIT_FAILED)
+
+
+def project_config(root: Path, profile: str | None = None):
+    """The project's config when ``root`` has a params.yaml, else the defaults (data commands work anywhere)."""
+    return load_project(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
+
+
+def load_project(root: Path, profile: str | None, overrides: list[str] | None):
+    try:
+        return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))

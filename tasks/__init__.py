@@ -1,1 +1,0 @@
-"""Prefect tasks: thin wrappers over onevision/ functions (no ML logic here)."""
