@@ -85,10 +85,10 @@ def _fmt(v, digits: int = 3) -> str:
 def summarise(root: Path, profile: str, flow_seconds: float | None) -> dict:
     metrics = json.loads((root / "metrics/evaluate.json").read_text())
     systems = {k: v for k, v in metrics.items() if isinstance(v, dict) and "hr@10" in v}
-    from onevision.pipeline import PIPELINE
+    from onevision.stages import stage_names
 
     stage_seconds = {}
-    for stage in PIPELINE:  # the stage's own wall time, as its metrics report it (flow overhead excluded)
+    for stage in stage_names():  # the stage's own wall time, as its metrics report it (flow overhead excluded)
         path = root / "metrics" / f"{stage}.json"
         m = json.loads(path.read_text()) if path.exists() else {}
         if isinstance(m.get("seconds"), (int, float)):

@@ -68,7 +68,7 @@ def ensure_dataset(root: Path, profile: str, overrides: list[str]) -> None:
     """prepare -> validate -> split into ``root`` unless it already holds a split dataset."""
     if (root / paths.SPLITS / "assignment.parquet").exists():
         return
-    from onevision.data.stages import prepare, split, validate
+    from onevision.data.stage import prepare, split, validate
 
     cfg = load_config(REPO / "params.yaml", profile=profile, overrides=overrides)
     root.mkdir(parents=True, exist_ok=True)

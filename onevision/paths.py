@@ -1,6 +1,7 @@
 """Where each stage reads and writes, relative to the project root.
 
-`dvc.yaml` declares the same paths as deps/outs; keep the two in step.
+The stage declarations (``Stage(...)`` in each package's ``stage.py``) name the same
+paths as deps and outs, and ``dvc.yaml`` is generated from those.
 """
 
 from __future__ import annotations

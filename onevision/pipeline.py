@@ -23,21 +23,18 @@ from ruamel.yaml import YAML
 
 from onevision import paths
 from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, deep_merge, load_config, overrides_to_tree
-from onevision.stages import STAGE_ARTIFACTS, STAGE_PARAMS, STAGES
+from onevision.stages import declaration, stage_names
 
 log = logging.getLogger(__name__)
 
-# Pipeline order; later stages are appended here as they are built.
-PIPELINE: tuple[str, ...] = tuple(STAGES)
-
-
 def stages_until(until: str | None) -> list[str]:
-    """Stages from the first through ``until`` (all when None)."""
+    """Stages from the first through ``until`` (all when None), in pipeline order (:func:`onevision.stages.stage_names`)."""
+    order = stage_names()
     if until is None:
-        return list(PIPELINE)
-    if until not in PIPELINE:
-        raise ConfigError(f"unknown stage '{until}' for --until; stages: {', '.join(PIPELINE)}")
-    return list(PIPELINE[: PIPELINE.index(until) + 1])
+        return list(order)
+    if until not in order:
+        raise ConfigError(f"unknown stage '{until}' for --until; stages: {', '.join(order)}")
+    return list(order[: order.index(until) + 1])
 
 
 def local_state_env(root: Path) -> dict[str, str]:
@@ -247,7 +244,7 @@ def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | Non
     run_id = None
     if tracker is not None and parent_run_id is not None:
         run_id = tracker.start_child(parent_run_id, stage, {"git_revision": git_revision(root)})
-        tracker.log_params(run_id, {s: cfg.section(s) for s in STAGE_PARAMS.get(stage, ())})
+        tracker.log_params(run_id, {s: cfg.section(s) for s in declaration(stage).sections})
     t0 = time.perf_counter()
     try:
         skipped = stage_is_current(root, stage)
@@ -271,7 +268,7 @@ def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | Non
         tracker.log_metrics(run_id, {**metrics, "wall_seconds": seconds})
         tracker.log_artifact(run_id, root / paths.metrics_file(stage), "metrics")
         tracker.log_artifact(run_id, root / paths.REPORTS / f"{stage}.md", "reports")
-        for rel in STAGE_ARTIFACTS.get(stage, ()):
+        for rel in declaration(stage).mlflow_artifacts:
             tracker.log_artifact(run_id, root / rel, str(Path(rel).parent))
         tracker.finish(run_id)
     return StageOutcome(stage, skipped, seconds, metrics, run_id)

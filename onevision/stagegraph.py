@@ -1,17 +1,28 @@
-"""The code each stage really runs: its function's import closure inside ``onevision``.
+"""``dvc.yaml``, generated from the stage declarations: code deps from each stage's imports, params from what it reads.
 
-``dvc.yaml`` lists, per stage, the source files DVC hashes to decide whether a
-stage must rerun. Written by hand, that list drifts from the code (a stage that
-starts importing the simulator keeps its old models when the simulator
-changes). This module computes it instead: starting from the module of the
-stage's function (``onevision.stages.STAGES``), it follows every ``import``
+DVC reruns a stage when one of its deps or params changes. Written by hand,
+those lists drift from the code (a stage that starts importing the simulator
+keeps its old models when the simulator changes) and from the config (a
+stage that depends on the whole ``profiles`` block reruns when another
+profile is edited). This module writes the whole file from the
+:class:`onevision.stages.Stage` declarations instead:
+
+* **code deps**: starting from the module of the stage's function, it follows every ``import``
 and ``from ... import`` statement, at module level *and inside functions*,
 that names a module of the ``onevision`` package, and returns the set of files
 reached. Parsing is static (``ast``): nothing is imported, so it is cheap and
 sees lazy imports too.
 
-``onevision stage dvc-deps`` rewrites the code deps of ``dvc.yaml`` from it, and
-``tests/code/test_stagegraph.py`` fails when the committed file differs.
+* **params**: ``seed``, ``profile``, each key the stage ``reads``, the
+  ``overrides.<section>`` of its sections, and ``profiles.<active>.<key>`` for
+  each read key the active profile sets (DVC refuses keys that do not exist,
+  so a key the profile leaves alone is not listed). Editing another profile
+  changes no stage; switching profiles changes ``profile``, so every stage
+  reruns, and ``onevision retrain`` rewrites the file for the new profile;
+* **data deps, outs, plots, metrics**: as declared.
+
+``onevision stage dvc-yaml`` writes it, and ``tests/code/test_stagegraph.py``
+fails when the committed file differs.
 
 The user's own data is a dependency too: with ``data.source: import`` the
 catalog CSV, the query log and the photo folder are deps of ``prepare``
@@ -26,12 +37,14 @@ from __future__ import annotations
 import ast
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import onevision
-from onevision.stages import STAGES
+from onevision.stages import Stage, declaration, declarations
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from onevision.config import Config
 
 PACKAGE = "onevision"
@@ -112,68 +125,87 @@ def import_closure(module: str) -> set[Path]:
 
 def stage_code_deps(stage: str) -> list[str]:
     """The source files of ``stage``, relative to the project root, sorted (``__init__`` files of empty packages dropped)."""
-    module = STAGES[stage].split(":")[0]
-    files = {f for f in import_closure(module) if f.name != "__init__.py" or f.read_text().strip()}
+    files = {f for f in import_closure(declaration(stage).module) if f.name != "__init__.py" or f.read_text().strip()}
     rel = {f.relative_to(PACKAGE_DIR.parent).as_posix() for f in files} | set(COMMON)
     return sorted(rel)
 
 
-def is_code_dep(dep: str) -> bool:
-    """A dvc.yaml dep that is project source (rewritten from the closure) rather than data or a model."""
-    return dep.startswith(f"{PACKAGE}/") or dep == PACKAGE
-
-
-def stage_input_deps(stage: str, cfg: Config | None) -> list[str] | None:
-    """The user-data deps of ``stage`` under ``cfg`` (None: the stage has none that come from the config).
-
-    ``prepare`` of an imported catalog depends on the catalog CSV, the query log and the photo folder
-    (:func:`onevision.data.stages.import_inputs`).
-    """
+def stage_input_deps(stage: str, cfg: Config | None) -> list[str]:
+    """The user-data deps of ``stage`` under ``cfg``: for ``prepare`` of an imported catalog, the catalog CSV,
+    the query log and the photo folder (:func:`onevision.data.stage.import_inputs`); none otherwise."""
     if stage != "prepare" or cfg is None:
-        return None
-    from onevision.data.stages import import_inputs
+        return []
+    from onevision.data.stage import import_inputs
 
     return import_inputs(cfg)
 
 
-def render_dvc_yaml(text: str, cfg: Config | None = None) -> str:
-    """``dvc.yaml`` text with every stage's code deps replaced by its import closure and, given ``cfg``,
-    the user-data deps of ``prepare`` by :func:`stage_input_deps`; other data deps, params, outs and
-    comments stay as written (the file is edited line by line, not re-serialised)."""
-    lines, out = text.splitlines(), []
-    stage, in_deps, i = None, False, 0
+def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
-    def generated(name: str) -> list[str]:
-        return [f"      - {dep}" for dep in (stage_input_deps(name, cfg) or []) + stage_code_deps(name)]
 
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if indent == 2 and stripped.endswith(":") and not stripped.startswith("#"):
-            stage, in_deps = stripped[:-1], False
-        elif stage and indent == 4 and stripped.endswith(":"):
-            if in_deps:  # leaving deps: append the generated deps
-                out.extend(generated(stage))
-            in_deps = stripped == "deps:" and stage in STAGES
-        elif in_deps and stripped.startswith("- "):
-            dep = stripped[2:].strip()
-            if is_code_dep(dep) or stage_input_deps(stage, cfg) is not None:
-                i += 1
-                continue  # a generated dep: written below
-        out.append(line)
-        i += 1
-    if in_deps and stage:
-        out.extend(generated(stage))
-    return "\n".join(out) + "\n"
+def stage_params(stage: Stage, params: Mapping[str, Any] | None = None) -> list[str]:
+    """The params.yaml keys DVC watches for ``stage`` under the raw params.yaml mapping ``params``."""
+    params = params or {}
+    profile = params.get("profile") or "default"
+    layer = (params.get("profiles") or {}).get(profile) or {}
+    keys = ["seed", "profile", *stage.reads, *(f"overrides.{section}" for section in stage.sections)]
+    keys += [f"profiles.{profile}.{key}" for key in stage.reads if _has_key(layer, key)]
+    return keys
+
+
+HEADER = """\
+# Generated by `onevision stage dvc-yaml` from the stage declarations (Stage(...) in onevision/<package>/stage.py):
+# edit those, not this file; `onevision retrain` rewrites it when params.yaml's profile or imported data change.
+# Each stage runs `onevision stage run NAME` on the effective config of params.yaml
+# (sections + profiles[profile] + overrides). params: the keys the stage reads, in each of those layers;
+# deps: the data and models it reads, then its code (the import closure of its function).
+"""
+
+
+def render_dvc_yaml(cfg: Config | None = None, params: Mapping[str, Any] | None = None) -> str:
+    """The whole ``dvc.yaml`` for the effective config ``cfg`` (imported data) and the raw params.yaml ``params``
+    (the active profile's keys)."""
+    out = [HEADER.rstrip("\n"), "stages:"]
+    for stage in declarations().values():
+        out.append(f"  {stage.name}:")
+        out.append(f"    cmd: onevision stage run {stage.name}")
+        if stage.doc:
+            out.insert(len(out) - 1, f"    # {stage.doc}")
+        lists = {
+            "deps": [*stage_input_deps(stage.name, cfg), *stage.deps, *stage_code_deps(stage.name)],
+            "params": stage_params(stage, params),
+            "outs": [*stage.outs, stage.metrics_file],
+            "plots": list(stage.plots),
+            "metrics": list(stage.metrics),
+        }
+        for key, values in lists.items():
+            if values:
+                out.append(f"    {key}:")
+                out.extend(f"      - {value}" for value in dict.fromkeys(values))
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def read_params(root: Path) -> dict[str, Any]:
+    """The raw mapping of ``root/params.yaml`` ({} when absent)."""
+    import yaml  # PyYAML: the raw file, before the config model resolves profiles
+
+    path = Path(root) / "params.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def sync_dvc_yaml(root: Path, cfg: Config) -> bool:
-    """Rewrite ``root/dvc.yaml`` when its generated deps differ from ``cfg``'s (atomically); True when rewritten."""
-    path = root / "dvc.yaml"
-    text = path.read_text()
-    new = render_dvc_yaml(text, cfg)
-    if new == text:
+    """Rewrite ``root/dvc.yaml`` when it differs from the generated file for ``cfg`` and ``root/params.yaml``
+    (atomically); True when rewritten."""
+    path = Path(root) / "dvc.yaml"
+    new = render_dvc_yaml(cfg, read_params(root))
+    if path.exists() and path.read_text() == new:
         return False
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new)

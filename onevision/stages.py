@@ -1,15 +1,25 @@
-"""The stage registry: name -> function, in pipeline order.
+"""The stage registry: each stage is declared once, in the package that owns it.
 
-Each stage is one function ``fn(cfg: Config, root: Path) -> dict`` living in
-the package it belongs to (``onevision.data.stages.prepare``, ...). It reads
-its inputs and the effective config, writes its outputs under ``root`` and
-returns a small metrics dict, written to ``metrics/<stage>.json``. DVC runs a
-stage as ``onevision stage run NAME``; the Prefect retrain flow runs them in
-``PIPELINE`` order. Stages know nothing of Prefect or MLflow.
+A stage is one function ``fn(cfg: Config, root: Path) -> dict`` and one
+:class:`Stage` declaration next to it, in its package's ``stage.py``
+(``onevision/data/stage.py`` declares ``prepare``, ``validate`` and ``split``;
+``onevision/generative/stage.py`` the generative stages, ...). The declaration
+names the function, the config keys it reads, its inputs and outputs, its
+plots and metrics and what its MLflow run carries. Everything else is read
+from the declarations:
 
-To add a stage: write its function, add it to ``STAGES`` and ``STAGE_PARAMS``
-below (functions are named as "module:function" so the CLI imports only what
-it runs), and add the same stage to dvc.yaml.
+* ``dvc.yaml`` is generated from them (``onevision stage dvc-yaml``,
+  :mod:`onevision.stagegraph`: code deps are the function's import closure,
+  params the keys it reads and their profile and override layers);
+* ``onevision stage run NAME`` (DVC's command) runs the function and writes its
+  metrics to ``metrics/<stage>.json``;
+* the Prefect retrain flow runs them in pipeline order (:data:`STAGE_MODULES`,
+  then declaration order) and logs each stage's params and artifacts to MLflow.
+
+Stages know nothing of Prefect or MLflow. To add a stage: write its function
+and its ``Stage(...)`` in its package's ``stage.py`` (a new package: add that
+module to :data:`STAGE_MODULES`), and its config section (``config.py``,
+``params.yaml``); then run ``onevision stage dvc-yaml``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +37,94 @@ from onevision.config import Config
 
 StageFn = Callable[[Config, Path], dict[str, Any]]
 
-# Pipeline order (later stages are appended as they are built).
-STAGES: dict[str, str] = {
-    "prepare": "onevision.data.stages:prepare",
-    "validate": "onevision.data.stages:validate",
-    "split": "onevision.data.stages:split",
-    "align_encoder": "onevision.encoder.stage:align_encoder",
-    "vrq": "onevision.vrq.stage:vrq",
-    # order: ... align_encoder, vrq, mca, pretrain, sft, dpo, calibrate_pruning, evaluate, ...
-    "mca": "onevision.mca.train:mca",
-    "pretrain": "onevision.generative.stages:pretrain",
-    "sft": "onevision.generative.stages:sft",
-    "dpo": "onevision.generative.stages:dpo",
-    # before evaluate: evaluate reports the pruned model (models/pruning) beside the unpruned one
-    "calibrate_pruning": "onevision.generative.calibrate:calibrate_pruning",
-    "evaluate": "onevision.comparison.stage:evaluate",
-}
-
-# Sections of params.yaml each stage depends on (besides seed/profile/profiles/overrides);
-# dvc.yaml lists the same, and the flow logs them as the stage run's params.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "prepare": ("data",),
-    "validate": ("data", "validate"),
-    "split": ("split",),
-    "align_encoder": ("data", "encoder"),
-    "vrq": ("vrq",),
-    "mca": ("data", "mca"),
-    "pretrain": ("data", "evaluate", "generative"),  # evaluate.shown: the VAL probe shows what the evaluation shows
-    "sft": ("data", "evaluate", "generative"),
-    "dpo": ("data", "evaluate", "generative"),
-    "calibrate_pruning": ("data", "evaluate", "generative", "pruning"),
-    "evaluate": ("data", "mca", "evaluate", "generative"),
-}
+# Declaring modules in pipeline order; within a module, stages run in the order they are declared.
+# ``stage run NAME`` imports them in this order until it finds NAME, so a data stage never imports torch.
+STAGE_MODULES: tuple[str, ...] = (
+    "onevision.data.stage",  # prepare, validate, split
+    "onevision.encoder.stage",  # align_encoder
+    "onevision.vrq.stage",  # vrq
+    "onevision.mca.stage",  # mca
+    "onevision.generative.stage",  # pretrain, sft, dpo, calibrate_pruning
+    "onevision.comparison.stage",  # evaluate
+)
 
 
-# Files a stage writes beyond metrics/<stage>.json and reports/<stage>.md that its MLflow run carries too.
-STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
-    "align_encoder": ("plots/align_encoder.png",),
-    "vrq": ("plots/vrq.png",),
-    "pretrain": ("plots/pretrain.png",),
-    "sft": ("plots/sft.png",),
-    "dpo": ("plots/dpo.png",),
-    "calibrate_pruning": ("metrics/pruning.json", "reports/pruning.md", "plots/pruning_pareto.png", "models/pruning/pruning.json"),
-    "evaluate": ("reports/evaluate.html", "plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"),
-}
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, as DVC, the CLI, the flow and MLflow see it.
+
+    ``run`` is ``"module:function"`` (imported only when the stage runs). ``reads`` are the config keys
+    the function reads: a section (``"data"``) or a key of one (``"generative.model"``); DVC reruns the
+    stage when one of them changes in params.yaml, in the active profile or in the overrides. ``deps``
+    are the data and models it reads, ``outs`` what it writes besides ``metrics/<name>.json`` (added for
+    every stage), ``plots`` and ``metrics`` DVC's plot and metric files it writes, ``artifacts`` further
+    files its MLflow run carries (besides its metrics JSON, its ``reports/<name>.md`` and its plots).
+    """
+
+    name: str
+    run: str
+    reads: tuple[str, ...]
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    artifacts: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.run.split(":")[0]
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections behind :attr:`reads`, in order, each once."""
+        return tuple(dict.fromkeys(key.split(".")[0] for key in self.reads))
+
+    @property
+    def metrics_file(self) -> str:
+        return paths.metrics_file(self.name).as_posix()
+
+    @property
+    def mlflow_artifacts(self) -> tuple[str, ...]:
+        """Files its MLflow run carries beyond the metrics JSON and the stage report."""
+        return tuple(dict.fromkeys((*self.plots, *self.artifacts)))
+
+    def function(self) -> StageFn:
+        module, func = self.run.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+def _declared(module: str) -> tuple[Stage, ...]:
+    stages = getattr(importlib.import_module(module), "STAGES", None)
+    if not stages or not all(isinstance(s, Stage) for s in stages):
+        raise TypeError(f"{module} must declare STAGES, a tuple of onevision.stages.Stage")
+    return tuple(stages)
+
+
+@cache
+def declarations() -> dict[str, Stage]:
+    """Every stage, name -> declaration, in pipeline order (imports every declaring module)."""
+    found: dict[str, Stage] = {}
+    for module in STAGE_MODULES:
+        for stage in _declared(module):
+            if stage.name in found:
+                raise ValueError(f"stage {stage.name!r} is declared twice ({module} and {found[stage.name].module})")
+            found[stage.name] = stage
+    return found
+
+
+def stage_names() -> tuple[str, ...]:
+    """The pipeline's stages in order."""
+    return tuple(declarations())
+
+
+def declaration(name: str) -> Stage:
+    """The declaration of ``name``, importing declaring modules in order only until it is found."""
+    for module in STAGE_MODULES:
+        for stage in _declared(module):
+            if stage.name == name:
+                return stage
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(stage_names())}")
 
 
 def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -78,10 +134,7 @@ def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> dict[str, 
 
 
 def stage_function(name: str) -> StageFn:
-    if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    module, func = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return declaration(name).function()
 
 
 def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:

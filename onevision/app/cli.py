@@ -184,10 +184,12 @@ def stage_run(
 ) -> None:
     """Run one stage with the effective config of params.yaml (DVC's command for each stage)."""
     setup_logging()
-    from onevision.stages import STAGES, run_stage
+    from onevision.stages import declaration, run_stage, stage_names
 
-    if name not in STAGES:
-        fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    try:
+        declaration(name)
+    except KeyError:
+        fail(f"unknown stage '{name}'; stages: {', '.join(stage_names())}")
     cfg = load_project(root, None, None)
     if _relaunched_data_parallel(name, cfg, root):
         return
@@ -207,13 +209,16 @@ def stage_run(
 def _relaunched_data_parallel(name: str, cfg: Config, root: Path) -> bool:
     """Rerun the stage in ``distributed.nproc_per_node`` processes under torchrun when configured; True when it ran."""
     from onevision import distributed
-    from onevision.stages import STAGES
 
     d = cfg.distributed
-    unknown = sorted(set(d.stages) - set(STAGES))
+    if d.nproc_per_node == 1 or distributed.launched_by_torchrun():
+        return False
+    from onevision.stages import stage_names  # imports every stage module: only when data-parallel is configured
+
+    unknown = sorted(set(d.stages) - set(stage_names()))
     if unknown:
-        fail(f"distributed.stages names unknown stages {', '.join(unknown)}; stages: {', '.join(STAGES)} (fix params.yaml)")
-    if d.nproc_per_node == 1 or name not in d.stages or distributed.launched_by_torchrun():
+        fail(f"distributed.stages names unknown stages {', '.join(unknown)}; stages: {', '.join(stage_names())} (fix params.yaml)")
+    if name not in d.stages:
         return False
     typer.echo(f"stage '{name}': {d.nproc_per_node} data-parallel processes under torchrun", err=True)
     rc = subprocess.call(distributed.torchrun_command(d.nproc_per_node, ["stage", "run", name, "--root", str(root)]))
@@ -222,35 +227,39 @@ def _relaunched_data_parallel(name: str, cfg: Config, root: Path) -> bool:
     return True
 
 
-@stage_app.command("dvc-deps")
-def stage_dvc_deps(
-    check: Annotated[bool, typer.Option("--check", help="Only compare: exit 1 when dvc.yaml's code deps are stale.")] = False,
+@stage_app.command("dvc-yaml")
+def stage_dvc_yaml(
+    check: Annotated[bool, typer.Option("--check", help="Only compare: exit 1 when dvc.yaml differs from the generated file.")] = False,
     root: RootOpt = Path("."),
 ) -> None:
-    """Rewrite dvc.yaml's generated deps: each stage's code (its import closure) and, for an imported
-    catalog, the catalog CSV, query log and photo folder of params.yaml (`onevision retrain` does this too)."""
-    from onevision.stagegraph import render_dvc_yaml, sync_dvc_yaml
+    """Write dvc.yaml from the stage declarations (onevision/<package>/stage.py): each stage's code deps (its
+    import closure), the params it reads in the active profile and the overrides, and, for an imported catalog,
+    the catalog CSV, query log and photo folder of params.yaml (`onevision retrain` does this too)."""
+    from onevision.stagegraph import read_params, render_dvc_yaml, sync_dvc_yaml
 
     path = root / "dvc.yaml"
-    if not path.exists():
-        fail(f"{path} not found; run from the project root or pass --root")
+    if not (root / "params.yaml").exists():
+        fail(f"{root / 'params.yaml'} not found; run from the project root or pass --root")
     cfg = load_project(root, None, None)
-    if render_dvc_yaml(path.read_text(), cfg) == path.read_text():
-        typer.echo(f"{path}: generated deps are up to date")
+    if path.exists() and render_dvc_yaml(cfg, read_params(root)) == path.read_text():
+        typer.echo(f"{path}: up to date with the stage declarations and params.yaml")
         return
     if check:
-        fail(f"{path}: deps differ from the stages' imports or the configured data; run `onevision stage dvc-deps`", code=1)
+        fail(f"{path}: differs from the stage declarations and params.yaml; run `onevision stage dvc-yaml`", code=1)
     sync_dvc_yaml(root, cfg)
-    typer.echo(f"{path}: deps rewritten from the stages' imports and the configured data")
+    typer.echo(f"{path}: written from the stage declarations and params.yaml")
+
+
+stage_app.command("dvc-deps", hidden=True, help="Former name of `stage dvc-yaml`.")(stage_dvc_yaml)
 
 
 @stage_app.command("list")
 def stage_list() -> None:
-    """List the pipeline stages in order."""
-    from onevision.pipeline import PIPELINE
+    """List the pipeline stages in order, with what each does."""
+    from onevision.stages import declarations
 
-    for name in PIPELINE:
-        typer.echo(name)
+    for stage in declarations().values():
+        typer.echo(f"{stage.name:<18} {stage.doc}")
 
 
 # --------------------------------------------------------------------------- config

@@ -17,8 +17,18 @@ from typing import Any
 
 from onevision import atomic, paths
 from onevision.config import Config
+from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
+
+STAGES = (
+    Stage("evaluate", "onevision.comparison.stage:evaluate", reads=("data", "mca", "evaluate", "generative.decode"),
+          deps=("data/validated", "data/splits", "models/encoder", "data/embeddings", "models/mca", "models/generative/pretrain",
+                "models/generative/sft", "models/generative/dpo", "models/pruning", "data/sids"),
+          outs=("reports/evaluate.md", "reports/evaluate.html", "reports/evaluate_examples.json"),
+          plots=("plots/evaluate_quality_latency.png", "plots/evaluate_per_k.png"), metrics=("metrics/headline.json",),
+          artifacts=("reports/evaluate.html",), doc="every system on the TEST split, side by side"),
+)
 
 REPORT = paths.REPORTS / "evaluate.md"
 VISUAL_REPORT = paths.REPORTS / "evaluate.html"  # self-contained: photos and plots inlined

@@ -27,8 +27,16 @@ from onevision.encoder.api import (
     save_view_embeddings,
 )
 from onevision.encoder.train import AlignData, train_encoder
+from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
+
+STAGES = (
+    Stage("align_encoder", "onevision.encoder.stage:align_encoder", reads=("data", "encoder"),
+          deps=("data/validated/items.parquet", "data/validated/views.parquet", "data/validated/queries.parquet", "data/splits"),
+          outs=("models/encoder", "data/embeddings", "reports/align_encoder.md"), plots=("plots/align_encoder.png",),
+          doc="train the vision-aligned encoder; embed every item"),
+)
 
 
 def load_align_data(cfg: Config, root: Path, max_val_queries: int | None = 2000) -> AlignData:

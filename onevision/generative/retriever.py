@@ -61,7 +61,7 @@ class OneVisionRetriever:
         ``pruning``: decode with this dynamic-pruning config (``load_pruning(root)`` reads the calibrated one).
         """
         from onevision.encoder.api import ENCODER_DIR, ImageEncoder
-        from onevision.generative.stages import load_sids
+        from onevision.generative.stage import load_sids
 
         root = Path(root)
         table, sizes = load_sids(root)

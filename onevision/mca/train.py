@@ -306,18 +306,3 @@ def validation_check(cfg: Config, root: Path, cascade: MCACascade, k: int = 10) 
         for name, ids in lists.items():
             out[f"val_orders_per_1k_{name}"] = 1e3 * sim.score(users, target, ids[:, : cfg.data.impressions_per_query])["orders_per_query"]
     return out
-
-
-def mca(cfg: Config, root: Path) -> dict[str, Any]:
-    """Stage ``mca``: train the cascade and save it to models/mca/."""
-    from onevision.evaluation.cost import limit_threads
-
-    t0 = time.perf_counter()
-    with limit_threads(cfg.mca.threads):
-        cascade, facts = train_cascade(cfg, root)
-    cascade.save(root / MCA_DIR, extra={"seed": cfg.seed, "config": cfg.section("mca")})
-    facts["seconds"] = time.perf_counter() - t0
-    log.info("mca: %s items in %s; ranker %d iterations; val HR@10 %.3f (recall order %.3f) (saved to %s)", facts["n_items"],
-             facts["index"], facts["ranker_iterations"], facts.get("val_hr@10_mca", float("nan")),
-             facts.get("val_hr@10_recall", float("nan")), root / MCA_DIR)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in facts.items()}

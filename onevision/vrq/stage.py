@@ -29,11 +29,18 @@ from onevision.encoder.api import (
     load_item_embeddings,
     load_view_embeddings,
 )
+from onevision.stages import Stage
 from onevision.vrq.api import SID_TABLE, VRQ_DIR, build_sid_table, sid_columns
 from onevision.vrq.metrics import tokenizer_report
 from onevision.vrq.train import VRQTrainingData, train_vrq
 
 log = logging.getLogger(__name__)
+
+STAGES = (
+    Stage("vrq", "onevision.vrq.stage:vrq", reads=("vrq",), deps=("data/embeddings", "data/validated/items.parquet", "models/encoder"),
+          outs=("models/vrq", "data/sids", "reports/vrq.md"), plots=("plots/vrq.png",),
+          doc="train the residual quantiser; give every item its semantic ID"),
+)
 
 # metrics compared against RQ-KMeans in the ratios (higher is better for all)
 RATIO_KEYS = ("consistency_l1", "consistency_l12", "icr", "beam10_recall", "prefix1_hit")

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from onevision.config import ConfigError, load_config, section_names
-from onevision.pipeline import PIPELINE, stages_until, write_run_params
-from onevision.stages import STAGE_ARTIFACTS, STAGE_PARAMS, STAGES
+from onevision.pipeline import stages_until, write_run_params
+from onevision.stages import declaration, declarations, stage_names
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_invalid_override_leaves_params_untouched(project):
 
 
 def test_stages_until():
-    assert stages_until(None) == list(PIPELINE)
+    assert stages_until(None) == list(stage_names())
     assert stages_until("validate") == ["prepare", "validate"]
     with pytest.raises(ConfigError, match="unknown stage"):
         stages_until("deploy")
@@ -52,16 +52,14 @@ def test_stages_until():
 
 def test_every_stage_is_in_dvc_yaml_with_its_params():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(dvc) == list(STAGES)
+    assert list(dvc) == list(stage_names())
     for name, stage in dvc.items():
         assert stage["cmd"] == f"onevision stage run {name}"
-        meta = {"seed", "profile", "profiles"}
         params = set(stage["params"])
-        assert meta <= params, name
-        # a stage may depend on a sub-section (e.g. generative.pretrain) of a section it logs
-        sections = {s.split(".")[0] for s in params - meta if not s.startswith("overrides.")}
-        assert sections == set(STAGE_PARAMS[name]), name
+        assert {"seed", "profile"} <= params and "profiles" not in params, name
+        sections = declaration(name).sections
         assert {s for s in params if s.startswith("overrides.")} == {f"overrides.{s}" for s in sections}, name
+        assert set(declaration(name).reads) <= params, name
 
 
 def test_params_yaml_has_an_override_slot_per_section():
@@ -112,11 +110,11 @@ def test_seed_override_is_written_in_place(project):
 
 def test_artifacts_logged_to_mlflow_are_outputs_of_their_stage_in_dvc_yaml():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage, files in STAGE_ARTIFACTS.items():
-        declared = [*stages[stage].get("outs", []), *stages[stage].get("plots", []), *stages[stage].get("metrics", [])]
+    for stage in declarations().values():
+        declared = [*stages[stage.name].get("outs", []), *stages[stage.name].get("plots", []), *stages[stage.name].get("metrics", [])]
         declared = [d if isinstance(d, str) else next(iter(d)) for d in declared]
-        for rel in files:
-            assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in declared), (stage, rel)
+        for rel in stage.mlflow_artifacts:
+            assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in declared), (stage.name, rel)
 
 
 def test_a_second_set_keeps_the_first(project):

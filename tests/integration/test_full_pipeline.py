@@ -12,9 +12,10 @@ import json
 
 import pytest
 
-from onevision.pipeline import PIPELINE
+from onevision.stages import stage_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PIPELINE = stage_names()
 
 REFERENCES = ("mca", "mca_no_ranker", "knn", "popularity", "random")
 ONEVISION = ("onevision", "onevision_sft", "onevision_pretrain")

@@ -29,7 +29,7 @@ TINY = [
 
 def stand_in_project(root: Path, overrides: list[str] = TINY) -> Config:
     """Write the generative stages' inputs under ``root`` and a params.yaml selecting them; returns the config."""
-    from onevision.data.stages import prepare, split
+    from onevision.data.stage import prepare, split
     from onevision.encoder.api import ENCODER_DIR, ImageEncoder
     from onevision.encoder.model import EncoderNet, EncoderSpec
 

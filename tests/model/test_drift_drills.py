@@ -34,7 +34,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     from onevision.data.demo import build_demo
-    from onevision.data.stages import split
+    from onevision.data.stage import split
     from onevision.data.tables import write_tables
     from onevision.monitoring.monitor import build_baseline
     from onevision.stages import run_stage

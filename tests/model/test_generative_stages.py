@@ -29,10 +29,10 @@ def project(tmp_path_factory) -> tuple[Path, object]:
 def test_stages_write_checkpoints_metrics_and_serve(project):
     from onevision.comparison.systems import build_systems
     from onevision.generative.retriever import OneVisionRetriever
-    from onevision.stages import STAGES, run_stage
+    from onevision.stages import run_stage, stage_names
 
     root, cfg = project
-    order = list(STAGES)
+    order = list(stage_names())
     assert order.index("mca") < order.index("pretrain") < order.index("sft") < order.index("dpo") < order.index("evaluate")
     for stage in ("pretrain", "sft", "dpo"):
         metrics = run_stage(stage, cfg, root)
@@ -66,7 +66,7 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
 
 def test_best_epoch_keeps_the_weights_of_the_epoch_with_most_val_orders(monkeypatch):
     """keep_best_epoch: epoch 0 (the input checkpoint) wins unless an epoch beats it on VAL orders."""
-    from onevision.generative import stages
+    from onevision.generative import stage as stages
     from onevision.generative.model import GeneratorConfig, SIDGenerator
 
     def run(scores: list[float], enabled: bool = True):
@@ -106,12 +106,12 @@ def test_calibrate_pruning_writes_its_files_and_feeds_evaluate_and_serving(proje
     from onevision.comparison.systems import build_systems
     from onevision.generative.pruning import PruningConfig, load_pruning
     from onevision.serving.bundle import build_bundle, load_retriever, read_manifest
-    from onevision.stages import STAGE_PARAMS, STAGES, run_stage
+    from onevision.stages import declaration, run_stage, stage_names
 
     root, _ = project
-    order = list(STAGES)
+    order = list(stage_names())
     assert order.index("dpo") < order.index("calibrate_pruning") < order.index("evaluate")
-    assert "pruning" in STAGE_PARAMS["calibrate_pruning"]
+    assert "pruning" in declaration("calibrate_pruning").sections
     cfg = load_config(REPO / "params.yaml", profile="small", overrides=[
         *TINY, "pruning.visual_keep_mass=[1.0,0.5]", "pruning.beam_margin=[null,1.0]", "pruning.level_beam_widths=[null]",
         "pruning.early_exit=[false,true]", "pruning.val_queries=30", "pruning.test_queries=20", "pruning.latency_queries=4",

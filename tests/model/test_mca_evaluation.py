@@ -61,7 +61,7 @@ def fake_embeddings(items, queries, dim: int = 32, query_noise: float = 0.35, se
 def build_tiny_project(root: Path, overrides: list[str] | None = None) -> tuple[Config, FakeEncoder]:
     """Demo tables (written as validated), the split, fake item embeddings; returns the config and the fake encoder."""
     from onevision.data.demo import build_demo
-    from onevision.data.stages import split
+    from onevision.data.stage import split
     from onevision.data.tables import write_tables
     from onevision.encoder.api import decode_image_column, save_item_embeddings
 

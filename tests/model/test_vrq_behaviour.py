@@ -38,7 +38,7 @@ pytestmark = [
 def project(tmp_path_factory):
     """Tiny demo tables -> split -> align_encoder -> vrq, through the stage registry."""
     from onevision.data.demo import build_demo
-    from onevision.data.stages import split
+    from onevision.data.stage import split
     from onevision.data.tables import write_tables
     from onevision.stages import run_stage
 

@@ -65,8 +65,32 @@ from onevision.generative.train import (
     train_sid_model,
 )
 from onevision.generative.trie import SIDTrie, sid_columns
+from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
+
+_GENERATIVE_INPUTS = ("data/validated", "data/splits", "models/encoder", "data/sids")
+# evaluate.shown: the VAL probe shows what the evaluation shows
+STAGES = (
+    Stage("pretrain", "onevision.generative.stage:pretrain",
+          reads=("data", "evaluate.shown", "generative.model", "generative.decode", "generative.pretrain"),
+          deps=(*_GENERATIVE_INPUTS, "models/vrq", "data/embeddings"), outs=("models/generative/pretrain", "reports/pretrain.md"),
+          plots=("plots/pretrain.png",), doc="visual pretraining: query photo -> its item's semantic ID"),
+    Stage("sft", "onevision.generative.stage:sft",
+          reads=("data", "evaluate.shown", "generative.model", "generative.decode", "generative.sft", "generative.dpo"),
+          deps=(*_GENERATIVE_INPUTS, "models/generative/pretrain"), outs=("models/generative/sft", "reports/sft.md"),
+          plots=("plots/sft.png",), doc="personalised fine-tuning on what shoppers clicked and ordered"),
+    Stage("dpo", "onevision.generative.stage:dpo",
+          reads=("data", "evaluate.shown", "generative.model", "generative.decode", "generative.sft", "generative.dpo"),
+          deps=(*_GENERATIVE_INPUTS, "models/generative/sft"), outs=("models/generative/dpo", "reports/dpo.md"),
+          plots=("plots/dpo.png",), doc="preference alignment: ordered over shown-but-skipped"),
+    # before evaluate: evaluate reports the pruned model (models/pruning) beside the unpruned one
+    Stage("calibrate_pruning", "onevision.generative.calibrate:calibrate_pruning",
+          reads=("data", "evaluate", "generative.decode", "pruning"), deps=(*_GENERATIVE_INPUTS, "models/generative/dpo"),
+          outs=("models/pruning", "reports/pruning.md", "metrics/pruning.json"), plots=("plots/pruning_pareto.png",),
+          artifacts=("metrics/pruning.json", "reports/pruning.md", "models/pruning/pruning.json"),
+          doc="choose the dynamic-pruning point within the allowed quality loss"),
+)
 
 PROBE_K = 10
 LEARNED_MIN_GAIN = 0.005  # VAL beam recall a learned-term weight must add over geometry alone to be kept

@@ -9,15 +9,25 @@ from typing import Any
 
 from onevision import atomic, paths
 from onevision.config import Config, ConfigError
-from onevision.stages import write_metrics
+from onevision.stages import Stage, write_metrics
 
 log = logging.getLogger(__name__)
+
+STAGES = (
+    Stage("prepare", "onevision.data.stage:prepare", reads=("data",), outs=("data/prepared",),
+          doc="build the canonical tables (the demo shop or your catalog import)"),
+    Stage("validate", "onevision.data.stage:validate", reads=("data", "validate"), deps=("data/prepared",),
+          outs=("data/validated", "data/quarantine", "reports/validate.md"),
+          doc="check every row against the schemas; bad rows go to quarantine"),
+    Stage("split", "onevision.data.stage:split", reads=("split",), deps=("data/validated/queries.parquet",),
+          outs=("data/splits",), doc="split the queries into train / val / test"),
+)
 
 
 def import_inputs(cfg: Config) -> list[str]:
     """What ``prepare`` reads of an imported catalog (catalog CSV, query log, photo folder), as configured.
 
-    These are deps of ``prepare`` in dvc.yaml (written by ``onevision stage dvc-deps`` and ``retrain``),
+    These are deps of ``prepare`` in dvc.yaml (written by ``onevision stage dvc-yaml`` and ``retrain``),
     so DVC content-hashes them; paths are relative to the project root or absolute. Empty for the demo.
     """
     if cfg.data.source != "import":
@@ -53,7 +63,7 @@ def prepare(cfg: Config, root: Path) -> dict[str, Any]:
         if missing:
             raise ConfigError(
                 f"dvc.yaml's prepare stage does not list the imported data ({', '.join(missing)}), so DVC would "
-                "not see it change; run `onevision stage dvc-deps` (onevision retrain does it for you)"
+                "not see it change; run `onevision stage dvc-yaml` (onevision retrain does it for you)"
             )
         tables = import_catalog(
             cfg.data.import_catalog_csv,
