@@ -8,7 +8,7 @@ scenario's zero-column: the scenario did not hold.
 
     python benchmarks/drill.py                  # fast subset (what CI runs inside `make test`)
     python benchmarks/drill.py --full           # + SIGKILL in every training stage, two retrains at once, 1,000 examples
-                                                #   per fuzz property (not run yet: estimated 25-35 min on 2 cores)
+                                                #   per fuzz property (measured: 702 s on 2 cores, partly shared)
     python benchmarks/drill.py --from-log LOG   # the table of a finished test session (.ci/run uses this)
 
 Writes benchmarks/results/drill.md and drill.json.

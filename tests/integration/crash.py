@@ -109,8 +109,9 @@ def start_until_stage(project: Path, stage: str, *, until: str | None = None, ex
 
 
 # Stages that train for about a second at the tests' sizes: a fixed delay can land after they finished
-# (measured: vrq done 1.1 s after its start), so the kill waits for their first epoch's log line instead.
-KILL_MARKERS = {"vrq": "vrq epoch 1:"}
+# (measured: vrq done 1.1 s after its start; calibrate_pruning finished inside the 4 s in one full drill), so the
+# kill waits for the line that starts their work instead.
+KILL_MARKERS = {"vrq": "vrq epoch 1:", "calibrate_pruning": "points on"}
 
 
 def run_and_kill(project: Path, stage: str, *, until: str | None = None, after_s: float | None = None, extra_env: dict | None = None) -> Crash:
