@@ -57,9 +57,11 @@ def beam_search(
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
-    if model.cfg.geo_levels and constrained:
+    if model.cfg.geo_levels:
+        if not constrained and pruning is not None and pruning.active:
+            raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
         widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
-        return geometric_beam_search(model, ctx, trie, beam_width=max(beam_width, k), k=k,
+        return geometric_beam_search(model, ctx, trie, beam_width=max(beam_width, k), k=k, constrained=constrained,
                                      level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
     if pruning is not None and pruning.active:
         if not constrained:

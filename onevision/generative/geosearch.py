@@ -20,6 +20,10 @@ For a model with ``geo_levels = G`` (onevision.generative.model) the search is
 Nothing is proportional to the catalog: per query the work is
 ``G x beam_width x V_l`` for the levels and ``beam_width x max_leaves`` for the
 leaves. Every returned item is a catalog leaf, so the invalid-SID rate is 0.
+
+``constrained=False`` drops the trie mask (the baseline the constrained search's overhead is measured
+against): prefixes that continue no catalog SID survive in the beam and expand to nothing; the result's
+``dead_prefixes`` is their share of the final beam (what the trie prevents).
 """
 
 from __future__ import annotations
@@ -38,16 +42,17 @@ MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rar
 def geometric_beam_search(
     model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
     learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None, geo_weight: float = 1.0,
+    constrained: bool = True,
 ) -> BeamSearchResult:
     """Top-``k`` items per query (see the module docstring). ``learned_weight`` None: the model's own
     (chosen on VAL); ``use_leaf`` False: rank by the beam score alone (an ablation); ``level_widths``: beams
     kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items; ``geo_weight``
-    0: the learned term alone (an ablation)."""
+    0: the learned term alone (an ablation); ``constrained`` False: no trie mask (see the module docstring)."""
     with eval_mode(model):
-        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight)
+        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained)
 
 
-def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight) -> BeamSearchResult:
+def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True) -> BeamSearchResult:
     cfg = model.cfg
     G, L = cfg.geo_levels, cfg.n_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
@@ -73,8 +78,9 @@ def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_lea
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
         logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam, geo_weight)
         logp = F.log_softmax(logits.float(), dim=-1)
-        allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0))
-        logp = logp.masked_fill(~allowed, float("-inf"))
+        if constrained:
+            allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0))
+            logp = logp.masked_fill(~allowed, float("-inf"))
         cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
         keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
         keep = min(keep, width * V)
@@ -88,6 +94,7 @@ def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_lea
                 cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
         width, prev = keep, code.reshape(-1)
     dead = ~torch.isfinite(beam)  # (B, W) masked prefixes that filled the top-k
+    dead_prefixes = None if constrained else float((nodes[~dead] < 0).float().mean()) if bool((~dead).any()) else 0.0
     nodes = nodes.masked_fill(dead, -1)
     # expand the leaves under each kept prefix: a contiguous run of sorted trie rows
     start = trie.leaf_start[G][nodes.clamp(min=0)]  # (B, W)
@@ -121,7 +128,7 @@ def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_lea
         sids = torch.cat([sids, sids.new_full((B, pad, L), -1)], dim=1)
         top = torch.cat([top, top.new_full((B, pad), float("-inf"))], dim=1)
         out_items = torch.cat([out_items, out_items.new_full((B, pad), -1)], dim=1)
-    return BeamSearchResult(sids=sids, scores=top, item_ids=out_items)
+    return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes)
 
 
 def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None) -> torch.Tensor:

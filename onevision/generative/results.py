@@ -14,15 +14,21 @@ class BeamSearchResult:
     sids:     (B, k, L) long   generated SIDs; -1 rows pad when fewer than k candidates exist
     scores:   (B, k) float     log p(SID | context); -inf where padded
     item_ids: (B, k) long      catalog item of each SID; -1 for padding and for SIDs no item has
+    dead_prefixes: share of the final beam's prefixes that continue no catalog SID, where the search generates
+                   prefixes and expands only the live ones (the unconstrained geometric search); None otherwise
     """
 
     sids: torch.Tensor
     scores: torch.Tensor
     item_ids: torch.Tensor
+    dead_prefixes: float | None = None
 
     @property
     def invalid_rate(self) -> float:
-        """Share of generated (non-padding) SIDs that name no catalog item."""
+        """Share of generated (non-padding) SIDs that name no catalog item (of generated prefixes, where the search
+        reports ``dead_prefixes``)."""
+        if self.dead_prefixes is not None:
+            return self.dead_prefixes
         generated = torch.isfinite(self.scores)
         n = int(generated.sum())
         return float(((self.item_ids < 0) & generated).sum()) / n if n else 0.0

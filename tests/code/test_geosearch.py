@@ -142,6 +142,22 @@ def test_no_invalid_sid_under_any_config(seed):
         assert (trie.lookup(res.sids[ok]) == res.item_ids[ok]).all()  # SIDs name their items
 
 
+def test_unconstrained_geometric_search_reports_the_prefixes_the_trie_would_have_masked():
+    """The baseline of the trie's overhead: without the mask, prefixes outside the catalog survive and expand to no
+    item; their share is ``invalid_rate``. Every item it does return is still a catalog item, with its own SID."""
+    rng = np.random.default_rng(3)
+    books, emb, items, trie = tiny_catalog(3, n_items=6)  # 6 items: most of the 5 x 4 level-1 prefixes are empty
+    model = geo_model(trie, books)
+    ctx = contexts(rng, rng.normal(size=(16, D)).astype(np.float32))
+    free = beam_search(model, ctx, trie, beam_width=12, k=5, constrained=False)
+    assert 0.0 < free.invalid_rate < 1.0 and free.dead_prefixes == free.invalid_rate
+    ok = free.item_ids >= 0
+    assert torch.isin(free.item_ids[ok], trie.leaf_item).all() and (trie.lookup(free.sids[ok]) == free.item_ids[ok]).all()
+    masked = beam_search(model, ctx, trie, beam_width=12, k=5)
+    assert masked.invalid_rate == 0.0 and masked.dead_prefixes is None
+    assert int((masked.item_ids >= 0).sum()) >= int(ok.sum())  # the mask spends the whole beam on real prefixes
+
+
 def test_checkpoint_round_trip_keeps_codebooks_leaf_and_learned_weight(tmp_path):
     books, emb, items, trie = tiny_catalog()
     model = geo_model(trie, books, leaf_items=len(items), n_users=2)
