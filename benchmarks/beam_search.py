@@ -18,8 +18,9 @@ Two sources of model and catalog:
 
     .venv/bin/python benchmarks/beam_search.py                              # synthetic 2k / 20k / 200k items
     .venv/bin/python benchmarks/beam_search.py --root .tmp/gen/root --items 0 # trained small-profile model
+    .venv/bin/python benchmarks/beam_search.py --quick                      # CI: 2k items, one width, batch 1
 
-Writes benchmarks/results/beam_search.md and .json.
+Writes benchmarks/results/beam_search.md and .json (``--quick``: beam_search_quick.*).
 """
 
 from __future__ import annotations
@@ -129,8 +130,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=256, help="Queries per measurement (batch 1 uses a quarter).")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS / "beam_search")
+    ap.add_argument("--out", type=Path, default=None, help="Output stem (default: benchmarks/results/beam_search[_quick]).")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: 2k items (or --items), width 10, batch 1, 16 queries, 1 repeat.")
     args = ap.parse_args()
+    if args.quick:
+        if args.items == ap.get_default("items"):
+            args.items = "2000"
+        args.widths, args.batches, args.queries, args.repeats = "10", "1", 16, 1
+    if args.out is None:
+        args.out = RESULTS / ("beam_search_quick" if args.quick else "beam_search")
     torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     batches = [int(b) for b in args.batches.split(",")]

@@ -13,8 +13,9 @@ exact search (share of the exact top-``recall_k`` it returns).
 
     .venv/bin/python benchmarks/mca_scaling.py                       # 10k, 100k, 1M
     .venv/bin/python benchmarks/mca_scaling.py --sizes 10000,50000 --index-types Flat,HNSW32
+    .venv/bin/python benchmarks/mca_scaling.py --quick               # CI: 2k items, seconds
 
-Writes benchmarks/results/mca_scaling.md and .json.
+Writes benchmarks/results/mca_scaling.md and .json (``--quick``: mca_scaling_quick.*).
 """
 
 from __future__ import annotations
@@ -181,8 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranker-iters", type=int, default=300, help="Trees in the ranker (mca.ranker_max_iter; the cost ceiling).")
     parser.add_argument("--threads", type=int, default=1, help="torch/faiss/OpenMP threads (1: one serving replica per core, as evaluate.threads); 0: library defaults.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "mca_scaling")
+    parser.add_argument("--out", type=Path, default=None, help="Output stem (default: benchmarks/results/mca_scaling[_quick]).")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: 2k items, Flat and IVF, 64 queries, 10 batch-1 calls, 50 trees.")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.queries, args.batch_size, args.latency_queries, args.warmup = "2000", 64, 64, 10, 2
+        args.nprobe, args.recall_k, args.prerank_k, args.ranker_iters = "16", 200, 50, 50
+    if args.out is None:
+        args.out = RESULTS / ("mca_scaling_quick" if args.quick else "mca_scaling")
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     with limit_threads(args.threads):
         return run(args)

@@ -19,8 +19,9 @@ pruning prunes little there: it shows the mechanics, not the trade.
 
     .venv/bin/python benchmarks/pruning.py /path/to/project          # trained project
     .venv/bin/python benchmarks/pruning.py --synthetic --items 2000   # no training needed
+    .venv/bin/python benchmarks/pruning.py --quick                    # CI: synthetic, 500 items, seconds
 
-Writes benchmarks/results/pruning.md and .json.
+Writes benchmarks/results/pruning.md and .json (``--quick``: pruning_quick.*).
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ import numpy as np
 import torch
 
 from onevision.config import load_config
-from onevision.generative.calibrate import DecodeSet, _sample, decode_k, decode_set, head_to_head, speedups, time_batch1
+from onevision.evaluation.metrics import json_safe
+from onevision.generative.calibrate import (
+    DecodeSet,
+    decode_k,
+    decode_set,
+    head_to_head,
+    sample_queries,
+    speedups,
+    time_batch1,
+)
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, load_pruning
 
@@ -58,7 +68,7 @@ def trained(args) -> dict:
         raise SystemExit(f"{root}: no models/pruning/pruning.json (run stage calibrate_pruning) and no --config given")
     k, shown = decode_k(cfg)
     retriever = OneVisionRetriever.load(root, "dpo", cfg=cfg)
-    test = _sample(cfg, root, "test", cfg.pruning.test_queries)
+    test = sample_queries(cfg, root, "test", cfg.pruning.test_queries)
     data = decode_set(retriever, test)
     with limit_threads(args.threads):
         result = head_to_head(retriever, data, chosen, cfg, k, shown)
@@ -154,14 +164,19 @@ def main() -> None:
     ap.add_argument("--codebooks", default="256,128,32", help="--synthetic: residual codebook sizes (a disambiguation level is added).")
     ap.add_argument("--beam-width", type=int, default=20, help="--synthetic: beam width.")
     ap.add_argument("--k", type=int, default=50, help="--synthetic: results per query.")
-    ap.add_argument("--out", type=Path, default=RESULTS / "pruning")
+    ap.add_argument("--out", type=Path, default=None, help="Output stem (default: benchmarks/results/pruning[_quick]).")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: --synthetic (unless a root is given) with 500 items and 16 queries; trained: 20 TEST queries.")
     args = ap.parse_args()
+    if args.quick:
+        if args.root == Path("."):
+            args.synthetic = True
+        args.items, args.queries = 500, args.queries or (16 if args.synthetic else 20)
+    if args.out is None:
+        args.out = RESULTS / ("pruning_quick" if args.quick else "pruning")
     result = synthetic(args) if args.synthetic else trained(args)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), load avg {os.getloadavg()[0]:.1f} at the end"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from onevision.generative.calibrate import _json_safe
-
-    args.out.with_suffix(".json").write_text(json.dumps(_json_safe({"machine": machine, **result}), indent=2, sort_keys=True) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(json_safe({"machine": machine, **result}), indent=2, sort_keys=True) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result, machine))
     print(markdown(result, machine))
     print(f"wrote {args.out.with_suffix('.md')}")

@@ -230,15 +230,16 @@ def decode_k(cfg: Config) -> tuple[int, int]:
     return cfg.pruning.k or max(max(cfg.evaluate.ks), shown, 10), shown
 
 
-def _sample(cfg: Config, root: Path, split: str, n: int):
+def sample_queries(cfg: Config, root: Path, split: str, n: int):
     """The evaluation's query set of ``split``, capped to ``n`` queries (seeded)."""
     from onevision.evaluation.harness import load_test_set
 
     return load_test_set(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"max_queries": n})}), root, split)
 
 
-def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int, guarded: list[str]) -> dict[str, Any]:
-    """Unpruned vs chosen on the same queries: quality, relative loss, interleaved batch-1 and batched speed-up."""
+def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int, guarded: list[str] | None = None) -> dict[str, Any]:
+    """Unpruned vs chosen on the same queries: quality, relative loss, interleaved batch-1 and batched speed-up.
+    ``guarded``: the metrics whose loss is reported (default: ``pruning.guarded_metrics`` this project measures)."""
     out: dict[str, Any] = {"queries": len(data)}
     rows = {}
     for name, config in (("unpruned", NO_PRUNING), ("chosen", chosen)):
@@ -248,6 +249,8 @@ def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config,
     for name, lat in zip(("unpruned", "chosen"), b1, strict=True):
         rows[name]["latency"].update(lat)
     out.update(rows)
+    if guarded is None:
+        guarded = resolve_guards(cfg.pruning.guarded_metrics, rows["unpruned"]["quality"])[0]
     out["loss"] = {m: relative_loss(rows["chosen"]["quality"].get(m), rows["unpruned"]["quality"].get(m)) for m in guarded}
     out["speedup"] = speedups(rows["unpruned"]["latency"], rows["chosen"]["latency"])
     return out
@@ -271,7 +274,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     k, shown = decode_k(cfg)
     retriever = OneVisionRetriever.load(root, "dpo", cfg=cfg)
     grid = sweep_grid(sweep) if sweep.enabled else [NO_PRUNING]
-    val = decode_set(retriever, _sample(cfg, root, "val", sweep.val_queries))
+    val = decode_set(retriever, sample_queries(cfg, root, "val", sweep.val_queries))
     log.info("calibrate_pruning: %d points on %d VAL queries, k=%d, beam width %d", len(grid), len(val), k, retriever.beam_width)
     points = []
     with limit_threads(sweep.threads):
@@ -289,7 +292,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
         chosen = PruningConfig.from_dict(points[chosen_i]["config"])
         test = None
         if sweep.test_queries > 0:
-            test_set = decode_set(retriever, _sample(cfg, root, "test", sweep.test_queries))
+            test_set = decode_set(retriever, sample_queries(cfg, root, "test", sweep.test_queries))
             test = head_to_head(retriever, test_set, chosen, cfg, k, shown, guarded)
     for i, point in enumerate(points):
         point["pareto"] = i in front
