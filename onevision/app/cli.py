@@ -66,6 +66,7 @@ def _raise_stopped(signum: int, frame) -> None:
 
 @app.command()
 def retrain(
+    *,
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
     until: Annotated[
@@ -301,6 +302,7 @@ def data_build_demo(
 
 @data_app.command("example-catalog")
 def data_example_catalog(
+    *,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write photos/, catalog.csv and queries.csv into.")],
     items: Annotated[int, typer.Option(help="Products (3 photos each).", min=8)] = 64,
     users: Annotated[int, typer.Option(help="Shoppers in the search log.", min=1)] = 20,
@@ -326,6 +328,7 @@ def data_example_catalog(
 
 @data_app.command("import")
 def data_import(
+    *,
     catalog: Annotated[Path, typer.Option("--catalog", help="CSV: item_id, image_paths (';'-separated), category, brand, price.", exists=True, dir_okay=False)],
     images: Annotated[Path, typer.Option("--images", help="Folder holding the photos; paths in the CSVs are relative to it.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Parquet tables.")],
@@ -358,6 +361,7 @@ def data_import(
 
 @data_app.command("validate")
 def data_validate(
+    *,
     path: Annotated[Path, typer.Argument(help="Folder of Parquet tables (items.parquet, views.parquet, ...).", exists=True, file_okay=False)],
     image_root: Annotated[Path | None, typer.Option(help="Folder that image_path columns are relative to.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Expected image side (default: data.image_size).")] = None,
@@ -402,6 +406,7 @@ from onevision.app.serving_cli import commands as serving_commands  # noqa: E402
 
 @app.command("evaluate-sharded")
 def evaluate_sharded(
+    *,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Dask worker processes of the local cluster (one shard each).")] = 2,
     address: Annotated[
         str | None, typer.Option("--address", help="Use a running Dask scheduler (tcp://host:8786) instead of a local cluster.")

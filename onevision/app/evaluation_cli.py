@@ -11,6 +11,7 @@ from onevision.app.common import load_project, setup_logging
 
 
 def evaluate_command(
+    *,
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable; value read as YAML).")

@@ -18,6 +18,7 @@ SHIFT_HELP = "Drill: check a simulated shifted window instead: category-mix, lig
 
 
 def drift_command(
+    *,
     current: Annotated[
         Path | None,
         typer.Option("--current", help="Query log to check: Parquet file or folder with queries.parquet (default: drift.current_path, else the test split)."),

@@ -33,7 +33,7 @@ def _echo_record(record: dict) -> None:
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
-def _resume_paused_flow(cfg, root: Path, version: str, reviewer: str, decision: str, reason: str) -> None:
+def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
     from onevision.promotion.workflow import open_registry
 
@@ -91,7 +91,7 @@ def _decide(decision: str, version: str, reviewer: str | None, reason: str, root
         hint = _gates_failed_hint(cfg, root, version, decision) if reason.strip() else []  # no reason: refused before the registry
         fail("\n".join([str(exc), *hint]))
     _echo_record(record)
-    _resume_paused_flow(cfg, root, record["version"], record["by"], decision, reason)
+    _resume_paused_flow(cfg, root, version=record["version"], reviewer=record["by"], decision=decision, reason=reason)
 
 
 @commands.command()

@@ -102,7 +102,7 @@ def no_champion_message(cfg, root: Path, image: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_search_sheet(path: Path, image: Path, item_ids: list[int], source: str, user: int, catalog_root: Path, cfg) -> Path:
+def write_search_sheet(path: Path, image: Path, *, item_ids: list[int], source: str, user: int, catalog_root: Path, cfg) -> Path:
     """One query as an HTML page (the evaluation report's layout): the photo and the results' thumbnails."""
     import pandas as pd
 
@@ -124,6 +124,7 @@ def write_search_sheet(path: Path, image: Path, item_ids: list[int], source: str
 
 @commands.command()
 def search(
+    *,
     image: Annotated[Path, typer.Option("--image", help="Query photo: PNG or JPEG, any size (cropped and resized as at import).", exists=True, dir_okay=False)],
     user: Annotated[int, typer.Option("--user", help="Shopper id; -1 or an unknown id: anonymous.")] = -1,
     k: Annotated[int, typer.Option("--k", "-k", help="Results to return.")] = 10,
@@ -172,7 +173,7 @@ def search(
     row = result.iloc[0]
     hits = [{"rank": i + 1, "item_id": int(item), "score": float(score)} for i, (item, score) in enumerate(zip(row["item_ids"], row["scores"], strict=True))]
     if sheet is not None:
-        write_search_sheet(sheet, image, [h["item_id"] for h in hits], source, user, project or root, cfg)
+        write_search_sheet(sheet, image, item_ids=[h["item_id"] for h in hits], source=source, user=user, catalog_root=project or root, cfg=cfg)
     if as_json:
         typer.echo(json.dumps({"model": source, "user_id": user, "results": hits}, indent=2))
         return

@@ -40,6 +40,7 @@ from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, descri
 @flow(name="drift_monitor", log_prints=True)
 def drift_monitor(
     root: str = ".",
+    *,
     profile: str | None = None,
     overrides: list[str] | None = None,
     current: str | None = None,
@@ -58,7 +59,9 @@ def drift_monitor(
     logger = get_run_logger()
     root_path = str(Path(root).resolve())
     cfg = load_config(Path(root_path) / PARAMS_FILE, profile=profile, overrides=overrides or [])
-    frame, label = load_current_window(root_path, profile, overrides, current, window, simulate_shift, drill_rows)
+    frame, label = load_current_window(
+        root_path, profile=profile, overrides=overrides, current=current, window=window, simulate_shift=simulate_shift, drill_rows=drill_rows
+    )
     summary = check_drift(root_path, profile, overrides, frame, label)
     infra_errors: list[str] = []
     if publish:

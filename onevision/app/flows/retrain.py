@@ -23,6 +23,7 @@ from onevision.tracking import Tracker, dvc_lock_hashes, git_revision, retry_env
 @flow(name="retrain", log_prints=True)
 def retrain(
     root: str = ".",
+    *,
     profile: str | None = None,
     overrides: list[str] | None = None,
     until: str | None = None,

@@ -57,6 +57,7 @@ def dask_runner(workers: int = 2, address: str | None = None) -> DaskTaskRunner:
 @flow(name="evaluate-sharded", log_prints=True, task_runner=dask_runner())
 def evaluate_sharded(
     root: str = ".",
+    *,
     systems: list[str] | None = None,
     shards_per_job: int = 2,
     threads: int = 1,

@@ -20,6 +20,7 @@ def _config(root: str, profile: str | None, overrides: list[str] | None) -> Conf
 @task(name="drift-current-window", cache_policy=NO_CACHE)
 def load_current_window(
     root: str,
+    *,
     profile: str | None,
     overrides: list[str] | None,
     current: str | None,
