@@ -75,7 +75,7 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
     atomic.write_text(report, markdown_report(results, cfg.evaluate.ks, facts))
     plot_results(results, cfg.evaluate.ks, root / paths.PLOTS)
     try:
-        sheet = write_visual_report(cfg, root, test, runs, systems, results, facts)
+        sheet = write_visual_report(cfg, root, test=test, runs=runs, systems=systems, results=results, facts=facts)
         log.info("evaluate: visual report %s", sheet)
     except Exception:  # noqa: BLE001 - a picture must never fail the evaluation it illustrates
         log.exception("evaluate: the visual report could not be written (the metrics and reports/evaluate.md are complete)")
@@ -97,7 +97,7 @@ def dpo_note(root: Path) -> str | None:
     return None
 
 
-def write_visual_report(cfg: Config, root: Path, test, runs, systems, results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
+def write_visual_report(cfg: Config, root: Path, *, test, runs, systems, results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
     """``reports/evaluate.html``: query photos with OneVision's and MCA's top 10, personalisation, the table and plots."""
     import numpy as np
     import pandas as pd

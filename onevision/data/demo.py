@@ -328,6 +328,7 @@ def _pca(item_features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
 def logging_policy(
     cfg: Config,
     item_features: np.ndarray,
+    *,
     query_features: np.ndarray,
     targets: np.ndarray,
     difficulty: np.ndarray,
@@ -433,7 +434,9 @@ def build_demo(cfg: Config, progress: bool = True) -> dict[str, pd.DataFrame]:
     popularity /= popularity.sum()
     targets = queries["item_id"].to_numpy()  # item ids are item row indices in the demo
     difficulty = photo_difficulty(query_features, sources, targets)
-    shown = logging_policy(cfg, item_features, query_features, targets, difficulty, popularity, progress)  # (Q, K)
+    shown = logging_policy(
+        cfg, item_features, query_features=query_features, targets=targets, difficulty=difficulty, popularity=popularity, progress=progress
+    )  # (Q, K)
     q, k = shown.shape
     impressions = pd.DataFrame(
         {

@@ -55,7 +55,7 @@ class ExampleSpec:
     seed: int = 0
 
 
-def _render(garment: np.ndarray, colour: np.ndarray, size: tuple[int, int], rng: np.random.Generator, *, scale: float,
+def _render(garment: np.ndarray, colour: np.ndarray, *, size: tuple[int, int], rng: np.random.Generator, scale: float,
             shift: float, light: float, background: np.ndarray) -> Image.Image:
     """A garment (28x28 gray) coloured and placed on a background of ``size`` (w, h)."""
     width, height = size
@@ -100,7 +100,7 @@ def write_example_catalog(out: str | Path, fashion_mnist_dir: str | Path, spec: 
         paths = []
         for view in range(spec.views_per_item):
             bg = rng.uniform(215, 250, 3).astype(np.float32)
-            img = _render(garments[item], colours[item], VIEW_SIZE, rng, scale=rng.uniform(0.75, 0.9), shift=0.05,
+            img = _render(garments[item], colours[item], size=VIEW_SIZE, rng=rng, scale=rng.uniform(0.75, 0.9), shift=0.05,
                           light=rng.uniform(0.95, 1.05), background=bg)
             rel = f"items/{item:04d}_{view}.jpg"
             _jpeg(img, out / "photos" / rel)
@@ -119,7 +119,7 @@ def write_example_catalog(out: str | Path, fashion_mnist_dir: str | Path, spec: 
         fans = np.flatnonzero(brands == favourite[user])
         target = int(rng.choice(fans)) if len(fans) and rng.random() < 0.6 else int(rng.integers(0, spec.n_items))
         bg = rng.uniform(120, 240, 3).astype(np.float32)  # a shopper's room, not a studio
-        img = _render(garments[target], colours[target], QUERY_SIZE, rng, scale=rng.uniform(0.45, 0.8), shift=0.15,
+        img = _render(garments[target], colours[target], size=QUERY_SIZE, rng=rng, scale=rng.uniform(0.45, 0.8), shift=0.15,
                       light=rng.uniform(0.75, 1.2), background=bg)
         orientation = 1
         if rng.random() < 0.15:  # stored sideways, upright by its EXIF tag (orientation 6: rotate 90 deg clockwise to view)

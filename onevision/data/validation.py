@@ -327,7 +327,7 @@ def _values(table: _Table, columns: tuple[str, ...], mask: np.ndarray) -> list[n
 
 
 def _link_failures(
-    child: _Table, parent: _Table, link: _Link, child_rows: np.ndarray, parent_rows: np.ndarray, rule: str, message: str
+    child: _Table, parent: _Table, *, link: _Link, child_rows: np.ndarray, parent_rows: np.ndarray, rule: str, message: str
 ) -> pd.DataFrame | None:
     """Failures of ``child_rows`` that match no row among ``parent_rows`` (None: all match)."""
     rows = np.flatnonzero(child_rows)
@@ -360,7 +360,9 @@ def _check_references(tables: dict[str, _Table]) -> None:
             continue
         child_rows = child.rows_with(link.columns, link.child_action)
         parent_rows = parent.rows_with(link.columns, link.parent_action)
-        child.add(_link_failures(child, parent, link, child_rows, parent_rows, link.unknown_rule, _unknown_message(link)))
+        child.add(_link_failures(
+            child, parent, link=link, child_rows=child_rows, parent_rows=parent_rows, rule=link.unknown_rule, message=_unknown_message(link)
+        ))
 
 
 def _cascade(tables: dict[str, _Table]) -> None:
@@ -378,7 +380,7 @@ def _cascade(tables: dict[str, _Table]) -> None:
                 rule, message = "item_without_views", "every view of this item was quarantined"
             else:
                 rule, message = f"{PARENT_QUARANTINED}:{link.parent}", f"its {link.parent} row with this {'/'.join(link.columns)} was quarantined"
-            changed |= child.add(_link_failures(child, parent, link, child_rows, parent_rows, rule, message)) > 0
+            changed |= child.add(_link_failures(child, parent, link=link, child_rows=child_rows, parent_rows=parent_rows, rule=rule, message=message)) > 0
 
 
 # --------------------------------------------------------------------------- images
