@@ -205,11 +205,14 @@ def train_encoder(
         probe = run_probe()
         history.append({"epoch": 0, "probe_top1": probe["top1"], "probe_top10": probe["top10"], "seconds": round(time.perf_counter() - t0, 3)})
     with distributed.global_batch_norm(net, world):
-        _train_epochs(data, cfg, model, net, classifier, opt, sched, rng, gen, objective, world, history, run_probe, on_epoch, progress)
+        _train_epochs(
+            data, cfg, model=model, net=net, classifier=classifier, opt=opt, sched=sched, rng=rng, gen=gen, objective=objective,
+            world=world, history=history, run_probe=run_probe, on_epoch=on_epoch, progress=progress,
+        )
     return encoder, history
 
 
-def _train_epochs(data, cfg, model, net, classifier, opt, sched, rng, gen, objective, world, history, run_probe, on_epoch, progress) -> None:
+def _train_epochs(data, cfg, *, model, net, classifier, opt, sched, rng, gen, objective, world, history, run_probe, on_epoch, progress) -> None:
     """The epochs of :func:`train_encoder` (``model``: ``net``, under DDP when data-parallel); appends to ``history``."""
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
