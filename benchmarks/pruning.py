@@ -73,7 +73,7 @@ def trained(args) -> dict:
     with limit_threads(args.threads):
         result = head_to_head(retriever, data, chosen, cfg, k, shown)
         n = cfg.pruning.latency_queries
-        e2e = {name: time_single_queries(retriever.with_pruning(p), test.images, test.user_ids, k, n, cfg.pruning.warmup)
+        e2e = {name: time_single_queries(retriever.with_pruning(p), test.images, user_ids=test.user_ids, k=k, n_calls=n, warmup=cfg.pruning.warmup)
                for name, p in (("unpruned", NO_PRUNING), ("chosen", chosen))}
     result["end_to_end_batch1"] = {name: {key: v[key] for key in ("p50_ms", "p95_ms")} for name, v in e2e.items()}
     result["end_to_end_speedup_p50"] = e2e["unpruned"]["p50_ms"] / e2e["chosen"]["p50_ms"]

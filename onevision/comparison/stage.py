@@ -52,7 +52,7 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
         raise RuntimeError("no system to evaluate: run the stages that build them (align_encoder, mca, ...)")
     shown = cfg.evaluate.shown or cfg.data.impressions_per_query
     with limit_threads(cfg.evaluate.threads):
-        runs = evaluate_systems(systems, test, cfg.evaluate, shown, seed=cfg.seed, measure_cost=measure_cost)
+        runs = evaluate_systems(systems, test, ecfg=cfg.evaluate, shown=shown, seed=cfg.seed, measure_cost=measure_cost)
     results = {run.name: run.metrics for run in runs}
     facts = {
         "test queries": len(test),
@@ -126,7 +126,7 @@ def write_visual_report(cfg: Config, root: Path, *, test, runs, systems, results
     ours = next((s for s in systems if s.name == "onevision"), None)
     if ours is not None:
         brand_of = dict(zip(items["item_id"].astype(int), items["brand"].astype(str), strict=True))
-        personal, note = personalisation_rows(ours, test.images, test.target_ids, favourite_brands(root, items), brand_of)
+        personal, note = personalisation_rows(ours, test.images, targets=test.target_ids, favourites=favourite_brands(root, items), brand_of=brand_of)
     orders = resolve_metric(ORDERS, next(iter(results.values()), {}))
     header, table = headline_table(results, orders, ORDERS_LABELS.get(orders, orders))
     page = Page(

@@ -166,7 +166,7 @@ def time_batches(system: Retriever, images: np.ndarray, user_ids: np.ndarray, k:
     return merged, facts
 
 
-def time_single_queries(system: Retriever, images: np.ndarray, user_ids: np.ndarray, k: int, n_calls: int, warmup: int
+def time_single_queries(system: Retriever, images: np.ndarray, *, user_ids: np.ndarray, k: int, n_calls: int, warmup: int
                         ) -> dict[str, Any]:
     """Batch-1 latency: ``warmup`` untimed calls, then ``n_calls`` timed ones cycling over the queries."""
     n = len(images)

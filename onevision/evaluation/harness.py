@@ -127,7 +127,7 @@ class SystemRun:
     ranked: np.ndarray
 
 
-def _ci(prefix: str, values, out: dict[str, Any], ecfg: EvaluateConfig, seed: int, statistic=None, scale: float = 1.0) -> None:
+def _ci(prefix: str, values, *, out: dict[str, Any], ecfg: EvaluateConfig, seed: int, statistic=None, scale: float = 1.0) -> None:
     lo, hi = bootstrap_ci(values, statistic, n_resamples=ecfg.bootstrap, level=ecfg.ci_level, seed=seed)
     out[f"{prefix}_ci_lo"], out[f"{prefix}_ci_hi"] = lo * scale, hi * scale
 
@@ -173,9 +173,9 @@ def simulated_metrics(ranked: np.ndarray, test: TestSet, shown: int, ecfg: Evalu
         "sim_conversion": ratio_of_sums(orders, clicks),
         "sim_exact_click_rate": float(score["exact_click_rate"]),
     }
-    _ci("sim_clicks_per_1k", clicks, out, ecfg, seed, scale=1e3)
-    _ci("sim_orders_per_1k", orders, out, ecfg, seed, scale=1e3)
-    _ci("sim_conversion", (orders, clicks), out, ecfg, seed, statistic=ratio_of_sums)
+    _ci("sim_clicks_per_1k", clicks, out=out, ecfg=ecfg, seed=seed, scale=1e3)
+    _ci("sim_orders_per_1k", orders, out=out, ecfg=ecfg, seed=seed, scale=1e3)
+    _ci("sim_conversion", (orders, clicks), out=out, ecfg=ecfg, seed=seed, statistic=ratio_of_sums)
     return out, {"sim_clicks": clicks, "sim_orders": orders}
 
 
@@ -195,7 +195,7 @@ def logged_metrics(ranked: np.ndarray, test: TestSet, shown: int, ecfg: Evaluate
             continue
         hits = hits_at_k(ranked, logged, min(shown, ranked.shape[1]))
         out[f"logged_{name}_per_1k"] = 1e3 * float(hits.mean())
-        _ci(f"logged_{name}_per_1k", hits, out, ecfg, seed, scale=1e3)
+        _ci(f"logged_{name}_per_1k", hits, out=out, ecfg=ecfg, seed=seed, scale=1e3)
         per_query[f"logged_{name}"] = hits
     if out:
         out["logged_shown"] = shown
@@ -234,7 +234,7 @@ def quality_metrics(ranked: np.ndarray, test: TestSet, ecfg: EvaluateConfig, sho
     rel, per_query = relevance_metrics(ranked, test, ecfg.ks)
     metrics.update(rel)
     for name in (f"hr@{10 if 10 in ecfg.ks else ecfg.ks[-1]}", "mrr"):
-        _ci(name, per_query[name], metrics, ecfg, seed)
+        _ci(name, per_query[name], out=metrics, ecfg=ecfg, seed=seed)
     metrics.update(interaction_metrics(ranked, test.clicked, ecfg.ks, "click"))
     metrics.update(interaction_metrics(ranked, test.ordered, ecfg.ks, "order"))
     sim, sim_per_query = simulated_metrics(ranked, test, shown, ecfg, seed)
@@ -246,7 +246,7 @@ def quality_metrics(ranked: np.ndarray, test: TestSet, ecfg: EvaluateConfig, sho
     return metrics, per_query
 
 
-def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,
+def evaluate_system(system: Retriever, test: TestSet, *, ecfg: EvaluateConfig, shown: int, seed: int = 0,
                     measure_cost: bool = True) -> SystemRun:
     """All metrics of one system on the test set."""
     k_max = max(max(ecfg.ks), shown)
@@ -261,7 +261,7 @@ def evaluate_system(system: Retriever, test: TestSet, ecfg: EvaluateConfig, show
     metrics.update(quality)
     rel = {k: v for k, v in quality.items() if k.startswith(("hr@", "recall@", "ndcg@", "mrr"))}
     if measure_cost:
-        latency = cost.time_single_queries(system, test.images, test.user_ids, k_max, ecfg.latency_queries, ecfg.warmup)
+        latency = cost.time_single_queries(system, test.images, user_ids=test.user_ids, k=k_max, n_calls=ecfg.latency_queries, warmup=ecfg.warmup)
         metrics.update({f"latency_{k}": v for k, v in latency.items() if k != "stage_p50_ms" and k != "n_calls"})
         metrics["latency_calls"] = latency["n_calls"]
         metrics["qps"] = throughput["qps"]
@@ -307,12 +307,12 @@ def compare_with_baseline(runs: list[SystemRun], baseline: str, ecfg: EvaluateCo
             _paired(by_name[later], by_name[earlier], "stage_gain", ecfg, seed)
 
 
-def evaluate_systems(systems: list[Retriever], test: TestSet, ecfg: EvaluateConfig, shown: int, seed: int = 0,
+def evaluate_systems(systems: list[Retriever], test: TestSet, *, ecfg: EvaluateConfig, shown: int, seed: int = 0,
                      measure_cost: bool = True) -> list[SystemRun]:
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"system names must be unique, got {names}")
-    runs = [evaluate_system(s, test, ecfg, shown, seed, measure_cost) for s in systems]
+    runs = [evaluate_system(s, test, ecfg=ecfg, shown=shown, seed=seed, measure_cost=measure_cost) for s in systems]
     compare_with_baseline(runs, ecfg.baseline, ecfg, seed)
     for run in runs:
         run.metrics = json_safe(run.metrics)

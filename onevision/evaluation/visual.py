@@ -191,7 +191,7 @@ def favourite_brands(root: Path, items) -> dict[int, str]:
     return {int(u): str(b) for u, b in best.drop_duplicates("user_id")[["user_id", "brand"]].itertuples(index=False)}
 
 
-def personalisation_rows(system, images: np.ndarray, targets: np.ndarray, favourites: dict[int, str], brand_of: dict[int, str],
+def personalisation_rows(system, images: np.ndarray, *, targets: np.ndarray, favourites: dict[int, str], brand_of: dict[int, str],
                          candidates: int = 30) -> tuple[list[Row], str]:
     """One TEST photo searched by two shoppers with different favourite brands: the pair (over the first
     ``candidates`` photos and the shoppers of the two most common favourites) whose lists differ most."""

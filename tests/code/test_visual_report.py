@@ -41,7 +41,7 @@ def page(tmp_path) -> Page:
     header, table = headline_table(results, "sim_orders_per_1k", "simulated orders / 1k")
     rows = [Row(f"query {q}", photo(100 + q), q, {"onevision": list(range(q, q + 10)), "mca": list(range(q + 1, q + 11))}) for q in range(3)]
     images = np.stack([photo(100 + q) for q in range(5)])
-    personal, note = personalisation_rows(ByBrand(), images, np.arange(5), {0: "brand-0", 1: "brand-1", 3: "brand-0"}, BRAND)
+    personal, note = personalisation_rows(ByBrand(), images, targets=np.arange(5), favourites={0: "brand-0", 1: "brand-1", 3: "brand-0"}, brand_of=BRAND)
     plot = tmp_path / "curve.png"
     plot.write_bytes(encode_png(np.full((40, 60), 200, np.uint8)))
     return Page(title="OneVision offline evaluation — test", facts={"test queries": 600}, headline=header, table=table, rows=rows,

@@ -46,7 +46,7 @@ def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
     shown = cfg.evaluate.shown or cfg.data.impressions_per_query
     with limit_threads(1):  # the workers' thread count
         for system in systems:
-            serial = evaluate_system(system, test, cfg.evaluate, shown, cfg.seed, measure_cost=False)
+            serial = evaluate_system(system, test, ecfg=cfg.evaluate, shown=shown, seed=cfg.seed, measure_cost=False)
             sharded = out["systems"][system.name]
             assert sharded["ranked_sha256"] == hashlib.sha256(serial.ranked.astype(np.int64).tobytes()).hexdigest(), system.name
             expected = json_safe(serial.metrics)
