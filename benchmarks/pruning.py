@@ -71,7 +71,7 @@ def trained(args) -> dict:
     test = sample_queries(cfg, root, "test", cfg.pruning.test_queries)
     data = decode_set(retriever, test)
     with limit_threads(args.threads):
-        result = head_to_head(retriever, data, chosen, cfg, k, shown)
+        result = head_to_head(retriever, data, chosen=chosen, cfg=cfg, k=k, shown=shown)
         n = cfg.pruning.latency_queries
         e2e = {name: time_single_queries(retriever.with_pruning(p), test.images, user_ids=test.user_ids, k=k, n_calls=n, warmup=cfg.pruning.warmup)
                for name, p in (("unpruned", NO_PRUNING), ("chosen", chosen))}
@@ -116,7 +116,7 @@ def synthetic(args) -> dict:
                for s in range(0, len(ctx), 64)]
         batched[name] = {"batched_ms_per_query": 1e3 * (time.perf_counter() - t0) / len(ctx)}
         ranked[name] = torch.cat(ids).numpy()
-    b1 = time_batch1(decoder, data, k, [NO_PRUNING, chosen], min(100, len(ctx)), 10)
+    b1 = time_batch1(decoder, data, k=k, configs=[NO_PRUNING, chosen], n_calls=min(100, len(ctx)), warmup=10)
     for name, lat in zip(("unpruned", "chosen"), b1, strict=True):
         batched[name].update(lat)
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ranked["unpruned"], ranked["chosen"], strict=True)])

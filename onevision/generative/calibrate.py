@@ -163,7 +163,7 @@ def decode_batched(retriever, data: DecodeSet, k: int, pruning: PruningConfig, b
     return np.concatenate(ranked), (invalid / n if n else 0.0), timing
 
 
-def time_batch1(retriever, data: DecodeSet, k: int, configs: list[PruningConfig], n_calls: int, warmup: int) -> list[dict[str, float]]:
+def time_batch1(retriever, data: DecodeSet, *, k: int, configs: list[PruningConfig], n_calls: int, warmup: int) -> list[dict[str, float]]:
     """Batch-1 decoding latency of each config; calls are interleaved (call i of every config back to back)
     so that a change of machine load hits every config alike."""
     Q = len(data)
@@ -195,7 +195,7 @@ def quality_of(ranked: np.ndarray, test, cfg: Config, shown: int) -> dict[str, f
     return {key: float(out[key]) for key in out if key in QUALITY_KEYS or key.startswith("sim_")}
 
 
-def measure_point(retriever, data: DecodeSet, config: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
+def measure_point(retriever, data: DecodeSet, *, config: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
     """Quality, invalid-SID rate, batched timing and batch-1 timing of one config.
 
     Batch-1 calls are interleaved with unpruned calls on the same queries (``paired``): a small
@@ -204,7 +204,7 @@ def measure_point(retriever, data: DecodeSet, config: PruningConfig, cfg: Config
     ranked, invalid, timing = decode_batched(retriever, data, k, config, cfg.pruning.batch_size)
     latency: dict[str, Any] = dict(timing)
     configs = [config] if config == NO_PRUNING else [NO_PRUNING, config]
-    timed = time_batch1(retriever, data, k, configs, cfg.pruning.latency_queries, cfg.pruning.warmup)
+    timed = time_batch1(retriever, data, k=k, configs=configs, n_calls=cfg.pruning.latency_queries, warmup=cfg.pruning.warmup)
     latency.update({f"raw_{key}": v for key, v in timed[-1].items()})
     latency["paired_speedup"] = {key: timed[0][key] / timed[-1][key] for key in ("batch1_p50_ms", "batch1_p95_ms")}
     return {"label": config.label(), "config": config.to_dict(), "quality": quality_of(ranked, data.test, cfg, shown),
@@ -237,7 +237,7 @@ def sample_queries(cfg: Config, root: Path, split: str, n: int):
     return load_test_set(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"max_queries": n})}), root, split)
 
 
-def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config, k: int, shown: int, guarded: list[str] | None = None) -> dict[str, Any]:
+def head_to_head(retriever, data: DecodeSet, *, chosen: PruningConfig, cfg: Config, k: int, shown: int, guarded: list[str] | None = None) -> dict[str, Any]:
     """Unpruned vs chosen on the same queries: quality, relative loss, interleaved batch-1 and batched speed-up.
     ``guarded``: the metrics whose loss is reported (default: ``pruning.guarded_metrics`` this project measures)."""
     out: dict[str, Any] = {"queries": len(data)}
@@ -245,7 +245,7 @@ def head_to_head(retriever, data: DecodeSet, chosen: PruningConfig, cfg: Config,
     for name, config in (("unpruned", NO_PRUNING), ("chosen", chosen)):
         ranked, invalid, timing = decode_batched(retriever, data, k, config, cfg.pruning.batch_size)
         rows[name] = {"quality": quality_of(ranked, data.test, cfg, shown), "invalid_sid_rate": invalid, "latency": timing}
-    b1 = time_batch1(retriever, data, k, [NO_PRUNING, chosen], cfg.pruning.latency_queries, cfg.pruning.warmup)
+    b1 = time_batch1(retriever, data, k=k, configs=[NO_PRUNING, chosen], n_calls=cfg.pruning.latency_queries, warmup=cfg.pruning.warmup)
     for name, lat in zip(("unpruned", "chosen"), b1, strict=True):
         rows[name]["latency"].update(lat)
     out.update(rows)
@@ -279,7 +279,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     points = []
     with limit_threads(sweep.threads):
         for config in tqdm(grid, desc="pruning sweep", unit="point"):
-            points.append(measure_point(retriever, val, config, cfg, k, shown))
+            points.append(measure_point(retriever, val, config=config, cfg=cfg, k=k, shown=shown))
         adjust_batch1(points)
         guarded, unmeasured = resolve_guards(sweep.guarded_metrics, points[0]["quality"])
         if unmeasured:
@@ -293,7 +293,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
         test = None
         if sweep.test_queries > 0:
             test_set = decode_set(retriever, sample_queries(cfg, root, "test", sweep.test_queries))
-            test = head_to_head(retriever, test_set, chosen, cfg, k, shown, guarded)
+            test = head_to_head(retriever, test_set, chosen=chosen, cfg=cfg, k=k, shown=shown, guarded=guarded)
     for i, point in enumerate(points):
         point["pareto"] = i in front
         point["speedup"] = speedups(points[0]["latency"], point["latency"])
@@ -301,7 +301,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     bad = [p["label"] for p in points if p["invalid_sid_rate"] > 0]
     if bad:
         raise RuntimeError(f"pruning produced invalid SIDs at {bad}: a bug, the trie guarantee must hold")
-    _log_choice(points, chosen_i, front, sweep, latency_key, test)
+    _log_choice(points, chosen_i, front=front, sweep=sweep, latency_key=latency_key, test=test)
     result = {
         "k": k, "shown": shown, "val_queries": len(val), "beam_width": retriever.beam_width, "enabled": sweep.enabled,
         "guarded_metrics": guarded, "unmeasured_guards": unmeasured, "max_relative_loss": sweep.max_relative_loss, "select_latency": latency_key,
@@ -313,7 +313,7 @@ def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": len(val), "k": k,
                                 "speedup": best["speedup"], "quality_loss": best["loss"]})
     atomic.write_json(root / METRICS_FILE, json_safe(result))
-    plot_pareto(points, front, chosen_i, latency_key, sweep.max_relative_loss, root / PLOT)
+    plot_pareto(points, front, chosen_i=chosen_i, latency_key=latency_key, max_loss=sweep.max_relative_loss, path=root / PLOT)
     atomic.write_text(root / REPORT, markdown_report(result))
     return json_safe(summary(result))
 
@@ -333,7 +333,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _log_choice(points, chosen_i, front, sweep, latency_key, test) -> None:
+def _log_choice(points, chosen_i, *, front, sweep, latency_key, test) -> None:
     best, base = points[chosen_i], points[0]
     losses = ", ".join(f"{m} {100 * v:+.2f}%" for m, v in best["loss"].items())
     if chosen_i == 0:
@@ -357,7 +357,7 @@ def _log_choice(points, chosen_i, front, sweep, latency_key, test) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def plot_pareto(points, front, chosen_i, latency_key, max_loss, path: Path) -> Path:
+def plot_pareto(points, front, *, chosen_i, latency_key, max_loss, path: Path) -> Path:
     """Worst retained quality vs latency of every point, the Pareto front, the bound and the choice."""
     import matplotlib
 
