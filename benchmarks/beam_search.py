@@ -102,7 +102,7 @@ def time_search(model, ctx: Context, trie: SIDTrie, *, width: int, k: int, batch
     def run() -> float:
         invalid, count = 0.0, 0
         for start in range(0, n, batch):
-            res = beam_search(model, ctx.index(torch.arange(start, min(n, start + batch))), trie, beam_width=width, k=k, constrained=constrained)
+            res = beam_search(model, ctx.index(torch.arange(start, min(n, start + batch))), trie=trie, beam_width=width, k=k, constrained=constrained)
             m = int(torch.isfinite(res.scores).sum())
             invalid += res.invalid_rate * m
             count += m

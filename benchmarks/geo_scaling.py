@@ -98,11 +98,11 @@ def measure(n: int, reps: int, seed: int = 0) -> dict:
     for i in range(reps + 10):
         c = ctx(np.array([i]))
         t = time.perf_counter()
-        geometric_beam_search(model, c, trie, beam_width=BEAM, k=K)
+        geometric_beam_search(model, c, trie=trie, beam_width=BEAM, k=K)
         if i >= 10:
             one.append(1000 * (time.perf_counter() - t))
     t = time.perf_counter()
-    geometric_beam_search(model, ctx(np.arange(reps, reps + 64)), trie, beam_width=BEAM, k=K)
+    geometric_beam_search(model, ctx(np.arange(reps, reps + 64)), trie=trie, beam_width=BEAM, k=K)
     batched = 1000 * (time.perf_counter() - t) / 64
     # recall of the item each query was drawn near: exact kNN top-1 is the reference
     index = faiss.IndexFlatIP(DIM)
@@ -116,7 +116,7 @@ def measure(n: int, reps: int, seed: int = 0) -> dict:
         if i < reps:
             exact = nn[0, 0]
             c = ctx(np.array([i]))
-            hits += int(exact in geometric_beam_search(model, c, trie, beam_width=BEAM, k=K).item_ids[0].tolist()) if i < 50 else 0
+            hits += int(exact in geometric_beam_search(model, c, trie=trie, beam_width=BEAM, k=K).item_ids[0].tolist()) if i < 50 else 0
     t = time.perf_counter()
     index.search(queries[reps : reps + 64], RECALL_K)
     flat_batched = 1000 * (time.perf_counter() - t) / 64

@@ -110,9 +110,9 @@ def synthetic(args) -> dict:
     torch.set_num_threads(args.threads)
     ranked, batched = {}, {}
     for name, config in (("unpruned", NO_PRUNING), ("chosen", chosen)):
-        beam_search(model, ctx.index(torch.arange(min(64, len(ctx)))), trie, beam_width=args.beam_width, k=k, pruning=config)  # warm-up
+        beam_search(model, ctx.index(torch.arange(min(64, len(ctx)))), trie=trie, beam_width=args.beam_width, k=k, pruning=config)  # warm-up
         t0 = time.perf_counter()
-        ids = [beam_search(model, ctx.index(torch.arange(s, min(len(ctx), s + 64))), trie, beam_width=args.beam_width, k=k, pruning=config).item_ids
+        ids = [beam_search(model, ctx.index(torch.arange(s, min(len(ctx), s + 64))), trie=trie, beam_width=args.beam_width, k=k, pruning=config).item_ids
                for s in range(0, len(ctx), 64)]
         batched[name] = {"batched_ms_per_query": 1e3 * (time.perf_counter() - t0) / len(ctx)}
         ranked[name] = torch.cat(ids).numpy()

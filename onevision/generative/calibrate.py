@@ -139,7 +139,7 @@ def decode_set(retriever, test) -> DecodeSet:
 
 
 def _decode(retriever, ctx, k: int, pruning: PruningConfig):
-    return beam_search(retriever.model, ctx, retriever.trie, beam_width=retriever.beam_width, k=k, pruning=pruning)
+    return beam_search(retriever.model, ctx, trie=retriever.trie, beam_width=retriever.beam_width, k=k, pruning=pruning)
 
 
 def decode_batched(retriever, data: DecodeSet, k: int, pruning: PruningConfig, batch_size: int) -> tuple[np.ndarray, float, dict[str, float]]:

@@ -33,7 +33,7 @@ def build_generator(cfg: GeneratorConfig) -> SIDGenerator:
     """The network of ``cfg``, with its leaf head when it has one (``leaf_items > 0``)."""
     model = SIDGenerator(cfg)
     if cfg.leaf_items:
-        model.leaf = LeafScorer(cfg.leaf_items, cfg.geo_dim or cfg.embed_dim, cfg.leaf_categories, cfg.leaf_brands, cfg.n_users, cfg.leaf_hidden, cfg.leaf_views)
+        model.leaf = LeafScorer(cfg.leaf_items, cfg.geo_dim or cfg.embed_dim, n_categories=cfg.leaf_categories, n_brands=cfg.leaf_brands, n_users=cfg.n_users, hidden=cfg.leaf_hidden, n_views=cfg.leaf_views)
     return model
 
 

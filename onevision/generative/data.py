@@ -119,9 +119,9 @@ def anonymous_examples(image_idx: np.ndarray, item_ids: np.ndarray, trie: SIDTri
 def personalised_examples(
     query_rows: ContextRows,
     query_ids: np.ndarray,
+    *,
     events: pd.DataFrame,
     trie: SIDTrie,
-    *,
     click_weight: float,
     order_weight: float,
 ) -> SIDExamples:
@@ -141,10 +141,10 @@ def personalised_examples(
 def preference_pairs(
     query_rows: ContextRows,
     query_ids: np.ndarray,
+    *,
     impressions: pd.DataFrame,
     events: pd.DataFrame,
     trie: SIDTrie,
-    *,
     pair_types: list[str] | tuple[str, ...],
     skip_positions: int,
     max_pairs_per_query: int,

@@ -41,8 +41,8 @@ __all__ = ["BeamSearchResult", "beam_search", "catalog_log_probs"]
 def beam_search(
     model: SIDGenerator,
     ctx: Context,
-    trie: SIDTrie,
     *,
+    trie: SIDTrie,
     beam_width: int,
     k: int,
     constrained: bool = True,
@@ -61,19 +61,19 @@ def beam_search(
         if not constrained and pruning is not None and pruning.active:
             raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
         widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
-        return geometric_beam_search(model, ctx, trie, beam_width=max(beam_width, k), k=k, constrained=constrained,
+        return geometric_beam_search(model, ctx, trie=trie, beam_width=max(beam_width, k), k=k, constrained=constrained,
                                      level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
     if pruning is not None and pruning.active:
         if not constrained:
             raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
-        return pruned_beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=pruning)
+        return pruned_beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.
     with eval_mode(model):
-        return _beam_search(model, ctx, trie, max(beam_width, k), k, constrained)
+        return _beam_search(model, ctx, trie=trie, beam_width=max(beam_width, k), k=k, constrained=constrained)
 
 
-def _beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, beam_width: int, k: int, constrained: bool) -> BeamSearchResult:
+def _beam_search(model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, constrained: bool) -> BeamSearchResult:
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     memory, mem_mask = model.encode(ctx)  # (B, S, C), (B, S)
     B, dev = memory.shape[0], memory.device

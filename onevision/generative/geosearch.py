@@ -40,7 +40,7 @@ MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rar
 
 @torch.inference_mode()
 def geometric_beam_search(
-    model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
+    model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
     learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None, geo_weight: float = 1.0,
     constrained: bool = True,
 ) -> BeamSearchResult:
@@ -49,10 +49,11 @@ def geometric_beam_search(
     kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items; ``geo_weight``
     0: the learned term alone (an ablation); ``constrained`` False: no trie mask (see the module docstring)."""
     with eval_mode(model):
-        return _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained)
+        return _search(model, ctx, trie=trie, beam_width=beam_width, k=k, max_leaves=max_leaves, learned_weight=learned_weight,
+                       use_leaf=use_leaf, level_widths=level_widths, geo_weight=geo_weight, constrained=constrained)
 
 
-def _search(model, ctx, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True) -> BeamSearchResult:
+def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True) -> BeamSearchResult:
     cfg = model.cfg
     G, L = cfg.geo_levels, cfg.n_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)

@@ -69,7 +69,7 @@ VOTE_TEMPERATURE = 0.05
 class LeafScorer(nn.Module):
     """Per-item store (buffers) + the MLP that scores candidates (see the module docstring)."""
 
-    def __init__(self, n_items: int, dim: int, n_categories: int, n_brands: int, n_users: int = 0, hidden: int = 32, n_views: int = 1):
+    def __init__(self, n_items: int, dim: int, *, n_categories: int, n_brands: int, n_users: int = 0, hidden: int = 32, n_views: int = 1):
         super().__init__()
         self.register_buffer("view_emb", torch.zeros(n_items, max(n_views, 1), dim))  # catalog views, L2-normalised; 0 rows pad
         self.register_buffer("view_ok", torch.zeros(n_items, max(n_views, 1), dtype=torch.bool))

@@ -63,7 +63,7 @@ def _examination_weight(position: int) -> float:
 
 
 def build_leaf_examples(
-    model: SIDGenerator, bank: ImageBank, rows: ContextRows, frame: pd.DataFrame, trie: SIDTrie, *,
+    model: SIDGenerator, bank: ImageBank, *, rows: ContextRows, frame: pd.DataFrame, trie: SIDTrie,
     impressions: pd.DataFrame | None, events: pd.DataFrame | None, beam_width: int, exact_weight: float,
     click_weight: float, order_weight: float, skip_positions: int = 10, anonymous: bool = False, exclude_own: bool = False,
     anonymize_prob: float = 0.0, pair_types: tuple[str, ...] = ("order>click", "order>skip", "click>skip"), photo_pairs: int = 3, seed: int = 0,
@@ -98,7 +98,7 @@ def build_leaf_examples(
     for start in range(0, len(rows), batch_size):
         idx = torch.arange(start, min(len(rows), start + batch_size))
         ctx = rows.context(bank, idx)
-        res = geometric_beam_search(model, ctx, trie, beam_width=beam_width, k=beam_width, use_leaf=False)
+        res = geometric_beam_search(model, ctx, trie=trie, beam_width=beam_width, k=beam_width, use_leaf=False)
         beam_items = res.item_ids.numpy()
         lists, weights, shown_pos = [], [], []
         for j, e in enumerate(idx.tolist()):
@@ -236,7 +236,7 @@ def _pair_margins(leaf: LeafScorer, ex: LeafExamples, pairs: torch.Tensor) -> to
 
 
 def fit_leaf_dpo(
-    policy: LeafScorer, reference: LeafScorer, train: LeafExamples, *, beta: float, epochs: int, lr: float, sft_weight: float,
+    policy: LeafScorer, reference: LeafScorer, *, train: LeafExamples, beta: float, epochs: int, lr: float, sft_weight: float,
     batch_size: int = 1024, seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None, val: LeafExamples | None = None,
 ) -> list[dict]:
     """DPO of the head against a frozen reference on the lists' logged preference pairs (+ ``sft_weight`` x the listwise loss)."""

@@ -206,7 +206,7 @@ def _front(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam_width: int, k: int, pruning: PruningConfig) -> BeamSearchResult:
+def pruned_beam_search(model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, pruning: PruningConfig) -> BeamSearchResult:
     """Constrained beam search with dynamic pruning (module docstring); same contract as ``beam_search``.
 
     State per query: the *active* beams still being decoded (B, W, ...) and the
@@ -217,10 +217,10 @@ def pruned_beam_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, *, beam
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
     with eval_mode(model):
-        return _pruned_search(model, ctx, trie, beam_width, k, pruning)
+        return _pruned_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=pruning)
 
 
-def _pruned_search(model: SIDGenerator, ctx: Context, trie: SIDTrie, beam_width: int, k: int, pruning: PruningConfig) -> BeamSearchResult:
+def _pruned_search(model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, pruning: PruningConfig) -> BeamSearchResult:
     sizes, L = model.cfg.codebook_sizes, model.cfg.n_levels
     select = None
     if pruning.prunes_visual:

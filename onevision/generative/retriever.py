@@ -32,7 +32,7 @@ from onevision.retrieval import RetrievalResult
 class OneVisionRetriever:
     """Encoder + SID trie + a stage checkpoint behind ``retrieve(images, user_ids, k)``."""
 
-    def __init__(self, encoder, checkpoint: Checkpoint, trie: SIDTrie, *, beam_width: int = 20, batch_size: int = 256, name: str = "onevision",
+    def __init__(self, encoder, checkpoint: Checkpoint, *, trie: SIDTrie, beam_width: int = 20, batch_size: int = 256, name: str = "onevision",
                  pruning: PruningConfig | None = None):
         self.name = name
         self.pruning = pruning
@@ -72,7 +72,7 @@ class OneVisionRetriever:
         return cls(
             encoder if encoder is not None else ImageEncoder.load(root / ENCODER_DIR),
             checkpoint,
-            trie,
+            trie=trie,
             beam_width=beam_width or (decode.beam_width if decode else 20),
             batch_size=batch_size or (decode.batch_size if decode else 256),
             name=name or ("onevision" if stage == "dpo" else f"onevision_{stage}"),
@@ -125,9 +125,9 @@ class OneVisionRetriever:
             ctx = self.context(images[sl], np.asarray(user_ids).reshape(-1)[sl])
             t1 = time.perf_counter()
             if self.search_options:
-                res = geometric_beam_search(self.model, ctx, self.trie, beam_width=max(self.beam_width, k), k=k, **self.search_options)
+                res = geometric_beam_search(self.model, ctx, trie=self.trie, beam_width=max(self.beam_width, k), k=k, **self.search_options)
             else:
-                res = beam_search(self.model, ctx, self.trie, beam_width=self.beam_width, k=k, pruning=self.pruning)
+                res = beam_search(self.model, ctx, trie=self.trie, beam_width=self.beam_width, k=k, pruning=self.pruning)
             timings["encode"] += t1 - t0
             timings["generate"] += time.perf_counter() - t1
             item_ids[sl] = res.item_ids.numpy()

@@ -244,12 +244,12 @@ def favorite_brand_share(ranked: np.ndarray, user_ids: np.ndarray, items: pd.Dat
     return float(np.mean(shares)) if shares else 0.0
 
 
-def generate(model: SIDGenerator, bank: ImageBank, rows: ContextRows, trie: SIDTrie, *, k: int, beam_width: int, batch_size: int) -> tuple[np.ndarray, float]:
+def generate(model: SIDGenerator, bank: ImageBank, *, rows: ContextRows, trie: SIDTrie, k: int, beam_width: int, batch_size: int) -> tuple[np.ndarray, float]:
     """Constrained beam search over all ``rows`` in batches -> (item_ids (Q, k), invalid-SID rate)."""
     ids, invalid, generated = [], 0.0, 0
     for start in range(0, len(rows), batch_size):
         idx = torch.arange(start, min(len(rows), start + batch_size))
-        res = beam_search(model, rows.context(bank, idx), trie, beam_width=beam_width, k=k)
+        res = beam_search(model, rows.context(bank, idx), trie=trie, beam_width=beam_width, k=k)
         ids.append(res.item_ids.numpy())
         n = int(torch.isfinite(res.scores).sum())
         invalid, generated = invalid + res.invalid_rate * n, generated + n
@@ -274,7 +274,7 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
         rows = ContextRows.anonymous(rows.image_idx, rows.history.shape[1], data.trie.n_levels)
     shown = max(PROBE_K, cfg.evaluate.shown or cfg.data.impressions_per_query)  # the simulator sees what the evaluation shows
     t0 = time.perf_counter()
-    ranked, invalid = generate(model, data.bank, rows, data.trie, k=shown, beam_width=cfg.generative.decode.beam_width, batch_size=cfg.generative.decode.batch_size)
+    ranked, invalid = generate(model, data.bank, rows=rows, trie=data.trie, k=shown, beam_width=cfg.generative.decode.beam_width, batch_size=cfg.generative.decode.batch_size)
     seconds = time.perf_counter() - t0
     target = val.frame["item_id"].to_numpy(np.int64)
     users = val.frame["user_id"].to_numpy(np.int64)
@@ -418,7 +418,7 @@ def _setup(cfg: Config, stage: str) -> None:
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, sum(map(ord, stage))]).generate_state(1)[0]))
 
 
-def _finish(root: Path, stage: str, cfg: Config, model: SIDGenerator, data: GenerativeData, history: list[dict], metrics: dict, user_history: pd.DataFrame | None, curve_keys: list[str]) -> dict:
+def _finish(root: Path, stage: str, *, cfg: Config, model: SIDGenerator, data: GenerativeData, history: list[dict], metrics: dict, user_history: pd.DataFrame | None, curve_keys: list[str]) -> dict:
     """Probe on VAL, save the checkpoint, plot the curves, write the report.
 
     ``user_history`` None (pretrain): the model has seen no user context, so the checkpoint knows no
@@ -505,7 +505,7 @@ def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
         hits = []
         for start in range(0, len(rows), cfg.generative.decode.batch_size):
             idx = torch.arange(start, min(len(rows), start + cfg.generative.decode.batch_size))
-            res = geometric_beam_search(model, rows.context(data.bank, idx), data.trie, beam_width=W, k=W, learned_weight=lam, use_leaf=False)
+            res = geometric_beam_search(model, rows.context(data.bank, idx), trie=data.trie, beam_width=W, k=W, learned_weight=lam, use_leaf=False)
             hits.append((res.item_ids.numpy() == target[idx.numpy(), None]).any(1))
         recall[float(lam)] = float(np.concatenate(hits).mean()) if hits else 0.0
     # a non-zero weight runs the decoder at every level (slower decoding): it must buy a real recall gain
@@ -517,19 +517,19 @@ def choose_learned_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
     return {"learned_weight": best, "val_beam_recall": {f"w{lam:g}": round(r, 5) for lam, r in recall.items()}}
 
 
-def leaf_lists(model: SIDGenerator, data: GenerativeData, cfg: Config, qs: QuerySet, events: pd.DataFrame | None, *, personal: bool,
+def leaf_lists(model: SIDGenerator, data: GenerativeData, *, cfg: Config, qs: QuerySet, events: pd.DataFrame | None, personal: bool,
                exclude_own: bool = False, anonymize_prob: float = 0.0, seed: int = 0):
     """The leaf head's training lists for a query set: the beam's items + the photographed item (+ the logged
     impressions, their clicks/orders with ``generative.sft``'s weights and ``generative.dpo``'s pairs when
     ``personal``; pretraining reads neither section)."""
     common = dict(beam_width=cfg.generative.decode.beam_width, seed=seed)
     if not personal:
-        return build_leaf_examples(model, data.bank, qs.rows, qs.frame, data.trie, impressions=None, events=None, exact_weight=1.0,
+        return build_leaf_examples(model, data.bank, rows=qs.rows, frame=qs.frame, trie=data.trie, impressions=None, events=None, exact_weight=1.0,
                                    click_weight=0.0, order_weight=0.0, anonymous=True, pair_types=(), **common)
     s, d = cfg.generative.sft, cfg.generative.dpo
     imp = data.impressions[data.impressions["query_id"].isin(qs.frame["query_id"])]
     return build_leaf_examples(
-        model, data.bank, qs.rows, qs.frame, data.trie, impressions=imp, events=events, exact_weight=s.replay_weight,
+        model, data.bank, rows=qs.rows, frame=qs.frame, trie=data.trie, impressions=imp, events=events, exact_weight=s.replay_weight,
         click_weight=s.click_weight, order_weight=s.order_weight, skip_positions=d.skip_positions, exclude_own=exclude_own,
         anonymize_prob=anonymize_prob, pair_types=tuple(d.pairs), **common,
     )
@@ -552,14 +552,14 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
     val = anonymous_examples(data.val.rows.image_idx.numpy(), data.val.frame["item_id"].to_numpy(), data.trie, H)
     model = build_model(cfg, data, root)
     t1 = time.perf_counter()
-    history = train_sid_model(model, data.bank, examples, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=cfg.seed, val=val)
+    history = train_sid_model(model, data.bank, examples=examples, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=cfg.seed, val=val)
     geo: dict[str, Any] = {}
     if model.cfg.geo_levels:
         geo = choose_learned_weight(model, data, cfg)
         t2 = time.perf_counter()
-        lists = leaf_lists(model, data, cfg, data.train, None, personal=False)
+        lists = leaf_lists(model, data, cfg=cfg, qs=data.train, events=None, personal=False)
         set_feature_scale(model.leaf, lists)
-        leaf_history = fit_leaf(model.leaf, lists, epochs=p.leaf_epochs, lr=p.leaf_lr, seed=cfg.seed, val=leaf_lists(model, data, cfg, data.val, None, personal=False))
+        leaf_history = fit_leaf(model.leaf, lists, epochs=p.leaf_epochs, lr=p.leaf_lr, seed=cfg.seed, val=leaf_lists(model, data, cfg=cfg, qs=data.val, events=None, personal=False))
         geo["leaf_seconds"] = round(time.perf_counter() - t2, 2)
         if leaf_history:
             geo["leaf_loss"] = round(leaf_history[-1]["loss"], 5)
@@ -574,7 +574,7 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
         "history": by_epoch(history),
         "train_seconds": round(time.perf_counter() - t1, 2),
     }
-    metrics = _finish(root, "pretrain", cfg, model, data, history, metrics, None, ["loss", "val_loss"])
+    metrics = _finish(root, "pretrain", cfg=cfg, model=model, data=data, history=history, metrics=metrics, user_history=None, curve_keys=["loss", "val_loss"])
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
 
@@ -591,16 +591,16 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
     if model.cfg.geo_levels:
         return _sft_leaf(cfg, root, data, model, t0)
     train_ids, val_ids = data.train.frame["query_id"].to_numpy(), data.val.frame["query_id"].to_numpy()
-    parts = [personalised_examples(data.train.rows, train_ids, data.events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)]
+    parts = [personalised_examples(data.train.rows, train_ids, events=data.events, trie=data.trie, click_weight=s.click_weight, order_weight=s.order_weight)]
     if s.replay_weight > 0:  # the photographed item, now with its user's context
         parts.append(target_examples(data.train.rows, data.train.frame["item_id"].to_numpy(), data.trie, s.replay_weight))
     examples = SIDExamples.concat(parts)
     val_events = interaction_events(pd.read_parquet(Path(root) / paths.VALIDATED / "interactions.parquet"), data.val.frame)
-    val = personalised_examples(data.val.rows, val_ids, val_events, data.trie, click_weight=s.click_weight, order_weight=s.order_weight)
+    val = personalised_examples(data.val.rows, val_ids, events=val_events, trie=data.trie, click_weight=s.click_weight, order_weight=s.order_weight)
     t1 = time.perf_counter()
     keeper = BestEpoch(model, data, cfg, s.keep_best_epoch, served_anonymously=True)
     history = train_sid_model(
-        model, data.bank, examples, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+        model, data.bank, examples=examples, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
         anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val, on_epoch=keeper,
     )
     kept = keeper.restore()
@@ -613,7 +613,7 @@ def sft(cfg: Config, root: Path) -> dict[str, Any]:
         "history": by_epoch(history),
         "train_seconds": round(time.perf_counter() - t1, 2),
     }
-    metrics = _finish(root, "sft", cfg, model, data, history, metrics, latest_history(data.events, H), ["loss", "val_loss"])
+    metrics = _finish(root, "sft", cfg=cfg, model=model, data=data, history=history, metrics=metrics, user_history=latest_history(data.events, H), curve_keys=["loss", "val_loss"])
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
 
@@ -633,8 +633,8 @@ def _sft_leaf(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
     s, H = cfg.generative.sft, cfg.generative.model.history_len
     _fill_users(model, data)
     t1 = time.perf_counter()
-    train = leaf_lists(model, data, cfg, data.train, data.events, personal=True, exclude_own=True, anonymize_prob=s.anonymize_prob, seed=cfg.seed)
-    val = leaf_lists(model, data, cfg, data.val, _val_events(root, data), personal=True)
+    train = leaf_lists(model, data, cfg=cfg, qs=data.train, events=data.events, personal=True, exclude_own=True, anonymize_prob=s.anonymize_prob, seed=cfg.seed)
+    val = leaf_lists(model, data, cfg=cfg, qs=data.val, events=_val_events(root, data), personal=True)
     set_feature_scale(model.leaf, train)  # the user features, constant (0) while pretraining
     keeper = BestEpoch(model, data, cfg, s.keep_best_epoch, served_anonymously=True)
     history = fit_leaf(model.leaf, train, epochs=s.leaf_epochs, lr=s.leaf_lr, seed=cfg.seed, val=val, on_epoch=keeper)
@@ -648,7 +648,7 @@ def _sft_leaf(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
         "history": by_epoch(history),
         "train_seconds": round(time.perf_counter() - t1, 2),
     }
-    metrics = _finish(root, "sft", cfg, model, data, history, metrics, latest_history(data.events, H), ["loss", "val_loss"])
+    metrics = _finish(root, "sft", cfg=cfg, model=model, data=data, history=history, metrics=metrics, user_history=latest_history(data.events, H), curve_keys=["loss", "val_loss"])
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
 
@@ -658,14 +658,14 @@ def _dpo_leaf(cfg: Config, root: Path, data: GenerativeData, ckpt, t0: float) ->
     d = cfg.generative.dpo
     policy = ckpt.model
     reference = copy.deepcopy(policy.leaf).eval()
-    train = leaf_lists(policy, data, cfg, data.train, data.events, personal=True, exclude_own=True, seed=cfg.seed)
-    val = leaf_lists(policy, data, cfg, data.val, _val_events(root, data), personal=True)
+    train = leaf_lists(policy, data, cfg=cfg, qs=data.train, events=data.events, personal=True, exclude_own=True, seed=cfg.seed)
+    val = leaf_lists(policy, data, cfg=cfg, qs=data.val, events=_val_events(root, data), personal=True)
     if not len(train.pairs):
         raise ValueError("no preference pairs in the TRAIN logs; check generative.dpo.pairs and the interactions table")
     t1 = time.perf_counter()
     keeper = BestEpoch(policy, data, cfg, d.keep_best_epoch)
     history = train_history = fit_leaf_dpo(
-        policy.leaf, reference, train, beta=d.beta, epochs=d.epochs, lr=d.lr, sft_weight=d.sft_weight, batch_size=d.batch_size,
+        policy.leaf, reference, train=train, beta=d.beta, epochs=d.epochs, lr=d.lr, sft_weight=d.sft_weight, batch_size=d.batch_size,
         seed=cfg.seed, val=val, on_epoch=keeper,
     )
     kept = keeper.restore()
@@ -685,7 +685,7 @@ def _dpo_leaf(cfg: Config, root: Path, data: GenerativeData, ckpt, t0: float) ->
         "val": val_metrics,
     }
     keys = ["loss", "preference_accuracy", "val_preference_accuracy"]
-    metrics = _finish(root, "dpo", cfg, policy, data, history, metrics, ckpt.user_history, keys)
+    metrics = _finish(root, "dpo", cfg=cfg, model=policy, data=data, history=history, metrics=metrics, user_history=ckpt.user_history, curve_keys=keys)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
 
@@ -716,7 +716,7 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
 
     def pairs_of(qs: QuerySet, events: pd.DataFrame, seed: int):
         return preference_pairs(
-            qs.rows, qs.frame["query_id"].to_numpy(), data.impressions, events, data.trie,
+            qs.rows, qs.frame["query_id"].to_numpy(), impressions=data.impressions, events=events, trie=data.trie,
             pair_types=d.pairs, skip_positions=d.skip_positions, max_pairs_per_query=d.max_pairs_per_query, seed=seed,
         )
 
@@ -726,7 +726,7 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
     t1 = time.perf_counter()
     keeper = BestEpoch(policy, data, cfg, d.keep_best_epoch)
     history = train_dpo(
-        policy, reference, data.bank, train_pairs, beta=d.beta, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
+        policy, reference, bank=data.bank, pairs=train_pairs, beta=d.beta, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
         sft_weight=d.sft_weight, seed=cfg.seed, val=val_pairs, on_epoch=keeper,
     )
     kept = keeper.restore()
@@ -734,8 +734,8 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
     val_metrics: dict[str, float] = {}
     if len(val_pairs):
         ref_val = reference_log_probs(reference, data.bank, val_pairs)
-        val_metrics = evaluate_preferences(policy, data.bank, val_pairs, ref_val, d.beta)
-        val_metrics["token_kl_to_reference"] = token_kl(policy, reference, data.bank, val_pairs.rows, val_pairs.chosen)
+        val_metrics = evaluate_preferences(policy, data.bank, pairs=val_pairs, ref_logps=ref_val, beta=d.beta)
+        val_metrics["token_kl_to_reference"] = token_kl(policy, reference, bank=data.bank, rows=val_pairs.rows, sids=val_pairs.chosen)
     kl_queries = max(4, min(64, 200_000 // data.trie.n_items))
     metrics = {
         **kept,
@@ -751,6 +751,6 @@ def dpo(cfg: Config, root: Path) -> dict[str, Any]:
         "val": val_metrics,
     }
     keys = ["loss", "val_loss", "preference_accuracy", "val_preference_accuracy"]
-    metrics = _finish(root, "dpo", cfg, policy, data, history, metrics, ckpt.user_history, keys)
+    metrics = _finish(root, "dpo", cfg=cfg, model=policy, data=data, history=history, metrics=metrics, user_history=ckpt.user_history, curve_keys=keys)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics

@@ -146,8 +146,8 @@ def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_
 def train_sid_model(
     model: SIDGenerator,
     bank: ImageBank,
-    examples: SIDExamples,
     *,
+    examples: SIDExamples,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -249,7 +249,7 @@ def reference_log_probs(reference: SIDGenerator, bank: ImageBank, pairs: Prefere
 
 
 @torch.no_grad()
-def evaluate_preferences(policy: SIDGenerator, bank: ImageBank, pairs: PreferencePairs, ref_logps: tuple[torch.Tensor, torch.Tensor], beta: float, batch_size: int = 1024) -> dict:
+def evaluate_preferences(policy: SIDGenerator, bank: ImageBank, *, pairs: PreferencePairs, ref_logps: tuple[torch.Tensor, torch.Tensor], beta: float, batch_size: int = 1024) -> dict:
     """Preference metrics of ``policy`` on ``pairs`` (typically held out).
 
     preference_accuracy: share of pairs whose implicit reward ranks chosen above rejected (DPO's own metric);
@@ -273,7 +273,7 @@ def evaluate_preferences(policy: SIDGenerator, bank: ImageBank, pairs: Preferenc
 
 
 @torch.no_grad()
-def token_kl(policy: SIDGenerator, reference: SIDGenerator, bank: ImageBank, rows: ContextRows, sids: torch.Tensor, batch_size: int = 1024) -> float:
+def token_kl(policy: SIDGenerator, reference: SIDGenerator, *, bank: ImageBank, rows: ContextRows, sids: torch.Tensor, batch_size: int = 1024) -> float:
     """Mean over contexts and SID levels of KL(pi(.|x, prefix) || pi_ref(.|x, prefix)), prefixes from ``sids``.
 
     Exact per level (the full code distribution), nats per level.
@@ -295,9 +295,9 @@ def token_kl(policy: SIDGenerator, reference: SIDGenerator, bank: ImageBank, row
 def train_dpo(
     policy: SIDGenerator,
     reference: SIDGenerator,
+    *,
     bank: ImageBank,
     pairs: PreferencePairs,
-    *,
     beta: float,
     epochs: int,
     batch_size: int,
@@ -346,7 +346,7 @@ def train_dpo(
         n = len(pairs)
         record = {"epoch": epoch, "loss": sums[0] / n, "preference_accuracy": sums[1] / n, "reward_margin": sums[2] / n, "seconds": time.perf_counter() - t0}
         if ref_val is not None:
-            held = evaluate_preferences(policy, bank, val, ref_val, beta)
+            held = evaluate_preferences(policy, bank, pairs=val, ref_logps=ref_val, beta=beta)
             record.update({"val_loss": held["loss"], "val_preference_accuracy": held["preference_accuracy"]})
         if on_epoch is not None:
             on_epoch(epoch, record)

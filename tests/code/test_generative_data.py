@@ -80,7 +80,7 @@ def test_personalised_examples_weight_orders_over_clicks():
     trie = trie_of_items()
     items, actions = histories_before(events, queries["user_id"].to_numpy(), queries["ts"].astype("int64").to_numpy(), 2)
     rows = context_rows(np.arange(4), np.array([1, 1, 1, 2]), items, actions, trie)
-    ex = personalised_examples(rows, queries["query_id"].to_numpy(), events, trie, click_weight=1.0, order_weight=3.0)
+    ex = personalised_examples(rows, queries["query_id"].to_numpy(), events=events, trie=trie, click_weight=1.0, order_weight=3.0)
     assert len(ex) == 5
     got = {(int(i), tuple(t.tolist())): float(w) for i, t, w in zip(ex.rows.image_idx, ex.target, ex.weight, strict=True)}
     assert got[(0, (0, 0))] == 3.0  # ordered item 10
@@ -94,16 +94,16 @@ def test_preference_pairs_follow_order_click_skip():
     trie = trie_of_items()
     rows = context_rows(np.arange(4), np.zeros(4, np.int64), np.full((4, 1), -1), np.zeros((4, 1), np.int64), trie)
     qids = queries["query_id"].to_numpy()
-    pairs = preference_pairs(rows, qids, impressions, events, trie, pair_types=["order>click", "order>skip", "click>skip"], skip_positions=3, max_pairs_per_query=10, seed=0)
+    pairs = preference_pairs(rows, qids, impressions=impressions, events=events, trie=trie, pair_types=["order>click", "order>skip", "click>skip"], skip_positions=3, max_pairs_per_query=10, seed=0)
     got = {(int(i), int(trie.lookup(c[None])[0]), int(trie.lookup(r[None])[0])) for i, c, r in zip(pairs.rows.image_idx, pairs.chosen, pairs.rejected, strict=True)}
     # q0: order 10 > click 14, order 10 > skip 15, click 14 > skip 15; q1: click 11 > skips 12, 13; q3: clicks 13, 15 > skip 14
     assert got == {(0, 10, 14), (0, 10, 15), (0, 14, 15), (1, 11, 12), (1, 11, 13), (3, 13, 14), (3, 15, 14)}
-    only = preference_pairs(rows, qids, impressions, events, trie, pair_types=["order>click"], skip_positions=3, max_pairs_per_query=10, seed=0)
+    only = preference_pairs(rows, qids, impressions=impressions, events=events, trie=trie, pair_types=["order>click"], skip_positions=3, max_pairs_per_query=10, seed=0)
     assert len(only) == 1
-    capped = preference_pairs(rows, qids, impressions, events, trie, pair_types=["click>skip"], skip_positions=3, max_pairs_per_query=1, seed=0)
+    capped = preference_pairs(rows, qids, impressions=impressions, events=events, trie=trie, pair_types=["click>skip"], skip_positions=3, max_pairs_per_query=1, seed=0)
     assert len(capped) == 3  # one per query with a click and a skip
     with pytest.raises(ValueError, match="unknown pair types"):
-        preference_pairs(rows, qids, impressions, events, trie, pair_types=["skip>order"], skip_positions=3, max_pairs_per_query=1, seed=0)
+        preference_pairs(rows, qids, impressions=impressions, events=events, trie=trie, pair_types=["skip>order"], skip_positions=3, max_pairs_per_query=1, seed=0)
 
 
 class FakeEncoder:
@@ -129,7 +129,7 @@ def test_retriever_serves_known_unknown_and_anonymous_users():
     torch.manual_seed(0)
     history = pd.DataFrame({"user_id": [1, 1], "slot": [0, 1], "item_id": [11, 99], "action": [ACTION_ORDER, ACTION_CLICK]})
     ckpt = Checkpoint(SIDGenerator(cfg).eval(), np.array([1, 2]), history, {})
-    retriever = OneVisionRetriever(FakeEncoder(), ckpt, trie, beam_width=4, batch_size=2, name="onevision_test")
+    retriever = OneVisionRetriever(FakeEncoder(), ckpt, trie=trie, beam_width=4, batch_size=2, name="onevision_test")
     assert retriever.history[1, 0].tolist() == [0, 1] and retriever.history[1, 1].tolist() == [-1, -1]  # item 99 unknown: padded
     images = np.random.default_rng(0).integers(0, 255, size=(5, 8, 8), dtype=np.uint8)
     res = retriever.retrieve(images, np.array([1, 2, 777, -1, 1]), k=4)

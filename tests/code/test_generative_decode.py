@@ -49,7 +49,7 @@ def test_exhaustive_beam_equals_exact_top_k():
     """Beam width >= the widest trie level: beam search is exhaustive and must equal exact scoring."""
     model, trie, ctx = tiny_model(), catalog(25), random_context(8)
     width = max(trie.n_nodes(level) for level in range(trie.n_levels + 1) if level < trie.n_levels) * max(SIZES)
-    res = beam_search(model, ctx, trie, beam_width=width, k=10)
+    res = beam_search(model, ctx, trie=trie, beam_width=width, k=10)
     exact = catalog_log_probs(model, ctx, trie.sids)  # (B, N) log p of every catalog SID
     top = exact.topk(10, dim=1)
     assert torch.equal(res.item_ids, trie.leaf_item[top.indices])
@@ -58,7 +58,7 @@ def test_exhaustive_beam_equals_exact_top_k():
 
 def test_results_are_unique_valid_and_sorted_with_exact_scores():
     model, trie, ctx = tiny_model(1), catalog(40, seed=2), random_context(16, seed=1)
-    res = beam_search(model, ctx, trie, beam_width=3, k=7)  # narrow beam, k > beam width
+    res = beam_search(model, ctx, trie=trie, beam_width=3, k=7)  # narrow beam, k > beam width
     assert res.invalid_rate == 0.0
     assert (res.item_ids >= 0).all()
     for row in res.item_ids.tolist():
@@ -78,17 +78,17 @@ def test_constrained_never_emits_an_sid_outside_the_catalog():
     invalid_unconstrained = 0.0
     for seed in range(4):
         model, ctx = tiny_model(seed + 10, std=0.8), random_context(128, seed=seed)
-        res = beam_search(model, ctx, trie, beam_width=4, k=10)
+        res = beam_search(model, ctx, trie=trie, beam_width=4, k=10)
         assert res.invalid_rate == 0.0
         assert (res.item_ids >= 0).all() and torch.isfinite(res.scores).all()
         assert torch.isin(res.item_ids, trie.leaf_item).all()
-        invalid_unconstrained += beam_search(model, ctx, trie, beam_width=4, k=10, constrained=False).invalid_rate
+        invalid_unconstrained += beam_search(model, ctx, trie=trie, beam_width=4, k=10, constrained=False).invalid_rate
     assert invalid_unconstrained > 0  # the test would catch a search that ignores the trie
 
 
 def test_pads_when_the_catalog_has_fewer_than_k_items():
     model, trie = tiny_model(), catalog(5, seed=7)
-    res = beam_search(model, random_context(3), trie, beam_width=8, k=9)
+    res = beam_search(model, random_context(3), trie=trie, beam_width=8, k=9)
     assert (res.item_ids[:, :5] >= 0).all() and (res.item_ids[:, 5:] == -1).all()
     assert torch.isinf(res.scores[:, 5:]).all() and (res.sids[:, 5:] == -1).all()
     assert res.invalid_rate == 0.0
@@ -138,6 +138,6 @@ def test_forward_loss_is_the_mean_sid_nll():
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        beam_search(tiny_model(), random_context(1), catalog(5), beam_width=0, k=3)
+        beam_search(tiny_model(), random_context(1), trie=catalog(5), beam_width=0, k=3)
     with pytest.raises(ValueError, match="divisible"):
         GeneratorConfig(d_model=30, n_heads=4)

@@ -66,9 +66,9 @@ def renormalised_log_probs(model, ctx, trie: SIDTrie) -> torch.Tensor:
 def test_each_knob_at_its_no_pruning_setting_changes_nothing(knob, beam_width, k):
     """The general pruned code path (not the plain fallback) with the knob off reproduces plain beam search bit for bit."""
     model, trie, ctx = tiny_model(1), catalog(40, seed=2), random_context(16, seed=1)
-    plain = beam_search(model, ctx, trie, beam_width=beam_width, k=k)
-    assert_same(pruned_beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=NO_OP[knob]), plain)
-    assert_same(beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=NO_OP[knob]), plain)  # dispatch
+    plain = beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k)
+    assert_same(pruned_beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=NO_OP[knob]), plain)
+    assert_same(beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=NO_OP[knob]), plain)  # dispatch
 
 
 def test_full_visual_mass_keeps_every_token_and_pruning_drops_weak_ones():
@@ -117,7 +117,7 @@ def test_pruned_search_never_emits_an_invalid_sid_and_keeps_k_items():
         k, width = int(rng.integers(1, 15)), int(rng.integers(1, 8))
         trie = catalog(int(rng.integers(3, 60)), seed=trial)
         model, ctx = tiny_model(trial % 5, std=0.8), random_context(int(rng.integers(1, 9)), seed=trial)
-        res = beam_search(model, ctx, trie, beam_width=width, k=k, pruning=config)
+        res = beam_search(model, ctx, trie=trie, beam_width=width, k=k, pruning=config)
         n = min(k, trie.n_items)
         assert res.invalid_rate == 0.0, config
         assert (res.item_ids[:, :n] >= 0).all() and torch.isfinite(res.scores[:, :n]).all(), (config, k, trie.n_items)
@@ -133,10 +133,10 @@ def test_beam_pruning_with_zero_margin_and_width_one_still_finds_k_items():
     model, trie, ctx = tiny_model(3, std=1.0), catalog(50, seed=3), random_context(12, seed=3)
     config = PruningConfig(beam_margin=0.0, level_beam_widths=(1,))
     for k in (1, 4, 10, 30):
-        res = beam_search(model, ctx, trie, beam_width=1, k=k, pruning=config)
+        res = beam_search(model, ctx, trie=trie, beam_width=1, k=k, pruning=config)
         assert (res.item_ids >= 0).all() and res.invalid_rate == 0.0
-    best = beam_search(model, ctx, trie, beam_width=1, k=1, pruning=config)
-    greedy = beam_search(model, ctx, trie, beam_width=1, k=1)
+    best = beam_search(model, ctx, trie=trie, beam_width=1, k=1, pruning=config)
+    greedy = beam_search(model, ctx, trie=trie, beam_width=1, k=1)
     assert torch.equal(best.item_ids, greedy.item_ids)  # one beam per level, k=1: greedy decoding
 
 
@@ -151,10 +151,10 @@ def test_beam_pruning_compacts_the_beam_axis():
         return original(x, *args, **kwargs)
 
     model.decode = spy
-    beam_search(model, ctx, trie, beam_width=8, k=3, pruning=PruningConfig(beam_margin=0.0))
+    beam_search(model, ctx, trie=trie, beam_width=8, k=3, pruning=PruningConfig(beam_margin=0.0))
     pruned = list(widths)
     widths.clear()
-    beam_search(model, ctx, trie, beam_width=8, k=3)
+    beam_search(model, ctx, trie=trie, beam_width=8, k=3)
     assert sum(pruned) < sum(widths) and pruned[0] == widths[0] == 1
 
 
@@ -164,15 +164,15 @@ def test_beam_pruning_compacts_the_beam_axis():
 @pytest.mark.parametrize(("beam_width", "k"), [(2, 5), (4, 8), (60, 10)])
 def test_early_exit_equals_the_renormalised_search_without_it(beam_width, k):
     model, trie, ctx = tiny_model(5), catalog(30, seed=6), random_context(16, seed=6)
-    full = beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=PruningConfig(renormalise=True))
-    early = beam_search(model, ctx, trie, beam_width=beam_width, k=k, pruning=PruningConfig(early_exit=True))
+    full = beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=PruningConfig(renormalise=True))
+    early = beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=PruningConfig(early_exit=True))
     assert torch.equal(full.item_ids, early.item_ids) and torch.equal(full.sids, early.sids)
     torch.testing.assert_close(full.scores, early.scores, atol=1e-5, rtol=0)
 
 
 def test_early_exit_with_an_exhaustive_beam_is_exact_under_the_renormalised_distribution():
     model, trie, ctx = tiny_model(6), catalog(25, seed=8), random_context(8, seed=8)
-    res = beam_search(model, ctx, trie, beam_width=60, k=10, pruning=PruningConfig(early_exit=True))
+    res = beam_search(model, ctx, trie=trie, beam_width=60, k=10, pruning=PruningConfig(early_exit=True))
     exact = renormalised_log_probs(model, ctx, trie).topk(10, dim=1)
     assert torch.equal(res.item_ids, trie.leaf_item[exact.indices])
     torch.testing.assert_close(res.scores, exact.values, atol=1e-5, rtol=0)
@@ -186,10 +186,10 @@ def test_early_exit_stops_after_the_first_level_when_all_completions_are_unique(
     steps = []
     original = model.decode
     model.decode = lambda x, *a, **kw: steps.append(x.shape[0]) or original(x, *a, **kw)
-    res = beam_search(model, ctx, trie, beam_width=4, k=4, pruning=PruningConfig(early_exit=True))
+    res = beam_search(model, ctx, trie=trie, beam_width=4, k=4, pruning=PruningConfig(early_exit=True))
     assert len(steps) == 1
     model.decode = original
-    plain = beam_search(model, ctx, trie, beam_width=4, k=4)
+    plain = beam_search(model, ctx, trie=trie, beam_width=4, k=4)
     assert torch.equal(res.item_ids.sort(dim=1).values, plain.item_ids.sort(dim=1).values)
     assert res.invalid_rate == 0.0 and torch.equal(trie.lookup(res.sids.reshape(-1, 3)).view(5, 4), res.item_ids)
 
@@ -218,7 +218,7 @@ def test_pruning_config_round_trip_and_validation(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         PruningConfig.from_dict({"margin": 3})
     with pytest.raises(ValueError, match="constrained"):
-        beam_search(tiny_model(), random_context(1), catalog(5), beam_width=2, k=2, constrained=False, pruning=config)
+        beam_search(tiny_model(), random_context(1), trie=catalog(5), beam_width=2, k=2, constrained=False, pruning=config)
 
 
 def test_config_section_validates(tmp_path):

@@ -64,10 +64,10 @@ def test_sid_likelihood_training_learns_image_to_sid():
     model = SIDGenerator(cfg)
     rows = ContextRows.anonymous(torch.arange(len(bank)), cfg.history_len, cfg.n_levels)
     examples = SIDExamples(rows, sids, torch.ones(len(sids)))
-    history = train_sid_model(model, bank, examples, epochs=100, batch_size=24, lr=3e-3, warmup_steps=5, seed=0, val=examples)
+    history = train_sid_model(model, bank, examples=examples, epochs=100, batch_size=24, lr=3e-3, warmup_steps=5, seed=0, val=examples)
     assert history[-1]["loss"] < 0.25 * history[0]["loss"]
     assert "val_loss" in history[-1]
-    res = beam_search(model, rows.context(bank), trie, beam_width=4, k=1)
+    res = beam_search(model, rows.context(bank), trie=trie, beam_width=4, k=1)
     assert (res.item_ids[:, 0] == trie.lookup(sids)).float().mean() > 0.9
 
 
@@ -81,16 +81,16 @@ def test_dpo_training_moves_preferences_and_reports_kl():
     rows = ContextRows.anonymous(torch.arange(n), cfg.history_len, cfg.n_levels)
     pairs = PreferencePairs(rows, sids, sids.roll(1, dims=0))  # each image prefers its own SID over a neighbour's
     ref = reference_log_probs(reference, bank, pairs)
-    before = evaluate_preferences(policy, bank, pairs, ref, beta=0.5)
+    before = evaluate_preferences(policy, bank, pairs=pairs, ref_logps=ref, beta=0.5)
     assert before["preference_accuracy"] == 0.0 and math.isclose(before["loss"], math.log(2), rel_tol=1e-5)
-    history = train_dpo(policy, reference, bank, pairs, beta=0.5, epochs=30, batch_size=24, lr=5e-3, seed=0, val=pairs)
-    after = evaluate_preferences(policy, bank, pairs, ref, beta=0.5)
+    history = train_dpo(policy, reference, bank=bank, pairs=pairs, beta=0.5, epochs=30, batch_size=24, lr=5e-3, seed=0, val=pairs)
+    after = evaluate_preferences(policy, bank, pairs=pairs, ref_logps=ref, beta=0.5)
     assert after["preference_accuracy"] > 0.9 and after["loss"] < before["loss"]
     assert after["policy_ranks_chosen"] > before["policy_ranks_chosen"]
     assert history[-1]["loss"] < history[0]["loss"]
     assert "val_preference_accuracy" in history[-1]
-    assert token_kl(policy, reference, bank, rows, sids) > 0
-    assert token_kl(reference, reference, bank, rows, sids) < 1e-6
+    assert token_kl(policy, reference, bank=bank, rows=rows, sids=sids) > 0
+    assert token_kl(reference, reference, bank=bank, rows=rows, sids=sids) < 1e-6
     assert all(not p.requires_grad for p in reference.parameters())
 
 

@@ -78,7 +78,7 @@ def test_untrained_geometric_generator_is_residual_beam_search():
     queries = emb[rng.integers(len(emb), size=7)] + 0.2 * rng.normal(size=(7, D)).astype(np.float32)
     ctx = contexts(rng, queries)
     width = 6
-    res = geometric_beam_search(model, ctx, trie, beam_width=width, k=width, max_leaves=16)  # learned term on (weight 1) but untrained: 0
+    res = geometric_beam_search(model, ctx, trie=trie, beam_width=width, k=width, max_leaves=16)  # learned term on (weight 1) but untrained: 0
     ref = reference_residual_search(queries, books, model.geo_log_scale.exp().detach().numpy(), trie, width)
     sids = trie.sids.numpy()
     for b, beams in enumerate(ref):
@@ -92,8 +92,8 @@ def test_untrained_geometric_generator_is_residual_beam_search():
         assert {p for _, p in got} <= {p for _, p in expected}
         np.testing.assert_allclose(sorted(s for s, _ in got), sorted(s for s, _ in exp), rtol=1e-4, atol=1e-4)
     # the plain entry point routes geometric models here
-    via = beam_search(model, ctx, trie, beam_width=width, k=width)
-    torch.testing.assert_close(via.item_ids, geometric_beam_search(model, ctx, trie, beam_width=width, k=width).item_ids)
+    via = beam_search(model, ctx, trie=trie, beam_width=width, k=width)
+    torch.testing.assert_close(via.item_ids, geometric_beam_search(model, ctx, trie=trie, beam_width=width, k=width).item_ids)
 
 
 def test_learned_weight_zero_skips_the_decoder_and_matches_geometry():
@@ -102,9 +102,9 @@ def test_learned_weight_zero_skips_the_decoder_and_matches_geometry():
     torch.nn.init.normal_(model.heads[0].weight, std=1.0)  # a "trained" learned term
     rng = np.random.default_rng(2)
     ctx = contexts(rng, emb[:5])
-    plain = geometric_beam_search(model, ctx, trie, beam_width=4, k=4, learned_weight=0.0)
+    plain = geometric_beam_search(model, ctx, trie=trie, beam_width=4, k=4, learned_weight=0.0)
     model.heads[0].weight.data.zero_()
-    torch.testing.assert_close(plain.scores, geometric_beam_search(model, ctx, trie, beam_width=4, k=4).scores)
+    torch.testing.assert_close(plain.scores, geometric_beam_search(model, ctx, trie=trie, beam_width=4, k=4).scores)
 
 
 def test_prefix_scores_equal_the_beam_scores():
@@ -113,7 +113,7 @@ def test_prefix_scores_equal_the_beam_scores():
     torch.nn.init.normal_(model.heads[1].weight, std=0.5)
     rng = np.random.default_rng(3)
     ctx = contexts(rng, emb[:4])
-    res = geometric_beam_search(model, ctx, trie, beam_width=5, k=5, use_leaf=False)
+    res = geometric_beam_search(model, ctx, trie=trie, beam_width=5, k=5, use_leaf=False)
     scores = candidate_prefix_scores(model, ctx, res.sids)
     torch.testing.assert_close(scores, res.scores, rtol=1e-4, atol=1e-4)
 
@@ -132,7 +132,7 @@ def test_no_invalid_sid_under_any_config(seed):
     ctx = contexts(rng, rng.normal(size=(9, D)).astype(np.float32), n_users)
     for _ in range(4):
         k = int(rng.integers(1, 30))
-        res = geometric_beam_search(model, ctx, trie, beam_width=int(rng.integers(1, 12)), k=k, max_leaves=int(rng.integers(1, 5)),
+        res = geometric_beam_search(model, ctx, trie=trie, beam_width=int(rng.integers(1, 12)), k=k, max_leaves=int(rng.integers(1, 5)),
                                     learned_weight=float(rng.choice([0.0, 0.5, 1.0])), level_widths=(int(rng.integers(1, 6)),))
         assert res.item_ids.shape == (9, k) and res.invalid_rate == 0.0
         found = res.item_ids[res.item_ids >= 0]
@@ -149,11 +149,11 @@ def test_unconstrained_geometric_search_reports_the_prefixes_the_trie_would_have
     books, emb, items, trie = tiny_catalog(3, n_items=6)  # 6 items: most of the 5 x 4 level-1 prefixes are empty
     model = geo_model(trie, books)
     ctx = contexts(rng, rng.normal(size=(16, D)).astype(np.float32))
-    free = beam_search(model, ctx, trie, beam_width=12, k=5, constrained=False)
+    free = beam_search(model, ctx, trie=trie, beam_width=12, k=5, constrained=False)
     assert 0.0 < free.invalid_rate < 1.0 and free.dead_prefixes == free.invalid_rate
     ok = free.item_ids >= 0
     assert torch.isin(free.item_ids[ok], trie.leaf_item).all() and (trie.lookup(free.sids[ok]) == free.item_ids[ok]).all()
-    masked = beam_search(model, ctx, trie, beam_width=12, k=5)
+    masked = beam_search(model, ctx, trie=trie, beam_width=12, k=5)
     assert masked.invalid_rate == 0.0 and masked.dead_prefixes is None
     assert int((masked.item_ids >= 0).sum()) >= int(ok.sum())  # the mask spends the whole beam on real prefixes
 
@@ -168,7 +168,7 @@ def test_checkpoint_round_trip_keeps_codebooks_leaf_and_learned_weight(tmp_path)
     back = load_checkpoint(tmp_path).model
     rng = np.random.default_rng(0)
     ctx = contexts(rng, emb[:3], 2)
-    a = geometric_beam_search(model, ctx, trie, beam_width=5, k=5)
-    b = geometric_beam_search(back, ctx, trie, beam_width=5, k=5)
+    a = geometric_beam_search(model, ctx, trie=trie, beam_width=5, k=5)
+    b = geometric_beam_search(back, ctx, trie=trie, beam_width=5, k=5)
     torch.testing.assert_close(a.scores, b.scores)
     assert float(back.learned_weight) == 0.5

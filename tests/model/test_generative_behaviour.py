@@ -108,7 +108,7 @@ def logged_shop(H: int, seed: int = 0):
 
 
 def brand_share_and_hits(model, shop: Shop, bank: ImageBank, rows, targets) -> tuple[float, float]:
-    res = beam_search(model, rows.context(bank), shop.trie, beam_width=10, k=10)
+    res = beam_search(model, rows.context(bank), trie=shop.trie, beam_width=10, k=10)
     ids = res.item_ids.numpy()
     assert (ids >= 0).all()
     share = float((shop.brand[ids] == LOVED_BRAND).mean())
@@ -132,21 +132,21 @@ def test_loved_brand_share_rises_from_pretrain_to_sft_and_dpo():
         anonymous_examples(np.arange(n_cat), shop.items, shop.trie, H),
         anonymous_examples(n_cat + np.arange(n_q), queries["item_id"].to_numpy(), shop.trie, H),
     ])
-    train_sid_model(model, bank, pre, epochs=25, batch_size=64, lr=3e-3, seed=0)
+    train_sid_model(model, bank, examples=pre, epochs=25, batch_size=64, lr=3e-3, seed=0)
     share_pre, hits_pre = brand_share_and_hits(model, shop, bank, test_rows, test_items)
 
     # sft: clicks and orders with user context, plus replay of the photographed item
     qids = queries["query_id"].to_numpy()
-    sft_ex = personalised_examples(query_rows, qids, events, shop.trie, click_weight=1.0, order_weight=3.0)
+    sft_ex = personalised_examples(query_rows, qids, events=events, trie=shop.trie, click_weight=1.0, order_weight=3.0)
     replay = target_examples(query_rows, queries["item_id"].to_numpy(), shop.trie, weight=0.5)
-    train_sid_model(model, bank, SIDExamples.concat([sft_ex, replay]), epochs=25, batch_size=64, lr=2e-3, anonymize_prob=0.1, seed=1)
+    train_sid_model(model, bank, examples=SIDExamples.concat([sft_ex, replay]), epochs=25, batch_size=64, lr=2e-3, anonymize_prob=0.1, seed=1)
     share_sft, hits_sft = brand_share_and_hits(model, shop, bank, test_rows, test_items)
 
     # dpo against the frozen SFT model
     reference = SIDGenerator(cfg)
     reference.load_state_dict(model.state_dict())
-    pairs = preference_pairs(query_rows, qids, impressions, events, shop.trie, pair_types=["order>click", "order>skip", "click>skip"], skip_positions=12, max_pairs_per_query=6, seed=0)
-    train_dpo(model, reference, bank, pairs, beta=0.5, epochs=4, batch_size=64, lr=3e-4, sft_weight=0.2, seed=2)
+    pairs = preference_pairs(query_rows, qids, impressions=impressions, events=events, trie=shop.trie, pair_types=["order>click", "order>skip", "click>skip"], skip_positions=12, max_pairs_per_query=6, seed=0)
+    train_dpo(model, reference, bank=bank, pairs=pairs, beta=0.5, epochs=4, batch_size=64, lr=3e-4, sft_weight=0.2, seed=2)
     share_dpo, hits_dpo = brand_share_and_hits(model, shop, bank, test_rows, test_items)
 
     print(f"loved-brand share@10: pretrain {share_pre:.3f}  sft {share_sft:.3f}  dpo {share_dpo:.3f}; HR@10 {hits_pre:.2f} {hits_sft:.2f} {hits_dpo:.2f}")

@@ -43,7 +43,7 @@ def residual_codebooks(shop: Shop, emb: np.ndarray) -> list[np.ndarray]:
 def top10(model, shop: Shop, bank: ImageBank, rows: ContextRows) -> np.ndarray:
     # the shop's level-1 codes are not residual codes of the photos (brands and slots are random within a
     # cluster), so the beam keeps every prefix (6 x 6): what is tested here is the leaf head
-    res = geometric_beam_search(model, rows.context(bank), shop.trie, beam_width=36, k=10)
+    res = geometric_beam_search(model, rows.context(bank), trie=shop.trie, beam_width=36, k=10)
     assert res.invalid_rate == 0.0
     return res.item_ids.numpy()
 
@@ -68,20 +68,20 @@ def trained():
     kw = dict(impressions=impressions, beam_width=36, exact_weight=2.0, click_weight=1.0, order_weight=3.0, skip_positions=12)
 
     # pretrain: the photographed item among the beam's items, anonymous
-    lists = build_leaf_examples(model, bank, query_rows, queries, shop.trie, **{**kw, "impressions": None}, events=None, anonymous=True)
+    lists = build_leaf_examples(model, bank, rows=query_rows, frame=queries, trie=shop.trie, **{**kw, "impressions": None}, events=None, anonymous=True)
     set_feature_scale(model.leaf, lists)
     fit_leaf(model.leaf, lists, epochs=30, lr=1e-2, seed=0)
     pretrain = copy.deepcopy(model)
 
     # sft: the user representation + position-debiased listwise loss over the logged impressions
     model.leaf.fill_users(queries.set_index("query_id").loc[events["query_id"], "user_id"].to_numpy(), events["item_id"].to_numpy(), events["action"].to_numpy())
-    lists = build_leaf_examples(model, bank, query_rows, queries, shop.trie, events=events, exclude_own=True, **kw)
+    lists = build_leaf_examples(model, bank, rows=query_rows, frame=queries, trie=shop.trie, events=events, exclude_own=True, **kw)
     set_feature_scale(model.leaf, lists)
     fit_leaf(model.leaf, lists, epochs=30, lr=1e-2, seed=1)
     sft = copy.deepcopy(model)
 
     # dpo against the frozen SFT head
-    fit_leaf_dpo(model.leaf, sft.leaf, lists, beta=1.0, epochs=4, lr=1e-3, sft_weight=0.2, seed=2)
+    fit_leaf_dpo(model.leaf, sft.leaf, train=lists, beta=1.0, epochs=4, lr=1e-3, sft_weight=0.2, seed=2)
     return shop, bank, test_rows, anon_test, test_items, pretrain, sft, model
 
 
