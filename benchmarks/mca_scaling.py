@@ -110,7 +110,7 @@ def bench_index(n: int, index_type: str, parts, queries: np.ndarray, users: np.n
     catalog, stats, emb, prerank, ranker = parts
     spec = index_spec(index_type, n)
     t = time.perf_counter()
-    index, mem = peak_memory(lambda: ItemIndex.build(emb, catalog.item_ids, spec, ef_search=cfg.ef_search, use_gpu="auto"))
+    index, mem = peak_memory(lambda: ItemIndex.build(emb, catalog.item_ids, index_type=spec, ef_search=cfg.ef_search, use_gpu="auto"))
     build = {"n_items": n, "index": spec, "index_class": index.description, "build_s": time.perf_counter() - t,
              "index_mb": mem["peak_rss_delta_mb"]}
     sizes = CascadeSizes(recall_k=cfg.recall_k, prerank_k=cfg.prerank_k, neighbours=cfg.neighbours)

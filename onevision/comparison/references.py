@@ -60,7 +60,7 @@ class KNNRetriever:
 
     def __init__(self, encoder, item_ids: np.ndarray, item_emb: np.ndarray, name: str = "knn", use_gpu: str = "auto"):
         self.encoder = encoder
-        self.index = ItemIndex.build(item_emb, item_ids, "Flat", use_gpu=use_gpu)
+        self.index = ItemIndex.build(item_emb, item_ids, index_type="Flat", use_gpu=use_gpu)
         self.name = name
 
     def retrieve(self, images: np.ndarray, user_ids: np.ndarray, k: int) -> RetrievalResult:

@@ -133,7 +133,7 @@ class MCACascade:
         timings["recall"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        feats = pair_features(self.stats, user_rows, rows, sims, top_sim, neighbour_cats, self.prerank.names)  # (Q, R, F)
+        feats = pair_features(self.stats, user_rows, cand_rows=rows, sims=sims, top_sim=top_sim, neighbour_cats=neighbour_cats, names=self.prerank.names)  # (Q, R, F)
         pre_score = np.where(valid, self.prerank(feats), -np.inf)  # (Q, R)
         pre_order = top_k(pre_score, rows.shape[1])  # (Q, R) full pre-rank order
         rows = np.take_along_axis(rows, pre_order, axis=1)
@@ -146,7 +146,7 @@ class MCACascade:
         final_rows, final_scores = rows, pre_score
         if self.use_ranker:
             t = time.perf_counter()
-            feats = pair_features(self.stats, user_rows, short_rows, short_sims, top_sim, neighbour_cats, self.ranker_features)
+            feats = pair_features(self.stats, user_rows, cand_rows=short_rows, sims=short_sims, top_sim=top_sim, neighbour_cats=neighbour_cats, names=self.ranker_features)
             Q = len(short_rows)
             proba = self.ranker.predict_proba(feats.reshape(Q * P, -1))[:, 1].reshape(Q, P)  # (Q, P)
             rank_score = np.where(short_rows >= 0, np.log(np.maximum(proba, 1e-12)), -np.inf)

@@ -260,6 +260,7 @@ class FoldStats:
 def pair_features(
     stats: LogStats,
     user_rows: np.ndarray,
+    *,
     cand_rows: np.ndarray,
     sims: np.ndarray,
     top_sim: np.ndarray,

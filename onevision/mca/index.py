@@ -82,7 +82,7 @@ class ItemIndex:
             raise RuntimeError("mca.use_gpu=always but faiss sees no GPU (install the `gpu` extra on a GPU machine)")
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, item_ids: np.ndarray, index_type: str = "Flat", *, nprobe: int = 16,
+    def build(cls, embeddings: np.ndarray, item_ids: np.ndarray, *, index_type: str = "Flat", nprobe: int = 16,
               ef_search: int = 128, use_gpu: str = "auto", seed: int = 0) -> ItemIndex:
         emb = np.ascontiguousarray(embeddings, np.float32)  # (N, D)
         spec = resolve_factory(index_type, len(emb))

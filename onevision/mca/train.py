@@ -104,7 +104,7 @@ def query_context(index: ItemIndex, catalog: Catalog, query_emb: np.ndarray, nei
     return top_sim, cats
 
 
-def impression_pairs(tq: TrainingQueries, logged: pd.DataFrame, stats: LogStats, fold_stats: FoldStats | None,
+def impression_pairs(tq: TrainingQueries, logged: pd.DataFrame, *, stats: LogStats, fold_stats: FoldStats | None,
                      item_emb: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     """Features of logged impressions (rows of :func:`impression_log`) -> float32 (n, F), at their logged positions.
 
@@ -114,12 +114,12 @@ def impression_pairs(tq: TrainingQueries, logged: pd.DataFrame, stats: LogStats,
     item_rows = logged["item_row"].to_numpy(np.int64)[:, None]  # (n, 1)
     sims = np.einsum("nd,nd->n", tq.emb[q], item_emb[item_rows[:, 0]])[:, None]  # (n, 1)
     exclude = fold_stats.exclusion(tq.user_ids[q], tq.fold[q], item_rows) if fold_stats is not None else None
-    feats = pair_features(stats, tq.user_rows[q], item_rows, sims, tq.top_sim[q], tq.neighbour_cats(stats.catalog)[q], names,
+    feats = pair_features(stats, tq.user_rows[q], cand_rows=item_rows, sims=sims, top_sim=tq.top_sim[q], neighbour_cats=tq.neighbour_cats(stats.catalog)[q], names=names,
                           positions=logged["position"].to_numpy(np.float64)[:, None], exclude=exclude)
     return feats[:, 0, :]  # (n, F)
 
 
-def candidate_pairs(tq: TrainingQueries, logged: pd.DataFrame, stats: LogStats, fold_stats: FoldStats, prerank: LinearScorer,
+def candidate_pairs(tq: TrainingQueries, logged: pd.DataFrame, *, stats: LogStats, fold_stats: FoldStats, prerank: LinearScorer,
                     keep: int, names: tuple[str, ...], chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The pre-ranker's top ``keep`` recall candidates of each query, as the ranker sees them at serving.
 
@@ -132,11 +132,11 @@ def candidate_pairs(tq: TrainingQueries, logged: pd.DataFrame, stats: LogStats, 
         q = slice(start, start + chunk)
         rows, sims = tq.rows[q], tq.sims[q]
         exclude = fold_stats.exclusion(tq.user_ids[q], tq.fold[q], rows)
-        x_pre = pair_features(stats, tq.user_rows[q], rows, sims, tq.top_sim[q], cats[q], prerank.names, exclude=exclude)
+        x_pre = pair_features(stats, tq.user_rows[q], cand_rows=rows, sims=sims, top_sim=tq.top_sim[q], neighbour_cats=cats[q], names=prerank.names, exclude=exclude)
         top = top_k(np.where(rows >= 0, prerank(x_pre), -np.inf), keep)  # (q, keep)
         rows, sims = np.take_along_axis(rows, top, 1), np.take_along_axis(sims, top, 1)
         exclude = fold_stats.exclusion(tq.user_ids[q], tq.fold[q], rows)
-        x = pair_features(stats, tq.user_rows[q], rows, sims, tq.top_sim[q], cats[q], names, exclude=exclude)  # (q, keep, F)
+        x = pair_features(stats, tq.user_rows[q], cand_rows=rows, sims=sims, top_sim=tq.top_sim[q], neighbour_cats=cats[q], names=names, exclude=exclude)  # (q, keep, F)
         valid = rows >= 0
         feats.append(x[valid])
         qid = np.broadcast_to(tq.query_ids[q, None], rows.shape)[valid]
@@ -157,7 +157,7 @@ def fit_prerank(x: np.ndarray, clicked: np.ndarray, names: tuple[str, ...], seed
     return LinearScorer(names, mean.astype(np.float32), scale.astype(np.float32), model.coef_[0].astype(np.float32), float(model.intercept_[0]))
 
 
-def fit_ranker(x: np.ndarray, y: np.ndarray, ordered: np.ndarray, names: tuple[str, ...], cfg: MCAConfig, seed: int):
+def fit_ranker(x: np.ndarray, y: np.ndarray, *, ordered: np.ndarray, names: tuple[str, ...], cfg: MCAConfig, seed: int):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(
@@ -188,7 +188,7 @@ def load_split_logs(root: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame,
     return queries.reset_index(drop=True), tables["impressions"][keep], tables["interactions"][acts]
 
 
-def training_queries(cfg: Config, root: Path, encoder, index: ItemIndex, catalog: Catalog, stats: LogStats, split: str = "train"
+def training_queries(cfg: Config, root: Path, *, encoder, index: ItemIndex, catalog: Catalog, stats: LogStats, split: str = "train"
                      ) -> tuple[TrainingQueries, pd.DataFrame]:
     """Embed and recall the queries of ``split``; returns them and their impression log."""
     from onevision.encoder.api import decode_image_column
@@ -228,7 +228,7 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
     catalog = Catalog.from_items(items, item_ids)
 
     t = time.perf_counter()
-    index = ItemIndex.build(item_emb, item_ids, m.index_type, nprobe=m.nprobe, ef_search=m.ef_search, use_gpu=m.use_gpu, seed=cfg.seed)
+    index = ItemIndex.build(item_emb, item_ids, index_type=m.index_type, nprobe=m.nprobe, ef_search=m.ef_search, use_gpu=m.use_gpu, seed=cfg.seed)
     facts["index_build_seconds"] = time.perf_counter() - t
     facts["index"] = index.description
     facts["n_items"] = len(item_ids)
@@ -236,14 +236,14 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
     t = time.perf_counter()
     queries, impressions, interactions = load_split_logs(root, "train")
     stats = LogStats(impression_log(queries, impressions, interactions, catalog), catalog)
-    tq, logged = training_queries(cfg, root, encoder, index, catalog, stats)
+    tq, logged = training_queries(cfg, root, encoder=encoder, index=index, catalog=catalog, stats=stats)
     fold_stats = FoldStats(logged, catalog, tq.fold[np.searchsorted(tq.query_ids, logged["query_id"].to_numpy(np.int64))])
     facts["embed_recall_train_queries_seconds"] = time.perf_counter() - t
 
     # pre-ranker: the logged impressions, clicked or not
     t = time.perf_counter()
     pre_names = tuple(m.prerank_features)
-    x = impression_pairs(tq, logged, stats, fold_stats, item_emb, pre_names)
+    x = impression_pairs(tq, logged, stats=stats, fold_stats=fold_stats, item_emb=item_emb, names=pre_names)
     prerank = fit_prerank(x, logged["click"].to_numpy(), pre_names, cfg.seed)
     facts["prerank_fit_seconds"] = time.perf_counter() - t
 
@@ -252,10 +252,10 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
     rank_names = tuple(m.ranker_features)
     parts = []
     if m.ranker_rows in ("candidates", "both"):
-        x, exact, clicked, ordered = candidate_pairs(tq, logged, stats, fold_stats, prerank, m.ranker_train_candidates, rank_names)
+        x, exact, clicked, ordered = candidate_pairs(tq, logged, stats=stats, fold_stats=fold_stats, prerank=prerank, keep=m.ranker_train_candidates, names=rank_names)
         parts.append((x, np.maximum(exact, clicked), ordered))
     if m.ranker_rows in ("impressions", "both"):
-        x = impression_pairs(tq, logged, stats, fold_stats, item_emb, rank_names)
+        x = impression_pairs(tq, logged, stats=stats, fold_stats=fold_stats, item_emb=item_emb, names=rank_names)
         exact = (logged["item_row"].to_numpy() == tq.target_rows[np.searchsorted(tq.query_ids, logged["query_id"].to_numpy())])
         parts.append((x, np.maximum(logged["click"].to_numpy(), exact), logged["order"].to_numpy()))
     x, y, ordered = (np.concatenate(p) for p in zip(*parts, strict=True))
@@ -264,7 +264,7 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
         x, y, ordered = x[keep], y[keep], ordered[keep]
     facts["ranker_features_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    ranker = fit_ranker(x, y, ordered, rank_names, m, cfg.seed)
+    ranker = fit_ranker(x, y, ordered=ordered, names=rank_names, cfg=m, seed=cfg.seed)
     facts["ranker_fit_seconds"] = time.perf_counter() - t
     facts.update({
         "train_queries": len(tq.query_ids), "train_impressions": len(logged),

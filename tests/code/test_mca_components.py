@@ -42,7 +42,7 @@ def world():
 
 def test_flat_index_is_exact_and_maps_ids(world):
     emb, item_ids, *_ = world
-    index = ItemIndex.build(emb, item_ids, "Flat", use_gpu="never")
+    index = ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="never")
     ids, scores = index.search(emb[:5], 3)
     assert ids[:, 0].tolist() == item_ids[:5].tolist()  # each item is its own nearest neighbour
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
@@ -54,8 +54,8 @@ def test_flat_index_is_exact_and_maps_ids(world):
 @pytest.mark.parametrize("index_type", ["IVF", "IVF64,Flat", "HNSW16"])
 def test_ann_indexes_find_most_neighbours(world, index_type):
     emb, item_ids, *_ = world
-    index = ItemIndex.build(emb, item_ids, index_type, nprobe=4, ef_search=64, use_gpu="never")
-    exact = ItemIndex.build(emb, item_ids, "Flat", use_gpu="never")
+    index = ItemIndex.build(emb, item_ids, index_type=index_type, nprobe=4, ef_search=64, use_gpu="never")
+    exact = ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="never")
     a, b = index.search(emb[:50], 10)[0], exact.search(emb[:50], 10)[0]
     overlap = np.mean([len(np.intersect1d(x, y)) / 10 for x, y in zip(a, b, strict=True)])
     assert overlap > 0.6
@@ -71,17 +71,17 @@ def test_ivf_lists_are_clamped_to_the_catalog():
 
 def test_index_round_trip_and_gpu_fallback(world, tmp_path):
     emb, item_ids, *_ = world
-    index = ItemIndex.build(emb, item_ids, "IVF8,Flat", use_gpu="auto")  # no GPU here: a CPU index, no error
+    index = ItemIndex.build(emb, item_ids, index_type="IVF8,Flat", use_gpu="auto")  # no GPU here: a CPU index, no error
     assert index.on_gpu is gpu_available()
     index.save(tmp_path)
     loaded = ItemIndex.load(tmp_path, nprobe=index.nprobe)
     np.testing.assert_array_equal(index.search(emb[:7], 5)[0], loaded.search(emb[:7], 5)[0])
     loaded.set_search_params(nprobe=8)  # every list visited: IVF-Flat becomes exact
-    exact = ItemIndex.build(emb, item_ids, "Flat", use_gpu="never")
+    exact = ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="never")
     np.testing.assert_array_equal(loaded.search(emb[:7], 5)[0], exact.search(emb[:7], 5)[0])
     if not gpu_available():
         with pytest.raises(RuntimeError, match="no GPU"):
-            ItemIndex.build(emb, item_ids, "Flat", use_gpu="always")
+            ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="always")
 
 
 # --------------------------------------------------------------------------- features
@@ -97,9 +97,9 @@ def test_unknown_users_get_population_values(world):
     stats = LogStats(log, catalog)
     rows = np.array([[0, 1, 2]])
     names = ("user_cat_lift", "user_brand_lift", "user_price_pref", "user_activity")
-    feats = pair_features(stats, stats.user_rows(np.array([-1])), rows, np.zeros((1, 3)), np.zeros(1), np.zeros((1, 2)), names)
+    feats = pair_features(stats, stats.user_rows(np.array([-1])), cand_rows=rows, sims=np.zeros((1, 3)), top_sim=np.zeros(1), neighbour_cats=np.zeros((1, 2)), names=names)
     np.testing.assert_allclose(feats, 0.0, atol=1e-6)
-    known = pair_features(stats, stats.user_rows(np.array([log.user_id[0]])), rows, np.zeros((1, 3)), np.zeros(1), np.zeros((1, 2)), names)
+    known = pair_features(stats, stats.user_rows(np.array([log.user_id[0]])), cand_rows=rows, sims=np.zeros((1, 3)), top_sim=np.zeros(1), neighbour_cats=np.zeros((1, 2)), names=names)
     assert np.abs(known).sum() > 0
 
 
@@ -112,16 +112,16 @@ def test_out_of_fold_features_equal_statistics_without_the_fold(world):
     users = log["user_id"].to_numpy()[:40:10]  # (4,) users of the first four queries
     q_fold = fold[:40:10]
     cands = rng.integers(0, len(catalog.item_ids), (4, 6))
-    args = (np.full((4, 6), 0.5), np.ones(4), rng.integers(0, 4, (4, 3)), FEATURES)
-    got = pair_features(stats, stats.user_rows(users), cands, *args, exclude=fold_stats.exclusion(users, q_fold, cands))
+    args = {"sims": np.full((4, 6), 0.5), "top_sim": np.ones(4), "neighbour_cats": rng.integers(0, 4, (4, 3))}
+    got = pair_features(stats, stats.user_rows(users), cand_rows=cands, **args, names=FEATURES, exclude=fold_stats.exclusion(users, q_fold, cands))
     for q in range(4):
         others = log[fold != q_fold[q]]
         ref_stats = LogStats(others, catalog)
         # population shares and global rates stay those of the full log (they are not per-row label carriers)
         for name in ("cat_share", "brand_share", "global_ctr", "global_cvr"):
             setattr(ref_stats, name, getattr(stats, name))
-        want = pair_features(ref_stats, ref_stats.user_rows(users[q : q + 1]), cands[q : q + 1],
-                             args[0][q : q + 1], args[1][q : q + 1], args[2][q : q + 1], FEATURES)
+        want = pair_features(ref_stats, ref_stats.user_rows(users[q : q + 1]), cand_rows=cands[q : q + 1],
+                             **{key: value[q : q + 1] for key, value in args.items()}, names=FEATURES)
         np.testing.assert_allclose(got[q : q + 1], want, rtol=1e-5, atol=1e-5)
 
 
@@ -157,7 +157,7 @@ def _cascade(world, recall_k=50, prerank_k=20):
     emb, item_ids, catalog, log = world
     names = ("sim",)
     prerank = LinearScorer(names, np.zeros(1, np.float32), np.ones(1, np.float32), np.ones(1, np.float32), 0.0)
-    return MCACascade(encoder=_IdentityEncoder(), index=ItemIndex.build(emb, item_ids, "Flat", use_gpu="never"), catalog=catalog,
+    return MCACascade(encoder=_IdentityEncoder(), index=ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="never"), catalog=catalog,
                       stats=LogStats(log, catalog), prerank=prerank, ranker=_ConstantRanker(), ranker_features=("sim",),
                       sizes=CascadeSizes(recall_k=recall_k, prerank_k=prerank_k, neighbours=5))
 
@@ -178,7 +178,7 @@ def test_cascade_shapes_order_and_tail(world):
     assert result.item_ids[:, 0].tolist() == item_ids[:6].tolist()
     assert all(len(set(row)) == 30 for row in result.item_ids)  # no repeats
     assert (np.diff(result.scores, axis=1) <= 0).all()  # best first, the tail below the short list
-    exact = ItemIndex.build(emb, item_ids, "Flat", use_gpu="never").search(emb[:6], 30)[0]
+    exact = ItemIndex.build(emb, item_ids, index_type="Flat", use_gpu="never").search(emb[:6], 30)[0]
     assert (result.item_ids == exact).all()  # sim-only models keep visual order
     assert cascade.retrieve(images, np.arange(6), k=80).item_ids[:, 50:].tolist() == [[-1] * 30] * 6  # padded past recall_k
     no_ranker = cascade.without_ranker()
