@@ -63,7 +63,7 @@ def main() -> None:
     print(f"baseline: {baseline.info['rows']} reference queries, {baseline.embedder.name}, SIDs: {baseline.sid_source} ({baseline_seconds:.1f} s)")
 
     def check(window, label):
-        return run_drift_check(cfg, args.root, window, current_label=label, baseline=baseline, out_dir=tmp / label)
+        return run_drift_check(cfg, args.root, current=window, current_label=label, baseline=baseline, out_dir=tmp / label)
 
     clean = []
     for i in range(args.clean_windows):
@@ -84,7 +84,7 @@ def main() -> None:
 
     timing_window = drill_window(cfg, args.root, None, args.timing_rows, 999)
     t = time.perf_counter()
-    timed = run_drift_check(cfg, args.root, timing_window, current_label="timing", out_dir=tmp / "timing")  # baseline included
+    timed = run_drift_check(cfg, args.root, current=timing_window, current_label="timing", out_dir=tmp / "timing")  # baseline included
     timing_total = time.perf_counter() - t
     t = time.perf_counter()
     timed_warm = check(timing_window, "timing-warm")

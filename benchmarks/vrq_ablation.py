@@ -109,9 +109,9 @@ def run(root: Path, profile: str, overrides: list[str]) -> dict:
             t = time.perf_counter()
             vrq_tok, rq_tok, _ = train_vrq(VRQTrainingData(item_emb, fit_emb, fit_own, data.categories), cfg.vrq, seed=cfg.seed)
             timings[f"vrq_{name}_s"] = round(time.perf_counter() - t, 1)
-            args = (item_emb, val_emb, data.val_owner, view_emb, data.view_owner)
-            entry["vrq"] = tokenizer_report(vrq_tok, *args)
-            entry["rqkmeans"] = tokenizer_report(rq_tok, *args)
+            args = {"query_emb": val_emb, "query_owner": data.val_owner, "catalog_emb": view_emb, "catalog_owner": data.view_owner}
+            entry["vrq"] = tokenizer_report(vrq_tok, item_emb, **args)
+            entry["rqkmeans"] = tokenizer_report(rq_tok, item_emb, **args)
         rows[name] = entry
         log.info("%s: top1 %.3f top10 %.3f", name, probe["top1"], probe["top10"])
     aligned, unaligned = rows["aligned"], rows["category-trained"]

@@ -68,8 +68,8 @@ def drift_command(
     except UnapprovedChampion as exc:
         fail(str(exc))
     try:
-        frame, label = monitor.current_traffic(cfg, root, current, window, simulate_shift, drill_rows, seed)
-        summary = monitor.run_drift_check(cfg, root, frame, current_label=label, out_dir=out)
+        frame, label = monitor.current_traffic(cfg, root, current_path=current, window=window, simulate_shift=simulate_shift, drill_rows=drill_rows, drill_seed=seed)
+        summary = monitor.run_drift_check(cfg, root, current=frame, current_label=label, out_dir=out)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     infra_errors: list[str] = []

@@ -60,6 +60,7 @@ def new_run_id() -> str:
 def current_traffic(
     cfg: Config,
     root: Path,
+    *,
     current_path: str | Path | None = None,
     window: str | None = None,
     simulate_shift: str | None = None,
@@ -161,8 +162,8 @@ def build_baseline(
 def run_drift_check(
     cfg: Config,
     root: Path,
-    current: pd.DataFrame,
     *,
+    current: pd.DataFrame,
     current_label: str = "current",
     baseline: Baseline | None = None,
     out_dir: Path | None = None,

@@ -8,7 +8,7 @@ fallback embedding::
 
     root = build_synthetic_project(tmp_path / "proj")
     cfg = load_config(root / "params.yaml")
-    summary = run_drift_check(cfg, root, synthetic_window(root, 400, seed=7))
+    summary = run_drift_check(cfg, root, current=synthetic_window(root, 400, seed=7))
 """
 
 from __future__ import annotations

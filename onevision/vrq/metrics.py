@@ -130,6 +130,7 @@ def code_retrieval(tokenizer: VRQTokenizer, item_codes: np.ndarray, query_emb: n
 def tokenizer_report(
     tokenizer: VRQTokenizer,
     item_emb: np.ndarray,
+    *,
     query_emb: np.ndarray,
     query_owner: np.ndarray,
     catalog_emb: np.ndarray | None = None,

@@ -73,9 +73,9 @@ def vrq(cfg: Config, root: Path) -> dict[str, Any]:
 
     # held-out shopper photos (VAL split) measure consistency and retrieval through codes
     val, cat = kind == VAL_QUERY, kind == CATALOG
-    report_args = (item_emb, views["embeddings"][val], owner[val], views["embeddings"][cat], owner[cat])
-    vrq_m = tokenizer_report(tokenizer, *report_args)
-    base_m = tokenizer_report(baseline, *report_args)
+    report_args = {"query_emb": views["embeddings"][val], "query_owner": owner[val], "catalog_emb": views["embeddings"][cat], "catalog_owner": owner[cat]}
+    vrq_m = tokenizer_report(tokenizer, item_emb, **report_args)
+    base_m = tokenizer_report(baseline, item_emb, **report_args)
     last = table[sid_columns(tokenizer.num_levels)[-1]]
     metrics: dict[str, Any] = {
         **vrq_m,

@@ -43,7 +43,7 @@ def items(project) -> pd.DataFrame:
 
 
 def check(cfg, project, baseline, window, tmp_path):
-    return run_drift_check(cfg, project, window, current_label="test", baseline=baseline, out_dir=tmp_path / "run")
+    return run_drift_check(cfg, project, current=window, current_label="test", baseline=baseline, out_dir=tmp_path / "run")
 
 
 def test_clean_window_raises_no_alarm_and_writes_the_report(cfg, project, baseline, tmp_path):

@@ -145,7 +145,7 @@ def test_constrained_beam_finds_items_themselves(trained, catalog):
 
 def test_report_has_every_metric_and_no_level_collapsed(trained, catalog):
     tok, _, log = trained
-    m = tokenizer_report(tok, catalog["items"], catalog["queries"], catalog["q_owner"], catalog["views"], catalog["owner"])
+    m = tokenizer_report(tok, catalog["items"], query_emb=catalog["queries"], query_owner=catalog["q_owner"], catalog_emb=catalog["views"], catalog_owner=catalog["owner"])
     for key in ("level0_cur", "level0_perplexity", "icr", "max_items_per_sid", "consistency_l1", "consistency_l12",
                 "recon_mse", "round_trip", "prefix1_hit", "beam10_recall", "catalog_view_consistency_l1"):
         assert key in m, key

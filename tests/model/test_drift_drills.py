@@ -54,7 +54,7 @@ def run(project, kind, seed, tmp_path):
 
     root, cfg, baseline = project
     window = drill_window(cfg, root, kind, ROWS, seed)
-    return run_drift_check(cfg, root, window, current_label=str(kind), baseline=baseline, out_dir=tmp_path / "run")
+    return run_drift_check(cfg, root, current=window, current_label=str(kind), baseline=baseline, out_dir=tmp_path / "run")
 
 
 def test_monitor_uses_the_encoder_and_the_knn_sid_stand_in(project):

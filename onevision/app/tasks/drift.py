@@ -30,14 +30,14 @@ def load_current_window(
 ) -> tuple[pd.DataFrame, str]:
     """The traffic to check: a log file, the held-out split, or a drill window."""
     cfg = _config(root, profile, overrides)
-    return monitor.current_traffic(cfg, Path(root), current, window, simulate_shift, drill_rows)
+    return monitor.current_traffic(cfg, Path(root), current_path=current, window=window, simulate_shift=simulate_shift, drill_rows=drill_rows)
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)
 def check_drift(root: str, profile: str | None, overrides: list[str] | None, frame: pd.DataFrame, label: str) -> dict:
     """Features, Evidently report and verdict; writes reports/drift/<run_id>/."""
     cfg = _config(root, profile, overrides)
-    return monitor.run_drift_check(cfg, Path(root), frame, current_label=label)
+    return monitor.run_drift_check(cfg, Path(root), current=frame, current_label=label)
 
 
 # Infrastructure steps retry with exponential backoff (2, 4, 8 s, jittered) before the flow reports an infrastructure error.
