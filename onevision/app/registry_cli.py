@@ -84,7 +84,7 @@ def _decide(decision: str, version: str, reviewer: str | None, reason: str, root
     cfg = _cfg(root)
     try:
         name, source = reviewer_identity(reviewer)
-        record = decide(cfg, root, version, name, decision, reason, identity=source)
+        record = decide(cfg, root, version=version, reviewer=name, decision=decision, reason=reason, identity=source)
     except ReviewerNotAllowed as exc:
         fail(str(exc))
     except PromotionError as exc:

@@ -108,7 +108,7 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def at_least(name: str, value: Any, reference: Any, tolerance: float, what: str, missing: str, ref_missing: str) -> GateResult:
+def at_least(name: str, value: Any, *, reference: Any, tolerance: float, what: str, missing: str, ref_missing: str) -> GateResult:
     """Pass when value >= reference * (1 - tolerance) (reference >= 0; mirrored for negatives)."""
     v, r = _number(value), _number(reference)
     if v is None:
@@ -147,8 +147,8 @@ def evaluate_gates(inputs: GateInputs, gates: GatesConfig) -> GateReport:
         label = ORDERS if key == gates.orders_metric else key
         tol = gates.orders_tolerance if key == gates.orders_metric else gates.quality_tolerance
         results.append(at_least(
-            f"baseline.{label}", candidate_metric(inputs, key), lookup(inputs.baseline, key), tol, gates.baseline_system,
-            cand_missing(key), inputs.missing.get("baseline") or f"'{key}' not in {base_src}",
+            f"baseline.{label}", candidate_metric(inputs, key), reference=lookup(inputs.baseline, key), tolerance=tol, what=gates.baseline_system,
+            missing=cand_missing(key), ref_missing=inputs.missing.get("baseline") or f"'{key}' not in {base_src}",
         ))
     for key in compared:
         label = ORDERS if key == gates.orders_metric else key
@@ -158,9 +158,9 @@ def evaluate_gates(inputs: GateInputs, gates: GatesConfig) -> GateReport:
             results.append(GateResult(name, True, v, None, "no champion yet: nothing to regress against"))
             continue
         results.append(at_least(
-            name, candidate_metric(inputs, key), lookup(inputs.champion, key), gates.champion_tolerance,
-            f"champion v{inputs.champion_version}", cand_missing(key),
-            f"champion v{inputs.champion_version} has no '{key}' in its version tags",
+            name, candidate_metric(inputs, key), reference=lookup(inputs.champion, key), tolerance=gates.champion_tolerance,
+            what=f"champion v{inputs.champion_version}", missing=cand_missing(key),
+            ref_missing=f"champion v{inputs.champion_version} has no '{key}' in its version tags",
         ))
 
     # Invalid SIDs: evaluate.json's row, else the generative stage's VAL probe.

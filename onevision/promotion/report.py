@@ -33,7 +33,7 @@ def report_title(model_name: str, version: str) -> str:
     return f"# Gate report: `{model_name}` version {version}"
 
 
-def markdown_report(model_name: str, version: str, report: GateReport, inputs: GateInputs, gates: GatesConfig, plot_name: str | None = None) -> str:
+def markdown_report(model_name: str, version: str, *, report: GateReport, inputs: GateInputs, gates: GatesConfig, plot_name: str | None = None) -> str:
     verdict = "**PASSED**: waiting for a reviewer" if report.passed else f"**FAILED** ({len(report.failed)} of {len(report.results)} gates): cannot be approved"
     lines = [report_title(model_name, version), "", f"Verdict: {verdict}.", ""]
     lines += ["| gate | result | candidate | threshold | why |", "|---|---|---|---|---|"]

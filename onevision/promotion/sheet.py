@@ -34,7 +34,7 @@ def _catalog(root: Path):
     return catalog_lookups(root, pd.read_parquet(items))
 
 
-def candidate_sheet(root: Path, model_name: str, version: str, champion_version: str | None, tracking_uri: str,
+def candidate_sheet(root: Path, model_name: str, *, version: str, champion_version: str | None, tracking_uri: str,
                     candidate_system: str, baseline_system: str, metrics: dict[str, dict[str, Any]]) -> Path | None:
     """Write ``reports/candidate.html``; None when the evaluation left no examples (nothing to show)."""
     root = Path(root)

@@ -176,7 +176,7 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     from onevision.promotion.report import markdown_report, plot_report
 
     plot = plot_report(root / GATE_PLOT, inputs, gates, report)
-    text = markdown_report(registry.name, version, report, inputs, gates, plot_name=f"gate_report/{plot.name}")
+    text = markdown_report(registry.name, version, report=report, inputs=inputs, gates=gates, plot_name=f"gate_report/{plot.name}")
     atomic.write_text(root / GATE_REPORT, text)
     atomic.write_json(root / GATE_REPORT.with_suffix(".json"), report.to_dict(), sort_keys=False)
     run_id = mv.tags.get("run_id") or mv.run_id
@@ -186,8 +186,9 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
         from onevision.promotion.sheet import candidate_sheet
 
         names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
-        candidate = candidate_sheet(root, registry.name, version, inputs.champion_version, registry.tracking_uri, gates.candidate_system,
-                                    gates.baseline_system, {k: v for k, v in names.items() if v})
+        candidate = candidate_sheet(root, registry.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
+                                    candidate_system=gates.candidate_system, baseline_system=gates.baseline_system,
+                                    metrics={k: v for k, v in names.items() if v})
         if candidate is not None:
             attached.append(candidate)
     except Exception:  # noqa: BLE001 - a picture never blocks the gates
@@ -296,7 +297,7 @@ def _move_champion(registry: ModelRegistry, version: str) -> str | None:
     return old
 
 
-def approve(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str, *, identity: str = "login") -> dict[str, Any]:
+def approve(cfg: Config, root: str | Path, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record.
 
     ``identity`` says how the reviewer's name was established (``$ONEVISION_REVIEWER``, ``login``, ``prefect-form``).
@@ -323,7 +324,7 @@ def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason
     return registry.append_audit(record)
 
 
-def reject(cfg: Config, root: str | Path, version: str, reviewer: str, reason: str, *, identity: str = "login") -> dict[str, Any]:
+def reject(cfg: Config, root: str | Path, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer rejects a candidate; the champion is untouched. Returns the audit record."""
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
@@ -345,12 +346,12 @@ def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason:
     return registry.append_audit(record)
 
 
-def decide(cfg: Config, root: str | Path, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str,
-           *, identity: str = "login") -> dict[str, Any]:
+def decide(cfg: Config, root: str | Path, *, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str,
+           identity: str = "login") -> dict[str, Any]:
     if decision == "approve":
-        return approve(cfg, root, version, reviewer, reason, identity=identity)
+        return approve(cfg, root, version=version, reviewer=reviewer, reason=reason, identity=identity)
     if decision == "reject":
-        return reject(cfg, root, version, reviewer, reason, identity=identity)
+        return reject(cfg, root, version=version, reviewer=reviewer, reason=reason, identity=identity)
     raise PromotionError(f"decision must be approve or reject, got {decision!r}")
 
 

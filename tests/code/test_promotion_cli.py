@@ -139,7 +139,7 @@ def test_serve_pins_the_approved_champion_version(registry_project):
     registry = client(registry_project)
     registry.create_registered_model("onevision")
     registry.create_model_version("onevision", source=str(registry_project), tags={"status": "awaiting-approval", "gates.passed": "true"})
-    approve(load_config(registry_project / "params.yaml"), registry_project, "1", "alice", "passed every gate")
+    approve(load_config(registry_project / "params.yaml"), registry_project, version="1", reviewer="alice", reason="passed every gate")
     result = runner.invoke(app, ["serve", "--print-command", "--port", "5099", "--root", str(registry_project)])
     assert result.exit_code == 0, result.output
     assert "models serve -m models:/onevision/1 --env-manager local -h 127.0.0.1 -p 5099" in result.output

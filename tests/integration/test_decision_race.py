@@ -99,7 +99,7 @@ def test_racing_approve_reject_and_rollback_keep_the_registry_consistent(project
     registry = open_registry(load_config(project / "params.yaml"), project)
     from onevision.promotion.workflow import approve
 
-    approve(load_config(project / "params.yaml"), project, first, "alice", "first champion")
+    approve(load_config(project / "params.yaml"), project, version=first, reviewer="alice", reason="first champion")
     results = decide_at_once(project, [
         ("bob", ["approve", second, "--reason", "second", "--root", str(project)]),
         ("carol", ["approve", third, "--reason", "third", "--root", str(project)]),

@@ -23,7 +23,7 @@ def promote_and_approve(project: Path) -> str:
     cfg = load_config(project / "params.yaml")
     version = register_candidate(cfg, project).version
     assert check_gates(cfg, project, version).passed
-    approve(cfg, project, version, "alice", "portable")
+    approve(cfg, project, version=version, reviewer="alice", reason="portable")
     return version
 
 

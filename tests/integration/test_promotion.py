@@ -108,7 +108,7 @@ def test_failing_gate_blocks_promotion(project, first_champion):
     assert mv.tags["gate.baseline.hr_at_10.value"] == "0.3" and "FAIL" in mv.description
     assert CHALLENGER not in reg.aliases()
     with pytest.raises(PromotionError, match="not awaiting approval .*gates failed"):
-        approve(load_config(project / "params.yaml"), project, version, "alice", "ship it anyway")
+        approve(load_config(project / "params.yaml"), project, version=version, reviewer="alice", reason="ship it anyway")
     result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "ship it anyway", "--root", str(project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2 and f"gate report: {project.resolve() / 'reports/gate_report.md'}" in result.output
     assert f"gate report in MLflow: runs:/{mv.tags['run_id']}/gate_report/gate_report.md" in result.output
@@ -141,7 +141,7 @@ def test_rollback_restores_the_previous_champion(project, first_champion):
     assert report.passed
     gates = {r.name: r for r in report.results}
     assert gates["champion.hr@10"].threshold == pytest.approx(0.62 * 0.98)  # read from the champion's tags
-    approve(load_config(project / "params.yaml"), project, version, "bob", "better than champion")
+    approve(load_config(project / "params.yaml"), project, version=version, reviewer="bob", reason="better than champion")
     reg = registry(project)
     assert reg.aliases() == {CHAMPION: version, PREVIOUS: before}
     result = runner.invoke(app, ["rollback", "--reason", "conversion dropped in production", "--by", "oncall", "--root", str(project)],

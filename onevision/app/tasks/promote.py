@@ -31,4 +31,4 @@ def check_gates(root: str, version: str) -> dict:
 @task(name="apply-decision", cache_policy=NO_CACHE)
 def apply_decision(root: str, version: str, reviewer: str, decision: str, reason: str) -> dict:
     """Approve (move `champion`) or reject the candidate; returns the audit record."""
-    return promotion.decide(_cfg(root), root, version, reviewer, decision, reason, identity="prefect-form")
+    return promotion.decide(_cfg(root), root, version=version, reviewer=reviewer, decision=decision, reason=reason, identity="prefect-form")
