@@ -1,4 +1,5 @@
-"""The one retrieval interface every system implements (MCA, OneVision, references).
+"""The one retrieval interface every system implements (MCA, OneVision, references), and the numpy ranking
+helpers they share (:func:`top_k`, :func:`exact_knn`).
 
 Evaluation, serving and the benchmarks only ever call :meth:`Retriever.retrieve`,
 so no system is special-cased.
@@ -39,3 +40,20 @@ class Retriever(Protocol):
     def retrieve(self, images: np.ndarray, user_ids: np.ndarray, k: int) -> RetrievalResult:
         """images: (Q, H, W) or (Q, H, W, 3) uint8; user_ids: (Q,) int64 (-1: anonymous)."""
         ...
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k best scores per row, best first (ties: lower column first): (Q, n) -> (Q, min(k, n))."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def exact_knn(query: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product kNN: (Q, D) queries x (N, D) items -> row indices (Q, min(k, N)) best first, and their
+    scores. Cosine on L2-normalised embeddings. (The evaluation's ``knn`` reference uses faiss' flat index instead,
+    for its GPU path: the same neighbours.)"""
+    sims = query @ items.T  # (Q, N)
+    rows = top_k(sims, k)
+    return rows, np.take_along_axis(sims, rows, axis=1)

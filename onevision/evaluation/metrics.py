@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 
 def pad_item_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> np.ndarray:
@@ -172,7 +173,7 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval over queries.
+    """Percentile bootstrap interval over queries (``scipy.stats.bootstrap``, seeded).
 
     ``values`` is one per-query array, or a tuple of aligned per-query arrays
     that are resampled together (e.g. orders and clicks for a conversion rate,
@@ -184,15 +185,18 @@ def bootstrap_ci(
         raise ValueError("bootstrap arrays must have the same length")
     if n == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))  # (B, n)
-    if statistic is None:
-        stats = arrays[0][idx].mean(axis=1)
-    else:
-        stats = np.array([statistic(*(a[row] for a in arrays)) for row in idx])
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.nanquantile(stats, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    if n == 1:  # one query: nothing to resample (scipy asks for two)
+        point = float(arrays[0][0]) if statistic is None else float(statistic(*arrays))
+        return (point, point)
+    res = stats.bootstrap(
+        tuple(arrays), _mean if statistic is None else statistic, n_resamples=n_resamples, confidence_level=level,
+        method="percentile", paired=True, vectorized=statistic is None, rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
 
 
 def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> float:

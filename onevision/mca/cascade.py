@@ -26,7 +26,7 @@ import numpy as np
 from onevision import atomic
 from onevision.mca.features import Catalog, LogStats, pair_features
 from onevision.mca.index import ItemIndex
-from onevision.retrieval import RetrievalResult
+from onevision.retrieval import RetrievalResult, top_k
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,6 @@ class CascadeSizes:
     recall_k: int = 500  # recall cut: what faiss returns
     prerank_k: int = 100  # pre-rank cut: the ranker's short list
     neighbours: int = 10  # nearest items whose categories vote for the query's category
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k best scores per row, best first: (Q, n) -> (Q, min(k, n))."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 class MCACascade:

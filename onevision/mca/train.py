@@ -49,7 +49,7 @@ import pandas as pd
 
 from onevision import paths
 from onevision.config import Config, MCAConfig
-from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade, top_k
+from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade
 from onevision.mca.features import (
     Catalog,
     FoldStats,
@@ -59,6 +59,7 @@ from onevision.mca.features import (
     query_folds,
 )
 from onevision.mca.index import ItemIndex
+from onevision.retrieval import top_k
 
 log = logging.getLogger(__name__)
 

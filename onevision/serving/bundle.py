@@ -37,7 +37,7 @@ import numpy as np
 
 from onevision import atomic, paths
 from onevision.config import Config
-from onevision.retrieval import RetrievalResult
+from onevision.retrieval import RetrievalResult, exact_knn
 from onevision.serving.queries import QuerySpec
 
 MANIFEST = "bundle.json"
@@ -184,13 +184,10 @@ class ExactKNNRetriever:
         t0 = time.perf_counter()
         query = self.encoder.embed(images)  # (Q, D)
         t1 = time.perf_counter()
-        sims = query @ self.item_emb.T  # (Q, N)
-        kk = min(k, len(self.item_ids))
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < len(self.item_ids) else np.tile(np.arange(kk), (len(sims), 1))
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)  # (Q, kk) best first
-        ids = np.full((len(sims), k), -1, np.int64)
-        scores = np.full((len(sims), k), -np.inf, np.float32)
+        top, sims = exact_knn(query, self.item_emb, k)  # (Q, kk) best first
+        kk = top.shape[1]
+        ids = np.full((len(query), k), -1, np.int64)
+        scores = np.full((len(query), k), -np.inf, np.float32)
         ids[:, :kk] = self.item_ids[top]
-        scores[:, :kk] = np.take_along_axis(sims, top, axis=1)
+        scores[:, :kk] = sims
         return RetrievalResult(ids, scores, {"encode": t1 - t0, "search": time.perf_counter() - t1})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +29,6 @@ def test_help_is_fast_and_imports_nothing_heavy():
     code = "import sys; from onevision.app.cli import app; print(sorted(m for m in ('torch','prefect','mlflow','evidently','dvc') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-@pytest.fixture
-def project(tmp_path):
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    return tmp_path
 
 
 def test_retrain_refuses_unknown_override_before_starting(project):

@@ -17,9 +17,9 @@ from onevision.monitoring.features import Catalog, PixelEmbedder, Projection, im
 from onevision.monitoring.monitor import AlertError, alert_payload, send_alert, summary_markdown
 from onevision.monitoring.report import OTHER, pool_rare_categories
 from onevision.monitoring.sids import KnnSids, SidTable, prefix_strings
-from onevision.monitoring.testing import render
 from onevision.monitoring.window import latest, parse_window
 from onevision.storage.s3 import ENDPOINT_ENV, ObjectStore
+from tests.drift_project import render
 
 # --------------------------------------------------------------------------- windows
 

@@ -1,6 +1,6 @@
 """The drift check end to end on a synthetic project: both directions, the report files, the CLI exit codes.
 
-The synthetic project (onevision.monitoring.testing) has no encoder, so the
+The synthetic project (tests/drift_project.py) has no encoder, so the
 monitor runs on its documented pixel fallback. Evidently's import (~4 s) and
 one report per test (~1-3 s) make this module slow.
 """
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from onevision.config import load_config
 from onevision.monitoring.drills import simulate_shift
 from onevision.monitoring.monitor import build_baseline, run_drift_check
-from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+from tests.drift_project import build_synthetic_project, synthetic_window
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import pytest
 
 from onevision.comparison.references import KNNRetriever, PopularityRetriever, RandomRetriever
 from onevision.config import EvaluateConfig, MCAConfig
-from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade, top_k
+from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade
 from onevision.mca.features import FEATURES, Catalog, FoldStats, LogStats, PairCounts, pair_features, query_folds
 from onevision.mca.index import ItemIndex, gpu_available, resolve_factory
-from onevision.retrieval import Retriever
+from onevision.retrieval import Retriever, exact_knn, top_k
 
 
 def _unit(x):
@@ -166,6 +166,19 @@ def test_top_k_orders_best_first():
     scores = np.array([[0.1, 0.9, 0.5, -np.inf], [3.0, 2.0, 1.0, 0.0]])
     assert top_k(scores, 2).tolist() == [[1, 2], [0, 1]]
     assert top_k(scores, 10).tolist() == [[1, 2, 0, 3], [0, 1, 2, 3]]
+
+
+def test_exact_knn_equals_faiss_flat_search():
+    """The numpy helper (serving's kNN) and faiss' flat index (the evaluation's kNN reference) agree."""
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(300, 16)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    query = items[rng.integers(0, 300, 20)] + 0.1 * rng.normal(size=(20, 16)).astype(np.float32)
+    rows, scores = exact_knn(query, items, 7)
+    flat = ItemIndex.build(items, np.arange(300), "Flat", use_gpu="never")
+    ids, ref = flat.search(query, 7)
+    assert rows.tolist() == ids.tolist() and np.allclose(scores, ref, atol=1e-5)
+    assert exact_knn(query, items[:5], 7)[0].shape == (20, 5)  # fewer items than k: all of them, best first
 
 
 def test_cascade_shapes_order_and_tail(world):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ from onevision.stages import declaration, declarations, stage_names
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def project(tmp_path):
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    return tmp_path
 
 
 def test_profile_and_overrides_are_written_keeping_comments(project):

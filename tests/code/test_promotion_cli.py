@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,6 @@ def test_commands_have_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-
-
-@pytest.fixture
-def project(tmp_path):
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    return tmp_path
 
 
 def test_no_reviewers_configured_blocks_approval(project):

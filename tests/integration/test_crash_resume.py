@@ -148,7 +148,7 @@ def canary_run(tmp_path_factory, api_env):
 
 def test_no_canary_secret_reaches_any_output(canary_run, api_env, isolated_state, tmp_path):
     from onevision.monitoring.drills import simulate_shift
-    from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+    from tests.drift_project import build_synthetic_project, synthetic_window
 
     # The promotion flow on a trained project (the tiny knn one: seconds), decided by a reviewer.
     tiny = make_tiny_project(tmp_path / "tiny")

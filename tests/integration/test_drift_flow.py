@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from onevision.monitoring.drills import simulate_shift
-from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+from tests.drift_project import build_synthetic_project, synthetic_window
 from tests.integration.conftest import moto_s3
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -75,7 +75,7 @@ def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an
     from typer.testing import CliRunner
 
     from onevision.app.cli import app
-    from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+    from tests.drift_project import build_synthetic_project, synthetic_window
 
     root = build_synthetic_project(tmp_path / "proj")
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
@@ -97,7 +97,7 @@ def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, 
 
     import onevision.app.tasks.drift
     from onevision.app.flows.drift import drift_monitor
-    from onevision.monitoring.testing import build_synthetic_project, synthetic_window
+    from tests.drift_project import build_synthetic_project, synthetic_window
 
     monkeypatch.setattr(onevision.app.tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
     root = build_synthetic_project(tmp_path / "proj")

@@ -1,4 +1,4 @@
-"""A tiny synthetic project for tests and examples of the drift monitor.
+"""A tiny synthetic project for the drift monitor's tests (test code: not installed with the library).
 
 No Fashion-MNIST, encoder or DVC needed: five product categories drawn as
 simple shapes (square, disc, stripes, bar, ring) on 28x28 grey photos, a few
