@@ -175,7 +175,7 @@ def test_exact_knn_equals_faiss_flat_search():
     items /= np.linalg.norm(items, axis=1, keepdims=True)
     query = items[rng.integers(0, 300, 20)] + 0.1 * rng.normal(size=(20, 16)).astype(np.float32)
     rows, scores = exact_knn(query, items, 7)
-    flat = ItemIndex.build(items, np.arange(300), "Flat", use_gpu="never")
+    flat = ItemIndex.build(items, np.arange(300), index_type="Flat", use_gpu="never")
     ids, ref = flat.search(query, 7)
     assert rows.tolist() == ids.tolist() and np.allclose(scores, ref, atol=1e-5)
     assert exact_knn(query, items[:5], 7)[0].shape == (20, 5)  # fewer items than k: all of them, best first
