@@ -43,7 +43,8 @@ class Retriever(Protocol):
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k best scores per row, best first (ties: lower column first): (Q, n) -> (Q, min(k, n))."""
+    """Column indices of the k best scores per row, best first: (Q, n) -> (Q, min(k, n)). Ties inside the top k keep
+    column order; which of several tied scores at the cut is kept is argpartition's choice."""
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")

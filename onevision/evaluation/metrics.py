@@ -189,14 +189,10 @@ def bootstrap_ci(
         point = float(arrays[0][0]) if statistic is None else float(statistic(*arrays))
         return (point, point)
     res = stats.bootstrap(
-        tuple(arrays), _mean if statistic is None else statistic, n_resamples=n_resamples, confidence_level=level,
+        tuple(arrays), np.mean if statistic is None else statistic, n_resamples=n_resamples, confidence_level=level,
         method="percentile", paired=True, vectorized=statistic is None, rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(values, axis=axis)
 
 
 def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> float:

@@ -57,15 +57,13 @@ def beam_search(
     """
     if beam_width < 1 or k < 1:
         raise ValueError(f"beam_width and k must be >= 1, got {beam_width} and {k}")
+    if not constrained and pruning is not None and pruning.active:
+        raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
     if model.cfg.geo_levels:
-        if not constrained and pruning is not None and pruning.active:
-            raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
         widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
         return geometric_beam_search(model, ctx, trie=trie, beam_width=max(beam_width, k), k=k, constrained=constrained,
                                      level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
     if pruning is not None and pruning.active:
-        if not constrained:
-            raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
         return pruned_beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level
     # guarantees k finished items (when the catalog has them); fewer beams could strand the search.

@@ -95,7 +95,10 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
                 cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
         width, prev = keep, code.reshape(-1)
     dead = ~torch.isfinite(beam)  # (B, W) masked prefixes that filled the top-k
-    dead_prefixes = None if constrained else float((nodes[~dead] < 0).float().mean()) if bool((~dead).any()) else 0.0
+    dead_prefixes = None  # unconstrained: the share of generated prefixes that continue no catalog SID
+    if not constrained:
+        generated = nodes[~dead]
+        dead_prefixes = float((generated < 0).float().mean()) if generated.numel() else 0.0
     nodes = nodes.masked_fill(dead, -1)
     # expand the leaves under each kept prefix: a contiguous run of sorted trie rows
     start = trie.leaf_start[G][nodes.clamp(min=0)]  # (B, W)

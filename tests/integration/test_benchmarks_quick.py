@@ -85,7 +85,8 @@ def test_benchmarks_on_a_trained_project(tiny_full_run, tmp_path: Path):
     bench("drift_monitoring.py", "--root", project, "--rows", "100", "--clean-windows", "2", "--shift-seeds", "1",
           "--timing-rows", "500", "--out", tmp_path / "drift")
     drift = json.loads((tmp_path / "drift.json").read_text())
-    assert drift, "drift_monitoring wrote an empty result"
+    assert drift["false_alarms"]["windows"] == 2 and 0.0 <= drift["false_alarms"]["rate"] <= 1.0
+    assert drift["detection"] and all(d["windows"] == 1 for d in drift["detection"].values())
 
 
 def test_vrq_ablation_quick(tmp_path: Path):
