@@ -26,6 +26,7 @@ from onevision.app.common import (
     project_config,
     setup_logging,
 )
+from onevision.app.options import ProfileOpt, RootOpt, SetOpt
 from onevision.config import PARAMS_FILE, Config, ConfigError, describe_fields, load_config
 
 app = typer.Typer(
@@ -39,18 +40,6 @@ config_app = typer.Typer(help="Inspect the configuration in params.yaml.", no_ar
 app.add_typer(data_app, name="data")
 app.add_typer(stage_app, name="stage")
 app.add_typer(config_app, name="config")
-
-RootOpt = Annotated[
-    Path, typer.Option("--root", help="Project root holding params.yaml and dvc.yaml.", file_okay=False)
-]
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable; value read as YAML)."),
-]
-
 
 class RetrainStopped(BaseException):
     """SIGTERM while the retrain flow runs (a BaseException, like KeyboardInterrupt: nothing swallows it)."""

@@ -8,20 +8,19 @@ from typing import Annotated
 import typer
 
 from onevision.app.common import load_project, setup_logging
+from onevision.app.options import ProfileOpt, RootOpt, SetOpt
 
 
 def evaluate_command(
     *,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable; value read as YAML).")
-    ] = None,
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
     systems: Annotated[
         str | None, typer.Option("--systems", help="Comma-separated system names (default: every system whose artifacts exist).")
     ] = None,
     max_queries: Annotated[int | None, typer.Option("--max-queries", help="Evaluate a seeded sample of this many test queries.")] = None,
     no_cost: Annotated[bool, typer.Option("--no-cost", help="Skip latency, throughput and memory measurements (quality only).")] = False,
-    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml and the pipeline outputs.", file_okay=False)] = Path("."),
+    root: RootOpt = Path("."),
 ) -> None:
     """Evaluate MCA, OneVision and the reference systems on the TEST split.
 

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from onevision.app.options import JsonOpt, ProfileOpt, RootOpt, SetOpt
+
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR, EXIT_INSUFFICIENT, EXIT_INFRA = 0, 1, 2, 3, 4
 SHIFT_HELP = "Drill: check a simulated shifted window instead: category-mix, lighting, blur or new-brand."
 
@@ -29,10 +31,10 @@ def drift_command(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the drill window (default: derived from the config seed).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the report files (default: reports/drift/<run_id>/).")] = None,
     publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Log an MLflow run, upload to storage, send the webhook alert.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of the table.")] = False,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Named profile from params.yaml (e.g. small, default).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a parameter: section.key=value (repeatable).")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml.", file_okay=False)] = Path("."),
+    as_json: JsonOpt = False,
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: RootOpt = Path("."),
 ) -> None:
     """Compare current query traffic with the champion's training window (Evidently report + JSON summary).
 

@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 
 from onevision.app.common import fail, fail_run, load_project, setup_logging
+from onevision.app.options import JsonOpt, RootOpt
 
 commands = typer.Typer()
 
-RootOpt = Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)]
 ReviewerOpt = Annotated[str | None, typer.Option(
     "--reviewer", help="Your name, as a check: it must be who you are ($ONEVISION_REVIEWER, else your login) and be listed "
     "in registry.reviewers. Naming someone else is refused.")]
@@ -153,7 +153,7 @@ def models(root: RootOpt = Path(".")) -> None:
 
 @commands.command()
 def audit(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list.")] = False,
+    as_json: JsonOpt = False,
     root: RootOpt = Path("."),
 ) -> None:
     """Print the promotion audit log: approvals, rejections, rollbacks (who, when, why, gate values)."""

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from onevision.app.common import fail, load_project
+from onevision.app.options import JsonOpt, RootOpt
 
 commands = typer.Typer()
 
@@ -132,11 +133,11 @@ def search(
     project: Annotated[
         Path | None, typer.Option("--project", help="Serve a local trained project root instead of the registry.", file_okay=False, exists=True)
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
     sheet: Annotated[
         Path | None, typer.Option("--sheet", help="Also write an HTML page with the query photo and the results as thumbnails (photos from the project's catalog).", dir_okay=False)
     ] = None,
-    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
+    root: RootOpt = Path("."),
 ) -> None:
     """Search the catalog with a photo: top-k item ids with scores."""
 
@@ -189,7 +190,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", "-h", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5001,
     print_command: Annotated[bool, typer.Option("--print-command", help="Print the mlflow command instead of running it.")] = False,
-    root: Annotated[Path, typer.Option("--root", help="Project root holding params.yaml (and mlflow.db by default).", file_okay=False)] = Path("."),
+    root: RootOpt = Path("."),
 ) -> None:
     """Serve the champion over REST (`mlflow models serve` on its registered version), after checking that it exists
     and was approved; without a champion, say how to get one and what to serve meanwhile."""
