@@ -8,43 +8,22 @@ from the demo machinery with new seeds (onevision.monitoring.drills).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from onevision import paths
-from onevision.config import load_config
+from tests.model.conftest import DEMO_SHOP, NARROW_ENCODER, needs_fashion_mnist
 
-REPO = Path(__file__).resolve().parents[2]
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TINY = [
-    "data.n_items=300", "data.n_users=60", "data.n_queries=1500", "data.n_brands=10",
-    "encoder.epochs=2", "encoder.width=16", "encoder.hidden_dim=128", "encoder.embed_dim=64", "encoder.batch_size=128",
-    "vrq.codebook_sizes=[16, 8, 8]", "vrq.epochs=0", "vrq.batch_size=512",
-    "drift.reference_rows=1200",
-]
+TINY = [*DEMO_SHOP, "data.n_queries=1500", *NARROW_ENCODER, "encoder.epochs=2",
+        "vrq.codebook_sizes=[16, 8, 8]", "vrq.epochs=0", "vrq.batch_size=512", "drift.reference_rows=1200"]
 ROWS = 600
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from onevision.data.demo import build_demo
-    from onevision.data.stage import split
-    from onevision.data.tables import write_tables
+def project(demo_project):
     from onevision.monitoring.monitor import build_baseline
-    from onevision.stages import run_stage
 
-    root = tmp_path_factory.mktemp("drift_project")
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=TINY)
-    write_tables(build_demo(cfg, progress=False), root / paths.VALIDATED)  # what validate passes on
-    split(cfg, root)
-    run_stage("align_encoder", cfg, root)
-    run_stage("vrq", cfg, root)
+    root, cfg, _ = demo_project("drift_project", TINY, ["align_encoder", "vrq"])
     return root, cfg, build_baseline(cfg, root)
 
 

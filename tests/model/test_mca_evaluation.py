@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 
 from onevision import paths
-from onevision.config import Config, load_config
+from onevision.config import Config
+from tests.markdown_tables import table_rows
+from tests.model.conftest import DEMO_SHOP, needs_fashion_mnist, write_demo_project
 
-REPO = Path(__file__).resolve().parents[2]
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = needs_fashion_mnist  # every test uses the tiny demo shop
+
 TINY = [
-    "data.n_items=300", "data.n_users=60", "data.n_queries=3000", "data.n_brands=10",
+    *DEMO_SHOP, "data.n_queries=3000",
     "mca.recall_k=100", "mca.prerank_k=50", "mca.ranker_train_candidates=30",
     "evaluate.latency_queries=5", "evaluate.warmup=1", "evaluate.bootstrap=50", "evaluate.batch_size=128",
 ]
@@ -60,15 +62,9 @@ def fake_embeddings(items, queries, dim: int = 32, query_noise: float = 0.35, se
 
 def build_tiny_project(root: Path, overrides: list[str] | None = None) -> tuple[Config, FakeEncoder]:
     """Demo tables (written as validated), the split, fake item embeddings; returns the config and the fake encoder."""
-    from onevision.data.demo import build_demo
-    from onevision.data.stage import split
-    from onevision.data.tables import write_tables
     from onevision.encoder.api import decode_image_column, save_item_embeddings
 
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=TINY + list(overrides or []))
-    tables = build_demo(cfg, progress=False)
-    write_tables(tables, root / paths.VALIDATED)
-    split(cfg, root)
+    cfg, tables = write_demo_project(root, TINY + list(overrides or []))
     item_ids, item_emb, query_emb = fake_embeddings(tables["items"], tables["queries"], seed=cfg.seed)
     save_item_embeddings(root, item_ids, item_emb)
     images = decode_image_column(tables["queries"], channels=cfg.data.image_channels)
@@ -81,8 +77,6 @@ def build_tiny_project(root: Path, overrides: list[str] | None = None) -> tuple[
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
     """(cfg, root, fake encoder, trained MCA cascade, training facts); the cascade is also saved to models/mca."""
-    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
     from onevision.evaluation.cost import limit_threads
     from onevision.mca.train import MCA_DIR, train_cascade
 
@@ -195,7 +189,7 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
         assert stages["recall"]["exact_hit"] >= stages["prerank"]["exact_hit"] >= stages["top10"]["exact_hit"]
     assert set(results["mca"]["stage_latency_p50_ms"]) == {"encode", "recall", "prerank", "rank"}
     assert "vs_mca_sim_orders_per_1k_delta" in results["knn"]
-    assert (root / "reports/evaluate.md").read_text().count("| mca |") >= 3
+    assert [row[0] for row in table_rows((root / "reports/evaluate.md").read_text())].count("mca") >= 3
     assert (root / "plots/evaluate_quality_latency.png").stat().st_size > 0
     assert (root / "plots/evaluate_per_k.png").stat().st_size > 0
 

@@ -11,45 +11,25 @@ no codebook level collapses.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from onevision import paths
-from onevision.config import load_config
+from tests.model.conftest import DEMO_SHOP, NARROW_ENCODER, needs_fashion_mnist
 
-REPO = Path(__file__).resolve().parents[2]
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TINY = [
-    "data.n_items=300", "data.n_users=60", "data.n_queries=1500", "data.n_brands=10",
-    "encoder.epochs=6", "encoder.width=16", "encoder.hidden_dim=128", "encoder.embed_dim=64", "encoder.batch_size=128",
-    "vrq.codebook_sizes=[32, 16, 8]", "vrq.epochs=15", "vrq.batch_size=512",
-]
+TINY = [*DEMO_SHOP, "data.n_queries=1500", *NARROW_ENCODER, "encoder.epochs=6",
+        "vrq.codebook_sizes=[32, 16, 8]", "vrq.epochs=15", "vrq.batch_size=512"]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"),
-]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(demo_project):
     """Tiny demo tables -> split -> align_encoder -> vrq, through the stage registry."""
-    from onevision.data.demo import build_demo
-    from onevision.data.stage import split
-    from onevision.data.tables import write_tables
-    from onevision.stages import run_stage
-
-    root = tmp_path_factory.mktemp("vrq_project")
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=TINY)
-    # the demo builder's tables are what validate passes on; this test is about the encoder and tokenizer
-    write_tables(build_demo(cfg, progress=False), root / paths.VALIDATED)
-    split(cfg, root)
-    enc_metrics = run_stage("align_encoder", cfg, root)
-    vrq_metrics = run_stage("vrq", cfg, root)
-    return root, cfg, enc_metrics, vrq_metrics
+    root, cfg, metrics = demo_project("vrq_project", TINY, ["align_encoder", "vrq"])
+    return root, cfg, metrics["align_encoder"], metrics["vrq"]
 
 
 def test_stage_outputs_follow_the_contract(project):

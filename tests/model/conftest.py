@@ -1,0 +1,54 @@
+"""Fixtures shared by the model tier: tiny demo shops built by the real demo builder.
+
+``demo_project`` writes the demo builder's tables as the validated ones (what
+stage ``validate`` passes on; these tests are about the models), splits them
+and runs the stages a module asks for. Each module keeps its own sizes: the
+shared part is the shop and how it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from onevision import paths
+from onevision.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+                                         reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+
+# 300 products of the small profile's demo shop; modules add their query count and model sizes.
+DEMO_SHOP = ["data.n_items=300", "data.n_users=60", "data.n_brands=10"]
+NARROW_ENCODER = ["encoder.width=16", "encoder.hidden_dim=128", "encoder.embed_dim=64", "encoder.batch_size=128"]
+
+
+def write_demo_project(root: Path, overrides: Sequence[str]) -> tuple[Config, dict[str, pd.DataFrame]]:
+    """The small profile with ``overrides``; its demo tables written as validated under ``root`` and split."""
+    from onevision.data.demo import build_demo
+    from onevision.data.stage import split
+    from onevision.data.tables import write_tables
+
+    cfg = load_config(REPO / "params.yaml", profile="small", overrides=list(overrides))
+    tables = build_demo(cfg, progress=False)
+    write_tables(tables, root / paths.VALIDATED)
+    split(cfg, root)
+    return cfg, tables
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory) -> Callable[..., tuple[Path, Config, dict[str, Any]]]:
+    """``demo_project(name, overrides, stages)`` -> (root, cfg, {stage: its metrics}) for a fresh tiny demo project."""
+    from onevision.stages import run_stage
+
+    def build(name: str, overrides: Sequence[str], stages: Sequence[str] = ()) -> tuple[Path, Config, dict[str, Any]]:
+        root = tmp_path_factory.mktemp(name)
+        cfg, _ = write_demo_project(root, overrides)
+        return root, cfg, {stage: run_stage(stage, cfg, root) for stage in stages}
+
+    return build
