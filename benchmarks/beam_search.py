@@ -39,6 +39,7 @@ from onevision.config import load_config
 from onevision.generative.decode import beam_search
 from onevision.generative.model import ACTION_PAD, Context, GeneratorConfig, SIDGenerator
 from onevision.generative.trie import SIDTrie
+from onevision.markdown import table as markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -191,15 +192,13 @@ def main() -> None:
         f"top-{args.k}; the effective width is max(beam width, k). *invalid* is the share of the unconstrained search's "
         "generations that name no catalog item (the constrained search's is 0 by construction).",
         "",
-        "| catalog | items | trie MiB | trie build s | batch | width | constrained ms/q | unconstrained ms/q | overhead | unconstrained invalid |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table([{"catalog": r["catalog"], "items": f"{r['items']:,}", "trie MiB": r["trie_mib"], "trie build s": r["build_s"],
+                         "batch": r["batch"], "width": r["width"],
+                         "constrained ms/q": f"{r['constrained_ms']:.2f} ± {r['constrained_std']:.2f}",
+                         "unconstrained ms/q": f"{r['unconstrained_ms']:.2f} ± {r['unconstrained_std']:.2f}",
+                         "overhead": f"{r['overhead_pct']:+.1f} %", "unconstrained invalid": f"{r['unconstrained_invalid_rate']:.1%}"}
+                        for r in rows], align="l" + "r" * 9),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['catalog']} | {r['items']:,} | {r['trie_mib']} | {r['build_s']} | {r['batch']} | {r['width']} | "
-            f"{r['constrained_ms']:.2f} ± {r['constrained_std']:.2f} | {r['unconstrained_ms']:.2f} ± {r['unconstrained_std']:.2f} | "
-            f"{r['overhead_pct']:+.1f} % | {r['unconstrained_invalid_rate']:.1%} |"
-        )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out.with_suffix('.md')}")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from onevision.config import load_config
+from onevision.markdown import table as markdown_table
 from onevision.monitoring.drills import SHIFT_KINDS, drill_window
 from onevision.monitoring.monitor import build_baseline, run_drift_check
 from onevision.monitoring.window import split_queries
@@ -125,15 +126,13 @@ def main() -> None:
         f"({100 * n_false / max(len(clean), 1):.0f} %); held-out test split ({heldout['current']['rows']} rows): "
         f"{'alarm ' + ', '.join(heldout['alarms']) if heldout['alarms'] else 'no alarm'}.",
         "",
-        "| check | effective threshold | mean / max score on clean windows | false alarms |",
-        "|---|---|---|---|",
+        markdown_table([[name, clean[0]["thresholds"][name], f"{np.mean([w['scores'][name] or 0.0 for w in clean]):.3f} / {top:.3f}", per_check_false[name]]
+                        for name, top in max_clean.items()],
+                       ["check", "effective threshold", "mean / max score on clean windows", "false alarms"], align="lrrr"),
+        "",
+        markdown_table([[kind, f"{r['detected']}/{r['windows']}", ", ".join(r["alarms"])] for kind, r in result["detection"].items()],
+                       ["shift", "detected", "alarms raised"], align="lrl"),
     ]
-    for name, top in max_clean.items():
-        mean = float(np.mean([w["scores"][name] or 0.0 for w in clean]))
-        lines.append(f"| {name} | {clean[0]['thresholds'][name]} | {mean:.3f} / {top:.3f} | {per_check_false[name]} |")
-    lines += ["", "| shift | detected | alarms raised |", "|---|---|---|"]
-    for kind, r in result["detection"].items():
-        lines.append(f"| {kind} | {r['detected']}/{r['windows']} | {', '.join(r['alarms'])} |")
     tm = result["timing_10k"]
     lines += [
         "",

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from onevision.markdown import table as markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 BAD = ("crashes", "data lost", "unauthorised promotions", "false drift pages", "secrets leaked")
@@ -113,10 +115,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     took = meta.get("session") or f"{meta['seconds']:.0f} s"
     lines = [f"# Reliability drill ({meta['mode']})", "", f"{meta['when']}, {took} on {meta['machine']}. "
              "`python benchmarks/drill.py [--full]` writes this file.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["scenario"], r["tests"] if r["ran"] else "not run", str(r["injected"]), str(r["handled"]), *(str(r[b]) for b in BAD)]
-        lines.append("| " + " | ".join(cells) + " |")
+             markdown_table([[r["scenario"], r["tests"] if r["ran"] else "not run", r["injected"], r["handled"], *(r[b] for b in BAD)] for r in rows],
+                            head, align="l" + "r" * (len(head) - 1))]
     total = {b: sum(r[b] for r in rows) for b in BAD}
     fuzzed = sum(r["injected"] for r in rows if r["scenario"].startswith("fuzzed"))
     lines += ["", f"**Totals**: {fuzzed} fuzzed inputs; " + ", ".join(f"{v} {k}" for k, v in total.items()) + ".",

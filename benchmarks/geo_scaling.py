@@ -32,6 +32,7 @@ from onevision.generative.checkpoint import build_generator
 from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context, GeneratorConfig
 from onevision.generative.trie import SIDTrie
+from onevision.markdown import table as markdown_table
 from onevision.vrq.quantizer import disambiguate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -161,8 +162,7 @@ def main() -> None:
     lines = ["# OneVision decode cost vs catalog size", "",
              f"`python benchmarks/geo_scaling.py{' --quick' if args.quick else ''}` ({args.threads} thread(s), {platform.processor() or platform.machine()}). "
              f"Synthetic catalogs, {LEVELS} residual levels x {CODES} codes fit by RQ-KMeans ({KMEANS_ITERS} iterations on <= {KMEANS_SAMPLE} residuals per level) + disambiguation, beam {BEAM}, k {K}; exact recall = faiss IndexFlatIP top-{RECALL_K}.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+             markdown_table([{c: r[c] for c in cols} for r in rows], align="r" * len(cols))]
     top = rows[-1]
     verdict = "met" if top["onevision_p50_vs_smallest"] <= TARGET else "**missed**"
     lines += ["", f"Target (issue 12): OneVision's batch-1 p50 at {top['items']:,} items at most {TARGET}x its p50 at "

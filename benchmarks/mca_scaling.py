@@ -37,6 +37,7 @@ import pandas as pd
 from onevision.config import MCAConfig
 from onevision.evaluation.cost import limit_threads, peak_memory, rss_mb
 from onevision.evaluation.metrics import latency_summary
+from onevision.markdown import table as markdown_table
 from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade
 from onevision.mca.features import FEATURES, Catalog, LogStats
 from onevision.mca.index import ItemIndex
@@ -250,16 +251,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"faiss {meta['faiss']} ({meta['gpus']} GPUs), {meta['machine']}, threads: {meta['threads']}. Encoder excluded (constant in N). "
         f"Produced by `benchmarks/mca_scaling.py` in {meta['total_s']:.0f} s.",
         "",
-        "| items | index | nprobe | build s | build peak RSS MB | ANN recall@R | recall ms/q | prerank ms/q | rank ms/q | QPS (batched) | b1 p50 ms | b1 p95 ms | b1 p99 ms | b1 recall p50 | b1 prerank p50 | b1 rank p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table([{"items": f"{r['n_items']:,}", "index": r["index"], "nprobe": r["nprobe"] or "–", "build s": f"{r['build_s']:.1f}",
+                         "build peak RSS MB": f"{r['index_mb']:.0f}", "ANN recall@R": f"{r['ann_recall']:.3f}",
+                         "recall ms/q": f"{r['batch_recall_ms']:.3f}", "prerank ms/q": f"{r['batch_prerank_ms']:.3f}",
+                         "rank ms/q": f"{r['batch_rank_ms']:.3f}", "QPS (batched)": f"{r['qps']:.0f}",
+                         "b1 p50 ms": f"{r['b1_p50_ms']:.2f}", "b1 p95 ms": f"{r['b1_p95_ms']:.2f}", "b1 p99 ms": f"{r['b1_p99_ms']:.2f}",
+                         "b1 recall p50": f"{r['b1_recall_p50_ms']:.2f}", "b1 prerank p50": f"{r['b1_prerank_p50_ms']:.2f}",
+                         "b1 rank p50": f"{r['b1_rank_p50_ms']:.2f}"} for r in rows], align="rl" + "r" * 14),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['n_items']:,} | {r['index']} | {r['nprobe'] or '–'} | {r['build_s']:.1f} | {r['index_mb']:.0f} | {r['ann_recall']:.3f} | "
-            f"{r['batch_recall_ms']:.3f} | {r['batch_prerank_ms']:.3f} | {r['batch_rank_ms']:.3f} | {r['qps']:.0f} | "
-            f"{r['b1_p50_ms']:.2f} | {r['b1_p95_ms']:.2f} | {r['b1_p99_ms']:.2f} | {r['b1_recall_p50_ms']:.2f} | "
-            f"{r['b1_prerank_p50_ms']:.2f} | {r['b1_rank_p50_ms']:.2f} |"
-        )
     lines += [
         "",
         "ANN recall@R: share of the exact top-R (R = recall_k) neighbours the index returns. ms/q columns: batched wall time per "

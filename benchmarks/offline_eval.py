@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from onevision.markdown import table as markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -121,14 +123,11 @@ def markdown(summary: dict, report: str) -> str:
              f"Produced by `benchmarks/offline_eval.py --profile {s['profile']}` on {s['machine']}"
              + (f"; the whole retrain flow took {s['flow_seconds']:.0f} s." if s["flow_seconds"] else "."), "",
              "## Headline (test split, same queries for every system)", "",
-             "| system | HR@10 | NDCG@10 | MRR | clicks/1k | orders/1k | conversion | p50 ms | p95 ms | QPS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, m in s["systems"].items():
-        lines.append("| " + " | ".join([name] + [_fmt(m.get(k), 1 if k in ONE_DECIMAL else 3)
-                                                 for k in HEADLINE]) + " |")
+             markdown_table([[name, *(_fmt(m.get(k), 1 if k in ONE_DECIMAL else 3) for k in HEADLINE)] for name, m in s["systems"].items()],
+                            ["system", "HR@10", "NDCG@10", "MRR", "clicks/1k", "orders/1k", "conversion", "p50 ms", "p95 ms", "QPS"],
+                            align="l" + "r" * len(HEADLINE))]
     lines += ["", "## Ratios", ""] + [f"- `{k}`: {v:.3f}" for k, v in s["ratios"].items()]
-    lines += ["", "## Stage wall times (s)", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in s["stage_seconds"].items()]
+    lines += ["", "## Stage wall times (s)", "", markdown_table(list(s["stage_seconds"].items()), ["stage", "seconds"], align="lr")]
     lines += ["", "## The evaluation report of this run", ""]
     lines += [line.replace("# Offline evaluation", "### Offline evaluation", 1) if line.startswith("# ") else
               ("#" + line if line.startswith("## ") else line) for line in report.splitlines()]

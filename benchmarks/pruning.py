@@ -50,6 +50,7 @@ from onevision.generative.calibrate import (
 )
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, load_pruning
+from onevision.markdown import table as markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -131,20 +132,19 @@ def markdown(result: dict, machine: str) -> str:
              f"k={result['k']}, beam width {result['beam_width']}. Decoding latency per query (image encoding excluded), "
              "batch-1 calls of the two configs interleaved.", ""]
     un, ch = result["unpruned"], result["chosen"]
-    lines += ["| | unpruned | chosen | ratio |", "|---|---:|---:|---:|"]
-    for key in ("batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query"):
-        lines.append(f"| {key} | {un['latency'][key]:.3f} | {ch['latency'][key]:.3f} | {result['speedup'][key]:.2f}x |")
+    latency = [[key, f"{un['latency'][key]:.3f}", f"{ch['latency'][key]:.3f}", f"{result['speedup'][key]:.2f}x"]
+               for key in ("batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query")]
     if result["mode"] == "trained":
         e2e = result["end_to_end_batch1"]
-        lines.append(f"| end-to-end batch-1 p50 ms (encoder + decoding) | {e2e['unpruned']['p50_ms']:.3f} | {e2e['chosen']['p50_ms']:.3f} | "
-                     f"{result['end_to_end_speedup_p50']:.2f}x |")
-        lines += ["", f"Quality on {result['queries']} TEST queries (same queries):", "", "| metric | unpruned | chosen | relative loss |", "|---|---:|---:|---:|"]
-        for m in ("hr@10", "ndcg@10", "mrr", "sim_orders_per_1k", "sim_clicks_per_1k"):
-            a, b = un["quality"].get(m), ch["quality"].get(m)
-            if a is None or b is None:
-                continue
-            loss = 1 - b / a if a else 0.0
-            lines.append(f"| {m} | {a:.4f} | {b:.4f} | {100 * loss:+.2f}% |")
+        latency.append(["end-to-end batch-1 p50 ms (encoder + decoding)", f"{e2e['unpruned']['p50_ms']:.3f}", f"{e2e['chosen']['p50_ms']:.3f}",
+                        f"{result['end_to_end_speedup_p50']:.2f}x"])
+    lines.append(markdown_table(latency, ["", "unpruned", "chosen", "ratio"], align="lrrr"))
+    if result["mode"] == "trained":
+        quality = [[m, f"{a:.4f}", f"{b:.4f}", f"{100 * (1 - b / a if a else 0.0):+.2f}%"]
+                   for m in ("hr@10", "ndcg@10", "mrr", "sim_orders_per_1k", "sim_clicks_per_1k")
+                   if (a := un["quality"].get(m)) is not None and (b := ch["quality"].get(m)) is not None]
+        lines += ["", f"Quality on {result['queries']} TEST queries (same queries):", "",
+                  markdown_table(quality, ["metric", "unpruned", "chosen", "relative loss"], align="lrrr")]
         lines.append(f"\ninvalid-SID rate: unpruned {un['invalid_sid_rate']}, chosen {ch['invalid_sid_rate']}.")
     else:
         lines += ["", f"Synthetic catalog of {result['items']:,} items, levels {result['levels']}; random model. "

@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offline_eval import RESULTS, make_project, run_flow  # noqa: E402
 
+from onevision.markdown import table as markdown_table
+
 DEFAULT_VARIANTS = ("seed=0", "seed=1", "seed=2", "data.query_difficulty=1.5")
 KEYS = (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("sim_orders_per_1k", "orders/1k"))
 
@@ -60,16 +62,17 @@ def markdown(profile: str, rows: list[dict], wall: float, common: list[str] | No
              f"`benchmarks/robustness.py --profile {profile}{sets}`: one full retrain flow per variant, "
              f"{wall / 60:.0f} min in all on 2 cores. Test split of each variant's own demo shop; intervals are "
              "paired bootstrap intervals over its test queries (95 %).", "",
-             "| variant | test q | HR@10 OV / MCA | ratio | NDCG@10 ratio | orders/1k OV / MCA | ratio | Δ HR@10 vs MCA | Δ orders/1k vs MCA | SFT − pretrain orders | DPO − SFT orders |",
-             "|---|---:|---|---:|---:|---|---:|---|---|---|---|"]
-    for r in rows:
-        hr, nd, od = r["hr@10"], r["ndcg@10"], r["sim_orders_per_1k"]
-        lines.append(
-            f"| `{r['variant']}` | {r['test_queries']} | {hr['onevision']:.3f} / {hr['mca']:.3f} | {hr['ratio']:.3f}x | {nd['ratio']:.3f}x "
-            f"| {od['onevision']:.1f} / {od['mca']:.1f} | {od['ratio']:.3f}x "
-            f"| {_ci(hr['vs_mca'], 3)} | {_ci(od['vs_mca'], 1)} | {_ci(r['gain_onevision_sft'], 1)} | {_ci(r['gain_onevision'], 1)} |"
-        )
+             markdown_table([row(r) for r in rows], align="lrlrrlrllll")]
     return "\n".join(lines) + "\n"
+
+
+def row(r: dict) -> dict[str, str]:
+    """One variant's cells of the robustness table."""
+    hr, nd, od = r["hr@10"], r["ndcg@10"], r["sim_orders_per_1k"]
+    return {"variant": f"`{r['variant']}`", "test q": r["test_queries"], "HR@10 OV / MCA": f"{hr['onevision']:.3f} / {hr['mca']:.3f}",
+            "ratio": f"{hr['ratio']:.3f}x", "NDCG@10 ratio": f"{nd['ratio']:.3f}x", "orders/1k OV / MCA": f"{od['onevision']:.1f} / {od['mca']:.1f}",
+            "orders ratio": f"{od['ratio']:.3f}x", "Δ HR@10 vs MCA": _ci(hr["vs_mca"], 3), "Δ orders/1k vs MCA": _ci(od["vs_mca"], 1),
+            "SFT − pretrain orders": _ci(r["gain_onevision_sft"], 1), "DPO − SFT orders": _ci(r["gain_onevision"], 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

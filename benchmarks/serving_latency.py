@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from onevision.markdown import table as markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -182,12 +184,10 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         f"(shared; timings on a busy machine are upper bounds), torch {torch.__version__}, {torch.get_num_threads()} torch threads",
         f"- REST server: `mlflow models serve --env-manager local`, 1 uvicorn worker, answered /ping {startup:.1f} s after start",
         "",
-        "| path | p50 (ms) | p95 (ms) | mean ± std (ms) |",
-        "|---|---|---|---|",
     ]
     labels = {"retriever": "Retriever.retrieve (model only)", "pyfunc": "pyfunc predict in-process (PNG bytes)", "rest": "REST POST /invocations (base64 JSON)"}
-    for key, s in rows.items():
-        lines.append(f"| {labels[key]} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['mean_ms']:.2f} ± {s['std_ms']:.2f} |")
+    lines.append(markdown_table([[labels[key], f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", f"{s['mean_ms']:.2f} ± {s['std_ms']:.2f}"] for key, s in rows.items()],
+                                ["path", "p50 (ms)", "p95 (ms)", "mean ± std (ms)"], align="lrrr"))
     lines += [
         "",
         "pyfunc − retriever is the request handling (base64/PNG decode, image checks, schema enforcement, result table);",

@@ -45,6 +45,7 @@ from onevision.encoder.api import fuse_views
 from onevision.encoder.model import EncoderNet
 from onevision.encoder.stage import load_align_data
 from onevision.encoder.train import build_encoder_net, retrieval_probe, train_encoder
+from onevision.markdown import table as markdown_table
 from onevision.vrq.metrics import tokenizer_report
 from onevision.vrq.train import VRQTrainingData, train_vrq
 
@@ -149,24 +150,19 @@ def to_markdown(res: dict) -> str:
         "",
         "## Encoder: VAL query -> item by exact kNN",
         "",
-        "| encoder | top-1 | top-10 |",
-        "|---|---:|---:|",
     ]
     notes = {
         "aligned": "aligned (InfoNCE + circle, multi-view pairs)",
         "category-trained": "un-aligned: same net, category cross-entropy",
         "random-init": "un-aligned: same net, random init",
     }
-    for name, row in rows.items():
-        lines.append(f"| {notes[name]} | {row['top1']:.3f} | {row['top10']:.3f} |")
+    lines.append(markdown_table([[notes[name], f"{row['top1']:.3f}", f"{row['top10']:.3f}"] for name, row in rows.items()],
+                                ["encoder", "top-1", "top-10"], align="lrr"))
     lines += ["", "## Tokenizer: VRQ vs RQ-KMeans at equal codebook sizes (VAL query views)", ""]
-    header = "| embeddings | tokenizer | " + " | ".join(label for _, label, _ in TOKENIZER_KEYS) + " |"
-    lines += [header, "|---|---|" + "---:|" * len(TOKENIZER_KEYS)]
-    for name in ("aligned", "category-trained"):
-        for tok in ("vrq", "rqkmeans"):
-            m = rows[name][tok]
-            cells = " | ".join(fmt.format(m[key]) for key, _, fmt in TOKENIZER_KEYS)
-            lines.append(f"| {name} | {'VRQ' if tok == 'vrq' else 'RQ-KMeans'} | {cells} |")
+    tokenizers = [[name, "VRQ" if tok == "vrq" else "RQ-KMeans", *(fmt.format(rows[name][tok][key]) for key, _, fmt in TOKENIZER_KEYS)]
+                  for name in ("aligned", "category-trained") for tok in ("vrq", "rqkmeans")]
+    lines.append(markdown_table(tokenizers, ["embeddings", "tokenizer", *(label for _, label, _ in TOKENIZER_KEYS)],
+                                align="ll" + "r" * len(TOKENIZER_KEYS)))
     lines += ["", "## Ratios", ""]
     lines += [f"- `{k}`: {v:.2f}" for k, v in res["ratios"].items()]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in res["timings"].items()), ""]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onevision import atomic
+from onevision import atomic, markdown
 from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, pareto_front, resolve_metric
 
 
@@ -29,9 +29,8 @@ def _ci(m: dict[str, Any], key: str, digits: int = 1) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
+    """A table's lines and a blank one: the first column names the row, the others hold numbers (right-aligned)."""
+    return [*markdown.table(rows, header, align="l" + "r" * (len(header) - 1)).splitlines(), ""]
 
 
 def markdown_report(results: dict[str, dict[str, Any]], ks: list[int], facts: dict[str, Any]) -> str:

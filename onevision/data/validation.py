@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from onevision import markdown
 from onevision.data.images import ImageError, decode_image, resolve_image_path
 from onevision.data.schemas import RULES as SCHEMA_RULES
 from onevision.data.schemas import (
@@ -162,12 +163,10 @@ class ValidationResult:
             "",
             f"Images: {'decoded and checked' if self.images_checked else 'not checked (check_images is off)'}.",
             "",
-            "| table | rows | quarantined | bad fraction | status |",
-            "|---|---:|---:|---:|---|",
+            markdown.table([[table, c.rows, c.bad_rows, f"{c.bad_fraction:.2%}", "FAIL" if table in self.failed_tables else "ok"]
+                            for table, c in self.counts.items()],
+                           ["table", "rows", "quarantined", "bad fraction", "status"], align="lrrrl"),
         ]
-        for table, c in self.counts.items():
-            state = "FAIL" if table in self.failed_tables else "ok"
-            lines.append(f"| {table} | {c.rows} | {c.bad_rows} | {c.bad_fraction:.2%} | {state} |")
         if self.quarantine.empty:
             lines += ["", "No row was quarantined."]
             return "\n".join(lines) + "\n"
@@ -176,8 +175,8 @@ class ValidationResult:
             rules = counts[counts["table"] == table]
             if rules.empty:
                 continue
-            lines += ["", f"## {table}", "", "| rule | column | rows | message | examples (row [key]: value) |", "|---|---|---:|---|---|"]
             q = self.quarantine[self.quarantine["table"] == table]
+            rows = []
             for r in rules.itertuples(index=False):
                 hits = q[(q["rule"] == r.rule) & (q["column"] == r.column)]
                 if hits["row"].isna().all():
@@ -188,7 +187,9 @@ class ValidationResult:
                     )
                     if len(hits) > examples:
                         sample += ", …"
-                lines.append(f"| {r.rule} | {_cell(r.column)} | {r.rows} | {_cell(r.message)} | {_cell(sample)} |")
+                rows.append([r.rule, r.column, r.rows, r.message, sample])
+            lines += ["", f"## {table}", "",
+                      markdown.table(rows, ["rule", "column", "rows", "message", "examples (row [key]: value)"], align="llrll")]
         lines += ["", "## Rules", ""]
         lines += [f"- `{rule}`: {RULES.get(rule.split(':')[0], rule)}" for rule in sorted(counts["rule"].unique())]
         return "\n".join(lines) + "\n"
@@ -223,10 +224,6 @@ class ValidationFailed(RuntimeError):
     def __init__(self, result: ValidationResult):
         super().__init__(result.report_markdown())
         self.result = result
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 # --------------------------------------------------------------------------- per-table state

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import atomic, distributed, paths
+from onevision import atomic, distributed, markdown, paths
 from onevision.config import Config
 from onevision.encoder.api import (
     ENCODER_DIR,
@@ -162,12 +162,12 @@ def _write_report(root: Path, cfg: Config, metrics: dict[str, Any], history: lis
         f"Trained on {metrics['train_queries']} TRAIN query views and {metrics['catalog_views']} catalog views of "
         f"{metrics['items']} items in {metrics['train_seconds']:.1f} s. Probe: {metrics['probe_queries']} VAL queries, exact kNN.",
         "",
-        "| epoch | loss | InfoNCE | circle | probe top-1 | probe top-10 | s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        markdown.table([[h["epoch"], *((f"{h['loss']:.4f}", f"{h['infonce']:.4f}", f"{h['circle']:.4f}") if "loss" in h else ("(untrained)", "", "")),
+                         f"{h['probe_top1']:.3f}", f"{h['probe_top10']:.3f}", f"{h['seconds']:.1f}"] for h in history],
+                       ["epoch", "loss", "InfoNCE", "circle", "probe top-1", "probe top-10", "s"], align="r" * 7),
+        "",
+        "![curves](../plots/align_encoder.png)",
+        "",
     ]
-    for h in history:
-        losses = f"{h['loss']:.4f} | {h['infonce']:.4f} | {h['circle']:.4f}" if "loss" in h else "(untrained) | | "
-        lines.append(f"| {h['epoch']} | {losses} | {h['probe_top1']:.3f} | {h['probe_top10']:.3f} | {h['seconds']:.1f} |")
-    lines += ["", "![curves](../plots/align_encoder.png)", ""]
     path = root / paths.REPORTS / "align_encoder.md"
     atomic.write_text(path, "\n".join(lines))

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onevision import atomic, paths
+from onevision import atomic, markdown, paths
 from onevision.config import Config, PruningSweepConfig
 from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front, resolve_metric
 from onevision.generative.decode import beam_search
@@ -415,12 +415,11 @@ def markdown_report(result: dict[str, Any]) -> str:
             "",
         ]
     cols = ["point", "pareto", *guarded, *(f"loss {m}" for m in guarded), "ndcg@10", "b1 p50 ms", "b1 p95 ms", "batched ms/q", "speed-up"]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for p in sorted(result["points"], key=lambda p: p["latency"][key]):
-        name = f"**{p['label']}**" if p is best else p["label"]
-        row = [name, "yes" if p["pareto"] else "", *(_fmt(p["quality"].get(m)) for m in guarded), *(_fmt(p["loss"][m], True) for m in guarded),
-               _fmt(p["quality"].get("ndcg@10")), _fmt(p["latency"]["batch1_p50_ms"]), _fmt(p["latency"]["batch1_p95_ms"]),
-               _fmt(p["latency"]["batched_ms_per_query"]), _fmt(p["speedup"].get(key))]
-        lines.append("| " + " | ".join(row) + " |")
+    rows = [[f"**{p['label']}**" if p is best else p["label"], "yes" if p["pareto"] else "",
+             *(_fmt(p["quality"].get(m)) for m in guarded), *(_fmt(p["loss"][m], True) for m in guarded),
+             _fmt(p["quality"].get("ndcg@10")), _fmt(p["latency"]["batch1_p50_ms"]), _fmt(p["latency"]["batch1_p95_ms"]),
+             _fmt(p["latency"]["batched_ms_per_query"]), _fmt(p["speedup"].get(key))]
+            for p in sorted(result["points"], key=lambda p: p["latency"][key])]
+    lines.append(markdown.table(rows, cols, align="ll" + "r" * (len(cols) - 2)))
     lines += ["", "![Pareto](../plots/pruning_pareto.png)", ""]
     return "\n".join(lines)

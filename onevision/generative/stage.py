@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from onevision import atomic, distributed, paths
+from onevision import atomic, distributed, markdown, paths
 from onevision.config import Config
 from onevision.generative.checkpoint import build_generator, checkpoint_dir, load_checkpoint, save_checkpoint
 from onevision.generative.data import (
@@ -403,12 +403,13 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
     path = Path(root) / paths.REPORTS / f"{stage}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    lines = [f"# Stage `{stage}`", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(flat.items())]
-    for name in ("probe", "probe_anonymous", "val"):
-        if name in metrics:
-            lines += ["", f"## {name}", "", "| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics[name].items())]
+    def metric_table(values: dict[str, Any]) -> str:
+        rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in sorted(values.items())]
+        return markdown.table(rows, ["metric", "value"], align="lr")
+
+    lines = [f"# Stage `{stage}`", "", metric_table(flat)]
+    lines += [part for name in ("probe", "probe_anonymous", "val") if name in metrics
+              for part in ("", f"## {name}", "", metric_table(metrics[name]))]
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 

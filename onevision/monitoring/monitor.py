@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import paths
+from onevision import markdown, paths
 from onevision.config import Config
 from onevision.monitoring.features import (
     Catalog,
@@ -293,15 +293,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"- generated SIDs: {summary.get('sid_source')}",
             f"- alarms: {', '.join(summary['alarms']) or 'none'}",
             "",
-            "| check | status | score | threshold | what an alarm means |",
-            "|---|---|---|---|---|",
         ]
+        rows = []
         for name, check in ordered_checks(summary):  # the worst first
             worst = ""
             drifted = drifted_columns(check, limit=5)
             if drifted and len(check["columns"]) > 1:
                 worst = f" ({', '.join(f'{c} {s:.3f}' for c, s in drifted)})"
-            lines.append(f"| {name} | {check['status']}{worst} | {_fmt(check['score'])} | {_fmt(check['threshold'])} | {check['meaning']} |")
+            rows.append([name, f"{check['status']}{worst}", _fmt(check["score"]), _fmt(check["threshold"]), check["meaning"]])
+        lines.append(markdown.table(rows, ["check", "status", "score", "threshold", "what an alarm means"], align="llrrl"))
         issues = summary["checks"].get("data_quality", {}).get("details", {}).get("issues")
         if issues:
             lines += ["", "Data-quality issues: " + ", ".join(f"{k}={v}" for k, v in issues.items())]

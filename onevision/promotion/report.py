@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onevision import atomic
+from onevision import atomic, markdown
 from onevision.config import GatesConfig
 from onevision.evaluation.metrics import ORDERS_LABELS
 from onevision.promotion.gates import GateInputs, GateReport, candidate_metric, lookup
@@ -36,14 +36,13 @@ def report_title(model_name: str, version: str) -> str:
 def markdown_report(model_name: str, version: str, *, report: GateReport, inputs: GateInputs, gates: GatesConfig, plot_name: str | None = None) -> str:
     verdict = "**PASSED**: waiting for a reviewer" if report.passed else f"**FAILED** ({len(report.failed)} of {len(report.results)} gates): cannot be approved"
     lines = [report_title(model_name, version), "", f"Verdict: {verdict}.", ""]
-    lines += ["| gate | result | candidate | threshold | why |", "|---|---|---|---|---|"]
-    for r in report.results:
-        lines.append(f"| {r.name} | {'pass' if r.passed else '**FAIL**'} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reason} |")
+    lines.append(markdown.table([[r.name, "pass" if r.passed else "**FAIL**", _fmt(r.value), _fmt(r.threshold), r.reason] for r in report.results],
+                                ["gate", "result", "candidate", "threshold", "why"], align="llrrl"))
     champion = f"champion v{inputs.champion_version}" if inputs.champion_version else "champion (none)"
+    compared = [[label, _fmt(candidate_metric(inputs, key)), _fmt(lookup(inputs.champion, key)), _fmt(lookup(inputs.baseline, key))]
+                for key, label in compared_metrics(gates)]
     lines += ["", f"## Candidate vs {champion} vs {gates.baseline_system}", "",
-              f"| metric | candidate (`{gates.candidate_system}`) | {champion} | {gates.baseline_system} |", "|---|---|---|---|"]
-    for key, label in compared_metrics(gates):
-        lines.append(f"| {label} | {_fmt(candidate_metric(inputs, key))} | {_fmt(lookup(inputs.champion, key))} | {_fmt(lookup(inputs.baseline, key))} |")
+              markdown.table(compared, ["metric", f"candidate (`{gates.candidate_system}`)", champion, gates.baseline_system], align="lrrr")]
     if plot_name:
         lines += ["", f"Plot: `{plot_name}` (attached to this version's run)."]
     lines += ["", "Photos: `gate_report/candidate.html` (attached to this version's run; `reports/candidate.html` in the project): "

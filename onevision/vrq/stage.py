@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from onevision import atomic, paths
+from onevision import atomic, markdown, paths
 from onevision.config import Config
 from onevision.encoder.api import (
     CATALOG,
@@ -173,18 +173,14 @@ def _write_report(root: Path, cfg: Config, metrics: dict[str, Any]) -> None:
         f"all SIDs unique: {metrics['sids_unique']}. Fit on {metrics['fit_views']} views in {metrics['train_seconds']:.1f} s; "
         f"{metrics['dead_codes_reseeded']} dead codes re-seeded.",
         "",
-        "| metric | VRQ | RQ-KMeans (same sizes) |",
-        "|---|---:|---:|",
     ]
-    for label, key in rows:
-        if key not in metrics:
-            continue
+
+    def cell(m: dict[str, Any], key: str) -> str:
         if key.endswith("_cur"):
-            pk = key.replace("_cur", "_perplexity")
-            lines.append(f"| {label} | {metrics[key]:.3f} / {metrics[pk]:.1f} | {base[key]:.3f} / {base[pk]:.1f} |")
-        else:
-            fmt = "{:.0f}" if key == "max_items_per_sid" else "{:.3f}" if key != "prefix1_candidates" else "{:.1f}"
-            lines.append(f"| {label} | {fmt.format(metrics[key])} | {fmt.format(base[key])} |")
-    lines += ["", "![tokenizer](../plots/vrq.png)", ""]
+            return f"{m[key]:.3f} / {m[key.replace('_cur', '_perplexity')]:.1f}"
+        return ("{:.0f}" if key == "max_items_per_sid" else "{:.1f}" if key == "prefix1_candidates" else "{:.3f}").format(m[key])
+
+    table = [[label, cell(metrics, key), cell(base, key)] for label, key in rows if key in metrics]
+    lines += [markdown.table(table, ["metric", "VRQ", "RQ-KMeans (same sizes)"], align="lrr"), "", "![tokenizer](../plots/vrq.png)", ""]
     path = root / paths.REPORTS / "vrq.md"
     atomic.write_text(path, "\n".join(lines))
