@@ -41,6 +41,9 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,6 @@ def wrap(module: torch.nn.Module, w: World) -> torch.nn.Module:
     """``module`` under DistributedDataParallel when there is more than one process."""
     if not w.parallel:
         return module
-    from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() and next(module.parameters()).is_cuda else None
     # heads unused by a batch (e.g. user rows of an anonymous stage) must not stall the gradient all-reduce
@@ -142,8 +144,6 @@ def global_loss_scale(w: World) -> float:
 
 def _global_batch_norm(bn: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """Batch norm with the mean and variance of the rows of every rank (autograd through the all-reduce)."""
-    import torch.nn.functional as F
-    from torch.distributed.nn.functional import all_reduce
 
     if not bn.training:
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)

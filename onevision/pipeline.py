@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ruamel.yaml import YAML
 
 from onevision import paths
 from onevision.config import PARAMS_FILE, ConfigError, complete_overrides, deep_merge, load_config, overrides_to_tree
 from onevision.stages import declaration, stage_names
+from onevision.tracking import dvc_lock_hashes, git_revision
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,6 @@ def read_stage_metrics(root: Path, stage: str) -> dict[str, Any]:
 
 def execute_stage(root: Path, stage: str, tracker=None, parent_run_id: str | None = None) -> StageOutcome:
     """Run one stage through DVC (or skip it when unchanged) and log a nested MLflow run."""
-    from onevision.tracking import dvc_lock_hashes, git_revision
 
     cfg = load_config(root / PARAMS_FILE)
     run_id = None
@@ -287,7 +288,6 @@ def default_remote(root: Path) -> str | None:
 
 def _without_userinfo(url: str) -> str:
     """``scheme://user:password@host/path`` without ``user:password@`` (a remote URL may carry credentials)."""
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if not parts.netloc or "@" not in parts.netloc:

@@ -39,7 +39,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 import onevision
+from onevision.data.stage import import_inputs
 from onevision.stages import Stage, declaration, declarations
 
 if TYPE_CHECKING:
@@ -135,7 +138,6 @@ def stage_input_deps(stage: str, cfg: Config | None) -> list[str]:
     the query log and the photo folder (:func:`onevision.data.stage.import_inputs`); none otherwise."""
     if stage != "prepare" or cfg is None:
         return []
-    from onevision.data.stage import import_inputs
 
     return import_inputs(cfg)
 
@@ -194,7 +196,6 @@ def render_dvc_yaml(cfg: Config | None = None, params: Mapping[str, Any] | None 
 
 def read_params(root: Path) -> dict[str, Any]:
     """The raw mapping of ``root/params.yaml`` ({} when absent)."""
-    import yaml  # PyYAML: the raw file, before the config model resolves profiles
 
     path = Path(root) / "params.yaml"
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}

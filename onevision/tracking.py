@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from onevision.redact import redact, secret_values
 from onevision.storage.s3 import ENDPOINT_ENV, StoreError, describe_store_error
 from onevision.storage.s3 import retry_environment as store_retry_environment
 
@@ -97,6 +101,7 @@ def describe_tracking_error(exc: BaseException) -> str | None:
     with the requests error that ended them as the context.
     """
     try:
+        # lazy: requests on the first tracking call; the command line imports this module at start
         from requests import exceptions as rex
     except ImportError:  # pragma: no cover - an MLflow dependency
         return None
@@ -152,7 +157,6 @@ def relocate_local_store(root: Path, uri: str) -> bool:
     rewritten to the same path under the new one, in one transaction. Stores outside the project (a
     tracking server, another database) are never touched.
     """
-    import sqlite3
 
     if not uri.startswith("sqlite:///"):
         return False
@@ -179,8 +183,6 @@ def relocate_local_store(root: Path, uri: str) -> bool:
     tmp.write_text(here + "\n")
     tmp.replace(marker)
     if old:
-        import logging
-
         logging.getLogger(__name__).warning("project moved from %s to %s: %d MLflow artifact locations rewritten to point into it",
                                             old, here, rewritten)
     return bool(rewritten)
@@ -238,6 +240,7 @@ class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
     def __init__(self, root: Path, experiment: str, uri: str | None = None, retries: Mapping[str, str] | None = None):
+        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
         from mlflow.tracking import MlflowClient
 
         # MLflow's HTTP client and the boto3 client it builds for s3:// artifact roots read their retry policy
@@ -266,9 +269,8 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=stage, tags=tags).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
         from mlflow.entities import Param
-
-        from onevision.redact import redact, secret_values
 
         flat, values = flatten("", params), secret_values()
         batch = [Param(metric_key(k), redact(str(v), values)[:_MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
@@ -276,8 +278,7 @@ class Tracker:
             self.client.log_batch(run_id, params=batch[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-        import time
-
+        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -297,8 +298,6 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch[i : i + 500])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        from onevision.redact import redact, secret_values
-
         values = secret_values()
         for key, value in tags.items():
             self.client.set_tag(run_id, key, redact(str(value), values))

@@ -9,6 +9,7 @@ import typer
 
 from onevision.app.common import load_project, setup_logging
 from onevision.app.options import ProfileOpt, RootOpt, SetOpt
+from onevision.stages import write_metrics
 
 
 def evaluate_command(
@@ -35,9 +36,9 @@ def evaluate_command(
     if max_queries:
         extra.append(f"evaluate.max_queries={max_queries}")
     cfg = load_project(root, profile, extra)
+    # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
     from onevision.comparison.stage import run_evaluation
     from onevision.evaluation.metrics import ORDERS, resolve_metric
-    from onevision.stages import write_metrics
 
     results = run_evaluation(cfg, root, measure_cost=not no_cost)
     write_metrics(root, "evaluate", results)

@@ -112,9 +112,11 @@ def markdown_report(results: dict[str, dict[str, Any]], ks: list[int], facts: di
 
 def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: Path) -> list[Path]:
     """Quality vs latency (with the Pareto front) and the per-K curves."""
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     plots_dir.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,19 @@ result is bit-identical to it (same thread count per process).
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from onevision import paths
+from onevision.comparison.systems import build_systems
 from onevision.config import PARAMS_FILE, Config, load_config
 from onevision.encoder.api import ENCODER_DIR, ImageEncoder, decode_image_column, fuse_views
 from onevision.evaluation.cost import limit_threads, time_batches
-from onevision.evaluation.harness import TestSet, load_test_set
+from onevision.evaluation.harness import TestSet, load_test_set, quality_metrics
+from onevision.evaluation.metrics import json_safe
 from onevision.retrieval import Retriever
 
 EMBED_BATCH = 512  # ImageEncoder.embed's default batch: the serial pass's batches
@@ -51,8 +54,6 @@ def _test_set(root: str) -> TestSet:
 
 @functools.lru_cache(maxsize=8)
 def _system(root: str, name: str) -> Retriever:
-    from onevision.comparison.systems import build_systems  # the registry imports every system's package
-
     built = [s for s in build_systems(_config(root), Path(root), names=[name]) if s.name == name]
     if not built:
         raise ValueError(f"system {name!r} cannot be built under {root} (unknown, or its stages have not run)")
@@ -122,10 +123,6 @@ def rank_queries(root: str | Path, system: str, start: int, stop: int, threads: 
 def score_ranked(root: str | Path, ranked: np.ndarray) -> dict:
     """Every quality metric of the merged ranked lists, as the serial evaluation computes them, and the lists'
     fingerprint (``ranked_sha256`` of the int64 (Q, k) array: equal fingerprints, identical rankings)."""
-    import hashlib
-
-    from onevision.evaluation.harness import quality_metrics
-    from onevision.evaluation.metrics import json_safe
 
     root = str(Path(root).resolve())
     cfg = _config(root)

@@ -10,13 +10,30 @@ whose artifacts are missing (OneVision before its stages ran) is skipped.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onevision import atomic, paths
 from onevision.config import Config
+from onevision.data.images import encode_png
+from onevision.evaluation.cost import limit_threads
+from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, resolve_metric
+from onevision.evaluation.visual import (
+    EXAMPLES,
+    Page,
+    Row,
+    catalog_lookups,
+    favourite_brands,
+    headline_table,
+    personalisation_rows,
+    write_page,
+)
 from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -40,9 +57,9 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
 
     ``encoder`` replaces the saved one for the registry's systems (tests inject a fake).
     """
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, torch ~1.3 s only when the stage runs
     from onevision.comparison.report import markdown_report, plot_results
     from onevision.comparison.systems import build_systems
-    from onevision.evaluation.cost import limit_threads
     from onevision.evaluation.harness import evaluate_systems, load_test_set
 
     t0 = time.perf_counter()
@@ -85,7 +102,6 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
 
 def dpo_note(root: Path) -> str | None:
     """Say so when DPO kept its input (its row then equals onevision_sft's in every number)."""
-    import json
 
     path = root / paths.metrics_file("dpo")
     if not path.exists():
@@ -99,20 +115,8 @@ def dpo_note(root: Path) -> str | None:
 
 def write_visual_report(cfg: Config, root: Path, *, test, runs, systems, results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
     """``reports/evaluate.html``: query photos with OneVision's and MCA's top 10, personalisation, the table and plots."""
-    import numpy as np
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
     import pandas as pd
-
-    from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, resolve_metric
-    from onevision.evaluation.visual import (
-        EXAMPLES,
-        Page,
-        Row,
-        catalog_lookups,
-        favourite_brands,
-        headline_table,
-        personalisation_rows,
-        write_page,
-    )
 
     items = pd.read_parquet(root / paths.VALIDATED / "items.parquet")
     photo, label, category = catalog_lookups(root, items)
@@ -143,11 +147,6 @@ def write_visual_report(cfg: Config, root: Path, *, test, runs, systems, results
 def write_examples(path: Path, rows, item_photo) -> Path:
     """The visual report's queries as JSON (photos as base64 PNG, users, products, each system's list, the
     thumbnails of every listed item), so the promotion can show the same queries next to the champion's answers."""
-    import base64
-
-    import numpy as np
-
-    from onevision.data.images import encode_png
 
     def b64(data: bytes | None) -> str | None:
         return base64.b64encode(data).decode("ascii") if data else None
@@ -168,7 +167,6 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The few numbers `dvc metrics show` prints, a terminal wide: OneVision and MCA on HR@10 and orders
     (simulated, or logged for an imported catalog) with their ratio, and the NDCG@10 and p50 latency
     ratios. Everything else stays in metrics/<stage>.json (`dvc metrics show metrics/evaluate.json`)."""
-    from onevision.evaluation.metrics import ORDERS, resolve_metric
 
     ours, base = results.get("onevision"), results.get("mca")
     if not ours or not base:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from onevision import paths
 from onevision.config import Config
+from onevision.data.split import load_split
 from onevision.retrieval import Retriever
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,14 @@ class SystemContext:
 
     @cached_property
     def encoder(self):
+        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
         from onevision.encoder.api import ENCODER_DIR, ImageEncoder
 
         return ImageEncoder.load(self.root / ENCODER_DIR)
 
     @cached_property
     def item_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
         from onevision.encoder.api import load_item_embeddings
 
         return load_item_embeddings(self.root)
@@ -74,6 +77,7 @@ class SystemContext:
 
     @property
     def has_encoder(self) -> bool:
+        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
         from onevision.encoder.api import ENCODER_DIR
 
         return "encoder" in self.__dict__ or self.has(ENCODER_DIR)
@@ -118,7 +122,6 @@ def _may_produce(key: str, names: list[str]) -> bool:
 
 def _train_popularity(ctx: SystemContext) -> tuple[np.ndarray, np.ndarray]:
     """(item ids, clicks + mca.order_weight x orders) over the TRAIN-split interactions."""
-    from onevision.data.split import load_split
 
     item_ids = ctx.items["item_id"].to_numpy(np.int64)
     queries = pd.read_parquet(ctx.root / paths.VALIDATED / "queries.parquet", columns=["query_id", "user_id", "ts"])
@@ -133,6 +136,7 @@ def _train_popularity(ctx: SystemContext) -> tuple[np.ndarray, np.ndarray]:
 @register_system("mca")
 def build_mca(ctx: SystemContext) -> list[Retriever] | None:
     """The MCA cascade and, as a second row, the same cascade without its ranker."""
+    # lazy: the system registry loads a system's package (faiss) only when that system is built
     from onevision.mca.cascade import MCACascade
     from onevision.mca.train import MCA_DIR
 
@@ -145,6 +149,7 @@ def build_mca(ctx: SystemContext) -> list[Retriever] | None:
 
 @register_system("knn")
 def build_knn(ctx: SystemContext) -> Retriever | None:
+    # lazy: the system registry loads a system's package (faiss, torch ~1.3 s) only when that system is built
     from onevision.comparison.references import KNNRetriever
     from onevision.encoder.api import ITEM_EMBEDDINGS
 
@@ -156,6 +161,7 @@ def build_knn(ctx: SystemContext) -> Retriever | None:
 
 @register_system("popularity")
 def build_popularity(ctx: SystemContext) -> Retriever:
+    # lazy: the system registry loads a system's package (faiss) only when that system is built
     from onevision.comparison.references import PopularityRetriever
 
     return PopularityRetriever(*_train_popularity(ctx))
@@ -163,6 +169,7 @@ def build_popularity(ctx: SystemContext) -> Retriever:
 
 @register_system("random")
 def build_random(ctx: SystemContext) -> Retriever:
+    # lazy: the system registry loads a system's package (faiss) only when that system is built
     from onevision.comparison.references import RandomRetriever
 
     return RandomRetriever(ctx.items["item_id"].to_numpy(np.int64), seed=ctx.cfg.seed)
@@ -173,6 +180,7 @@ def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
     """OneVision (final stage, dpo); beside it ``onevision_pruned``, the same checkpoint decoding with the
     calibrated pruning config (when stage calibrate_pruning has written one); as ablation rows, the
     pretrain and sft checkpoints: those that exist."""
+    # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
     from onevision.generative.checkpoint import STAGE_NAMES, checkpoint_dir
     from onevision.generative.pruning import load_pruning
     from onevision.generative.retriever import OneVisionRetriever

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from onevision import atomic, paths
 from onevision.config import Config, ConfigError
 from onevision.stages import Stage, write_metrics
@@ -38,7 +40,6 @@ def import_inputs(cfg: Config) -> list[str]:
 
 def missing_input_deps(root: Path, cfg: Config) -> list[str]:
     """Inputs of :func:`import_inputs` that ``root/dvc.yaml``'s prepare stage does not list."""
-    import yaml
 
     path = root / "dvc.yaml"
     if not path.exists():
@@ -50,14 +51,17 @@ def missing_input_deps(root: Path, cfg: Config) -> list[str]:
 
 def prepare(cfg: Config, root: Path) -> dict[str, Any]:
     """Build the canonical dataset (demo shop or a user's catalog import) under data/prepared."""
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
     from onevision.data.tables import write_tables
 
     t0 = time.perf_counter()
     if cfg.data.source == "demo":
+        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
         from onevision.data.demo import build_demo
 
         tables = build_demo(cfg)
     else:
+        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, pandera ~0.6 s only when the stage runs
         from onevision.data.importer import import_catalog
         missing = missing_input_deps(root, cfg)
         if missing:
@@ -82,6 +86,7 @@ def prepare(cfg: Config, root: Path) -> dict[str, Any]:
 
 def validate(cfg: Config, root: Path) -> dict[str, Any]:
     """Validate every table; bad rows go to quarantine; fail past the bad-fraction threshold."""
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, pandera ~0.6 s only when the stage runs
     from onevision.data.tables import read_tables, write_tables
     from onevision.data.validation import ValidationFailed, validate_tables
 
@@ -113,8 +118,10 @@ def validate(cfg: Config, root: Path) -> dict[str, Any]:
 
 def split(cfg: Config, root: Path) -> dict[str, Any]:
     """Assign every validated query to train / val / test without leakage."""
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
     import pandas as pd
 
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
     from onevision.data.split import ASSIGNMENT_FILE, SPLITS, check_no_leakage, split_queries
 
     queries = pd.read_parquet(root / paths.VALIDATED / "queries.parquet", columns=["query_id", "user_id", "ts"])

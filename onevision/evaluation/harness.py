@@ -35,6 +35,10 @@ import pandas as pd
 
 from onevision import paths
 from onevision.config import Config, EvaluateConfig
+from onevision.data.simulator import UserSimulator
+from onevision.data.split import load_split
+from onevision.data.tables import read_tables
+from onevision.encoder.api import decode_image_column
 from onevision.evaluation import cost
 from onevision.evaluation.metrics import (
     bootstrap_ci,
@@ -85,9 +89,6 @@ def _interaction_lists(query_ids: np.ndarray, interactions: pd.DataFrame, action
 
 def load_test_set(cfg: Config, root: Path, split: str = "test") -> TestSet:
     """Queries of ``split`` with their images, logged clicks/orders and the simulator (seeded sample if capped)."""
-    from onevision.data.split import load_split
-    from onevision.data.tables import read_tables
-    from onevision.encoder.api import decode_image_column
 
     tables = read_tables(root / paths.VALIDATED, ("items", "queries", "interactions", "user_tastes"))
     queries = load_split(root / paths.SPLITS, tables["queries"], split).sort_values("query_id", kind="mergesort")
@@ -101,8 +102,6 @@ def load_test_set(cfg: Config, root: Path, split: str = "test") -> TestSet:
     items = tables["items"]
     simulator = None
     if "user_tastes" in tables:
-        from onevision.data.simulator import UserSimulator
-
         simulator = UserSimulator.from_tables(items, tables["user_tastes"], seed=cfg.seed)
     return TestSet(
         query_ids=query_ids,

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def pad_item_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> np.ndarray:
@@ -188,6 +187,8 @@ def bootstrap_ci(
     if n == 1:  # one query: nothing to resample (scipy asks for two)
         point = float(arrays[0][0]) if statistic is None else float(statistic(*arrays))
         return (point, point)
+    from scipy import stats  # lazy: scipy.stats (~0.7 s) only for the intervals; the metrics themselves are numpy
+
     res = stats.bootstrap(
         tuple(arrays), np.mean if statistic is None else statistic, n_resamples=n_resamples, confidence_level=level,
         method="percentile", paired=True, vectorized=statistic is None, rng=np.random.default_rng(seed),

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from onevision import paths
 from onevision.data.images import encode_png
 
 TOP = 10
@@ -160,9 +161,8 @@ def write_page(page: Page, path: Path) -> Path:
 
 def catalog_lookups(root: Path, items) -> tuple[Callable[[int], bytes | None], Callable[[int], str], Callable[[int], Any]]:
     """(item photo, item label, item category) from the validated tables of ``root``."""
+    # lazy: pandas ~0.4 s only to read the catalog tables; the page writer itself needs none
     import pandas as pd
-
-    from onevision import paths
 
     views = pd.read_parquet(root / paths.VALIDATED / "views.parquet", columns=["item_id", "image"])
     first = views.drop_duplicates("item_id").set_index("item_id")["image"].to_dict()
@@ -175,9 +175,8 @@ def catalog_lookups(root: Path, items) -> tuple[Callable[[int], bytes | None], C
 def favourite_brands(root: Path, items) -> dict[int, str]:
     """Each shopper's favourite brand: the simulator's first favourite (demo), else the most ordered then
     clicked brand of the search log (an imported catalog)."""
+    # lazy: pandas ~0.4 s only to read the catalog tables; the page writer itself needs none
     import pandas as pd
-
-    from onevision import paths
 
     tastes = root / paths.VALIDATED / "user_tastes.parquet"
     if tastes.exists():

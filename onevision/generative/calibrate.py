@@ -43,12 +43,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from onevision import atomic, markdown, paths
 from onevision.config import Config, PruningSweepConfig
+from onevision.evaluation.cost import limit_threads
+from onevision.evaluation.harness import load_test_set, logged_metrics, relevance_metrics, simulated_metrics
 from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front, resolve_metric
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
+from onevision.generative.retriever import OneVisionRetriever
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +190,6 @@ def time_batch1(retriever, data: DecodeSet, *, k: int, configs: list[PruningConf
 
 def quality_of(ranked: np.ndarray, test, cfg: Config, shown: int) -> dict[str, float]:
     """The evaluation's relevance, simulator and search-log replay metrics for one ranked list per query."""
-    from onevision.evaluation.harness import logged_metrics, relevance_metrics, simulated_metrics
 
     rel, _ = relevance_metrics(ranked, test, [10])
     sim, _ = simulated_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
@@ -232,7 +235,6 @@ def decode_k(cfg: Config) -> tuple[int, int]:
 
 def sample_queries(cfg: Config, root: Path, split: str, n: int):
     """The evaluation's query set of ``split``, capped to ``n`` queries (seeded)."""
-    from onevision.evaluation.harness import load_test_set
 
     return load_test_set(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"max_queries": n})}), root, split)
 
@@ -263,10 +265,6 @@ def speedups(base: dict[str, float], point: dict[str, float]) -> dict[str, float
 
 def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     """Stage ``calibrate_pruning``: returns the summary metrics; writes the files listed in the module docstring."""
-    from tqdm.auto import tqdm
-
-    from onevision.evaluation.cost import limit_threads
-    from onevision.generative.retriever import OneVisionRetriever
 
     t0 = time.perf_counter()
     root = Path(root)
@@ -359,9 +357,11 @@ def _log_choice(points, chosen_i, *, front, sweep, latency_key, test) -> None:
 
 def plot_pareto(points, front, *, chosen_i, latency_key, max_loss, path: Path) -> Path:
     """Worst retained quality vs latency of every point, the Pareto front, the bound and the choice."""
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)

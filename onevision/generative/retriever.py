@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onevision.encoder.api import ENCODER_DIR, ImageEncoder
 from onevision.generative.checkpoint import Checkpoint, checkpoint_dir, load_checkpoint
 from onevision.generative.data import history_table
 from onevision.generative.decode import beam_search
 from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context
 from onevision.generative.pruning import PruningConfig
+from onevision.generative.stage import load_sids
 from onevision.generative.trie import SIDTrie
 from onevision.retrieval import RetrievalResult
 
@@ -60,8 +62,6 @@ class OneVisionRetriever:
         The final stage (dpo) is named ``onevision``, the others ``onevision_<stage>``.
         ``pruning``: decode with this dynamic-pruning config (``load_pruning(root)`` reads the calibrated one).
         """
-        from onevision.encoder.api import ENCODER_DIR, ImageEncoder
-        from onevision.generative.stage import load_sids
 
         root = Path(root)
         table, sizes = load_sids(root)

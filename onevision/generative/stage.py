@@ -32,6 +32,18 @@ import torch
 
 from onevision import atomic, distributed, markdown, paths
 from onevision.config import Config
+from onevision.data.simulator import UserSimulator
+from onevision.data.split import ASSIGNMENT_FILE
+from onevision.encoder.api import (
+    ENCODER_DIR,
+    ITEM_EMBEDDINGS,
+    VIEW_EMBEDDINGS,
+    ImageEncoder,
+    decode_image_column,
+    load_item_embeddings,
+    load_view_embeddings,
+)
+from onevision.evaluation.metrics import hit_rate_at_k, hits_at_k, pad_item_lists, reciprocal_rank
 from onevision.generative.checkpoint import build_generator, checkpoint_dir, load_checkpoint, save_checkpoint
 from onevision.generative.data import (
     anonymous_examples,
@@ -66,6 +78,7 @@ from onevision.generative.train import (
 )
 from onevision.generative.trie import SIDTrie, sid_columns
 from onevision.stages import Stage
+from onevision.vrq.api import VRQ_DIR, VRQTokenizer, load_sid_table
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +115,6 @@ LEARNED_MIN_GAIN = 0.005  # VAL beam recall a learned-term weight must add over 
 def load_sids(root: Path) -> tuple[pd.DataFrame, tuple[int, ...]]:
     """The SID table and per-level codebook sizes: the tokenizer's for its levels (when saved),
     max code + 1 for the disambiguation level (and wherever the tokenizer is absent)."""
-    from onevision.vrq.api import VRQ_DIR, VRQTokenizer, load_sid_table
 
     table = load_sid_table(root)
     cols = sid_columns(table)
@@ -148,7 +160,6 @@ class GenerativeData:
 
 def _encode_images(encoder, frames: list[pd.DataFrame], cfg: Config, with_embedding: bool) -> tuple[ImageBank, list[np.ndarray]]:
     """Decode + encode the images of several frames into one bank (float16); returns each frame's bank rows."""
-    from onevision.encoder.api import decode_image_column
 
     visual, image, rows, start = [], [], [], 0
     for frame in frames:
@@ -163,8 +174,6 @@ def _encode_images(encoder, frames: list[pd.DataFrame], cfg: Config, with_embedd
 
 def load_generative_data(cfg: Config, root: Path, *, catalog_views: bool) -> GenerativeData:
     """Read tables, split, SIDs and encoder; encode the images the stage needs; build user histories."""
-    from onevision.data.split import ASSIGNMENT_FILE
-    from onevision.encoder.api import ENCODER_DIR, ImageEncoder
 
     t0 = time.perf_counter()
     root = Path(root)
@@ -228,7 +237,6 @@ def _logged_items(interactions: pd.DataFrame, query_ids: np.ndarray, action: str
     """(Q, R) item ids with ``action`` in each query's logged session, -1 padded (R >= 1)."""
     acts = interactions.loc[interactions["action"].astype(str) == action, ["query_id", "item_id"]].drop_duplicates()
     grouped = acts.groupby("query_id")["item_id"].apply(list)
-    from onevision.evaluation.metrics import pad_item_lists
 
     return pad_item_lists([grouped.get(q, []) for q in query_ids])
 
@@ -264,7 +272,6 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
     ``anonymous``: without user and history (the pretrain model's only context; for the others, the
     personalisation gain is the difference to the personalised probe).
     """
-    from onevision.evaluation.metrics import hit_rate_at_k, hits_at_k, reciprocal_rank
 
     val = data.val
     if not len(val):
@@ -286,8 +293,6 @@ def probe(model: SIDGenerator, data: GenerativeData, cfg: Config, *, anonymous: 
         "n_queries": len(val),
     }
     if data.user_tastes is not None:
-        from onevision.data.simulator import UserSimulator
-
         sim = UserSimulator.from_tables(data.items, data.user_tastes, seed=cfg.seed)
         score = sim.score(users, target, ranked)
         out["sim_clicks_per_query"] = score["clicks_per_query"]
@@ -371,9 +376,11 @@ class BestEpoch:
 
 
 def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) -> Path:
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
@@ -446,8 +453,6 @@ def _finish(root: Path, stage: str, *, cfg: Config, model: SIDGenerator, data: G
 def build_model(cfg: Config, data: GenerativeData, root: Path | None = None) -> SIDGenerator:
     """A fresh generator for ``data``; geometric (VRQ codebooks + leaf head over the item store) when
     ``generative.model.geometry`` is on and ``root`` has the tokenizer and the item embeddings."""
-    from onevision.encoder.api import ITEM_EMBEDDINGS, VIEW_EMBEDDINGS, load_item_embeddings, load_view_embeddings
-    from onevision.vrq.api import VRQ_DIR, VRQTokenizer
 
     m = cfg.generative.model
     geo: dict[str, Any] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onevision.config import Config
+from onevision.evaluation.cost import limit_threads
 from onevision.mca.train import MCA_DIR, train_cascade
 from onevision.stages import Stage
 
@@ -22,7 +23,6 @@ STAGES = (
 
 def mca(cfg: Config, root: Path) -> dict[str, Any]:
     """Stage ``mca``: train the cascade and save it to models/mca/."""
-    from onevision.evaluation.cost import limit_threads
 
     t0 = time.perf_counter()
     with limit_threads(cfg.mca.threads):

@@ -49,6 +49,10 @@ import pandas as pd
 
 from onevision import paths
 from onevision.config import Config, MCAConfig
+from onevision.data.simulator import UserSimulator
+from onevision.data.split import load_split
+from onevision.data.tables import read_tables
+from onevision.evaluation.metrics import hit_rate_at_k
 from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade
 from onevision.mca.features import (
     Catalog,
@@ -149,6 +153,7 @@ def candidate_pairs(tq: TrainingQueries, logged: pd.DataFrame, *, stats: LogStat
 
 
 def fit_prerank(x: np.ndarray, clicked: np.ndarray, names: tuple[str, ...], seed: int) -> LinearScorer:
+    # lazy: scikit-learn ~1.2 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -159,6 +164,7 @@ def fit_prerank(x: np.ndarray, clicked: np.ndarray, names: tuple[str, ...], seed
 
 
 def fit_ranker(x: np.ndarray, y: np.ndarray, *, ordered: np.ndarray, names: tuple[str, ...], cfg: MCAConfig, seed: int):
+    # lazy: scikit-learn ~1.2 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(
@@ -179,8 +185,6 @@ def fit_ranker(x: np.ndarray, y: np.ndarray, *, ordered: np.ndarray, names: tupl
 
 def load_split_logs(root: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(queries with images, impressions, interactions) of one split, from data/validated."""
-    from onevision.data.split import load_split
-    from onevision.data.tables import read_tables
 
     tables = read_tables(root / paths.VALIDATED, ("queries", "impressions", "interactions"))
     queries = load_split(root / paths.SPLITS, tables["queries"], split).sort_values("query_id", kind="mergesort")
@@ -192,6 +196,7 @@ def load_split_logs(root: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame,
 def training_queries(cfg: Config, root: Path, *, encoder, index: ItemIndex, catalog: Catalog, stats: LogStats, split: str = "train"
                      ) -> tuple[TrainingQueries, pd.DataFrame]:
     """Embed and recall the queries of ``split``; returns them and their impression log."""
+    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import decode_image_column
 
     queries, impressions, interactions = load_split_logs(root, split)
@@ -218,7 +223,7 @@ def capped_sizes(recall_k: int, prerank_k: int, neighbours: int, n_items: int) -
 
 def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, dict[str, Any]]:
     """Build the index, fit the pre-ranker and the ranker on the TRAIN split; return the cascade and facts."""
-    from onevision.data.tables import read_tables
+    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import ENCODER_DIR, ImageEncoder, load_item_embeddings
 
     m = cfg.mca
@@ -283,9 +288,8 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
 
 def validation_check(cfg: Config, root: Path, cascade: MCACascade, k: int = 10) -> dict[str, float]:
     """HR@k and simulated orders per 1k on the VAL split: the cascade, without its ranker, and recall order alone."""
-    from onevision.data.tables import read_tables
+    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import decode_image_column
-    from onevision.evaluation.metrics import hit_rate_at_k
 
     queries, _, _ = load_split_logs(root, "val")
     if queries.empty:
@@ -301,8 +305,6 @@ def validation_check(cfg: Config, root: Path, cascade: MCACascade, k: int = 10) 
     out = {f"val_hr@{k}_{name}": float(hit_rate_at_k(ids, target[:, None], k).mean()) for name, ids in lists.items()}
     tables = read_tables(root / paths.VALIDATED, ("items", "user_tastes"))
     if "user_tastes" in tables:
-        from onevision.data.simulator import UserSimulator
-
         sim = UserSimulator.from_tables(tables["items"], tables["user_tastes"], seed=cfg.seed)
         for name, ids in lists.items():
             out[f"val_orders_per_1k_{name}"] = 1e3 * sim.score(users, target, ids[:, : cfg.data.impressions_per_query])["orders_per_query"]

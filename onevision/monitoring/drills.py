@@ -25,7 +25,9 @@ import pandas as pd
 from onevision import paths
 from onevision.config import Config
 from onevision.data import augment
+from onevision.data.demo import build_query_images, draw_searches, source_articles
 from onevision.data.images import encode_png, load_image
+from onevision.data.simulator import UserSimulator
 from onevision.monitoring.window import sample_rows, split_queries
 
 SHIFT_KINDS = ("category-mix", "lighting", "blur", "new-brand")
@@ -50,8 +52,6 @@ def fresh_demo_queries(cfg: Config, root: Path, n: int, seed: int) -> pd.DataFra
     ``onevision.data.demo`` (one ``draw_searches`` call per user, so each user
     gets exactly their count). Query ids start after the project's.
     """
-    from onevision.data.demo import build_query_images, draw_searches, source_articles
-    from onevision.data.simulator import UserSimulator
 
     folder = Path(root) / paths.VALIDATED
     items = pd.read_parquet(folder / "items.parquet")

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from onevision import paths
 from onevision.config import Config
@@ -143,6 +144,7 @@ class EncoderEmbedder:
     """The aligned encoder from ``models/encoder/``: the embedding space the models search in."""
 
     def __init__(self, directory: Path):
+        # lazy: torch ~1.3 s only when the monitor embeds photos with the aligned encoder
         from onevision.encoder.api import ImageEncoder
 
         self.encoder = ImageEncoder.load(directory)
@@ -163,8 +165,6 @@ class PixelEmbedder:
         self.name = f"fallback:pixels-{side}x{side} (no aligned encoder in {paths.MODELS / 'encoder'})"
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         x = images.mean(axis=-1) if images.ndim == 4 else images  # (N, S, S)
         if x.shape[1] % self.side == 0:
             f = x.shape[1] // self.side

@@ -17,17 +17,21 @@ import json
 import logging
 import os
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
 from onevision import markdown, paths
 from onevision.config import Config
+from onevision.monitoring.drills import drill_window
 from onevision.monitoring.features import (
     Catalog,
     ImageEmbedder,
@@ -41,8 +45,8 @@ from onevision.monitoring.page import drifted_columns, ordered_checks, with_verd
 from onevision.monitoring.report import build_report, check_specs
 from onevision.monitoring.sids import SidAssigner, default_sid_assigner
 from onevision.monitoring.window import latest, read_window, reference_window, split_queries
-from onevision.storage.s3 import describe_store_error
-from onevision.tracking import describe_tracking_error
+from onevision.storage.s3 import ObjectStore, describe_store_error
+from onevision.tracking import Tracker, describe_tracking_error, git_revision, retry_environment
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +79,6 @@ def current_traffic(
     ``window`` (else ``drift.window``).
     """
     if simulate_shift is not None:
-        from onevision.monitoring.drills import drill_window
-
         seed = cfg.seed + 7919 if drill_seed is None else drill_seed
         return drill_window(cfg, root, simulate_shift, drill_rows, seed), f"drill: simulated shift '{simulate_shift}' (seed {seed})"
     path = current_path or cfg.drift.current_path
@@ -257,6 +259,7 @@ def add_to_workspace(root: Path, summary: dict[str, Any], snapshot) -> str | Non
     """Add the run's snapshot to the project's local Evidently workspace (project ``onevision-drift-<profile>``);
     returns the workspace path, None (with a warning) if Evidently refuses: the run's own files are complete."""
     try:
+        # lazy: Evidently ~4 s: its workspace only when the report is published to one
         from evidently.ui.workspace import Workspace
 
         path = root / EVIDENTLY_WORKSPACE
@@ -333,7 +336,6 @@ def _rewrite_summary(summary: dict[str, Any]) -> None:
 
 def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """One MLflow run in ``drift.experiment``: thresholds as params, scores as metrics, report files as artifacts."""
-    from onevision.tracking import Tracker, git_revision, retry_environment
 
     tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
     run_tags = {
@@ -362,7 +364,6 @@ def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[s
 
 def upload_reports(cfg: Config, summary: dict[str, Any]) -> list[str]:
     """Upload the run's files to ``storage`` (``<prefix>/drift/<run_id>/``); [] when no bucket is configured."""
-    from onevision.storage.s3 import ObjectStore
 
     store = ObjectStore.from_config(cfg.storage)
     if store is None:
@@ -418,7 +419,6 @@ def webhook_url(cfg) -> str | None:
 
 def shown_url(url: str) -> str:
     """``url`` as messages show it: scheme, host and port only (a webhook's path and query carry its token)."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     host = parts.hostname or "?"
@@ -427,8 +427,6 @@ def shown_url(url: str) -> str:
 
 def send_alert(url: str, summary: dict[str, Any], timeout: float = 5.0) -> int:
     """POST :func:`alert_payload` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise."""
-    import urllib.error
-    import urllib.request
 
     body = json.dumps(alert_payload(summary), default=str).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})

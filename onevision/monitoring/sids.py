@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from onevision.retrieval import Retriever
+from onevision.vrq.api import load_sid_table as load_table
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ class SidTable:
 
 def load_sid_table(root: Path) -> SidTable | None:
     """The VRQ stage's SID table of the project (``onevision.vrq.api``), or None when the stage has not run."""
-    from onevision.vrq.api import load_sid_table as load_table
 
     try:
         return SidTable.from_frame(load_table(Path(root)))
@@ -133,6 +133,7 @@ def default_sid_assigner(root: Path, levels: int, embedder_is_encoder: bool) -> 
     table = load_sid_table(root)
     if table is None:
         return None, "skipped: no model (no generative model, and no SID table: run stage vrq)"
+    # lazy: torch ~1.3 s only for the kNN stand-in of generated SIDs
     from onevision.encoder.api import load_item_embeddings
 
     try:

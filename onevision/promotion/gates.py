@@ -30,8 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from onevision import paths
 from onevision.config import Config, GatesConfig
+from onevision.evaluation.metrics import resolve_metric
+from onevision.serving.bundle import SID_TABLE
 
 ORDERS = "orders"
 
@@ -123,7 +127,6 @@ def at_least(name: str, value: Any, *, reference: Any, tolerance: float, what: s
 def resolved_gates(gates: GatesConfig, inputs: GateInputs) -> GatesConfig:
     """``gates`` with ``orders_metric: orders`` named for what the candidate's evaluation measured:
     simulated orders (demo shop) or the replay of logged orders (an imported catalog)."""
-    from onevision.evaluation.metrics import resolve_metric
 
     return gates.model_copy(update={"orders_metric": resolve_metric(gates.orders_metric, inputs.candidate or {})})
 
@@ -226,7 +229,6 @@ def sid_duplicates(sid_table: Path) -> int | None:
     """Items whose full SID another item also has (0 after disambiguation); None when the table is absent."""
     if not sid_table.exists():
         return None
-    import pandas as pd
 
     table = pd.read_parquet(sid_table)
     codes = [c for c in table.columns if c != "item_id"]
@@ -235,7 +237,6 @@ def sid_duplicates(sid_table: Path) -> int | None:
 
 def collect_gate_inputs(cfg: Config, root: Path, champion: dict[str, Any] | None = None, champion_version: str | None = None) -> GateInputs:
     """Read the metrics files of project ``root``; the champion's metrics come from the registry."""
-    from onevision.serving.bundle import SID_TABLE
 
     gates = cfg.registry.gates
     root = Path(root)

@@ -76,9 +76,11 @@ def where_to_read(local_report: Path, model_name: str, version: str, tags: dict[
 
 def plot_report(path: Path, inputs: GateInputs, gates: GatesConfig, report: GateReport) -> Path:
     """One panel per compared metric: candidate, champion and baseline bars, the gate's threshold as a line."""
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     thresholds = {r.name: r.threshold for r in report.results}

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 
 from onevision import paths
 from onevision.data.images import decode_image
-from onevision.evaluation.visual import Page, Row, write_page
+from onevision.evaluation.visual import Page, Row, catalog_lookups, write_page
+from onevision.registry.model_registry import scoped_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,6 @@ def _catalog(root: Path):
     items = root / paths.VALIDATED / "items.parquet"
     if not items.exists():
         return (lambda i: None), (lambda i: ""), (lambda i: None)
-    from onevision.evaluation.visual import catalog_lookups
 
     return catalog_lookups(root, pd.read_parquet(items))
 
@@ -78,9 +79,6 @@ def candidate_sheet(root: Path, model_name: str, *, version: str, champion_versi
 
 def champion_answers(model_name: str, champion_version: str, tracking_uri: str, queries: list[dict], k: int = 10) -> list[list[int]]:
     """The champion's top ``k`` for each example query, from its registered model (as serving loads it)."""
-    import mlflow
-
-    from onevision.registry.model_registry import scoped_tracking_uri
 
     frame = pd.DataFrame({"image": [base64.b64decode(q["photo"]) for q in queries],
                           "user_id": np.asarray([q.get("user_id", -1) for q in queries], np.int64)})

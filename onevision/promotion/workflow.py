@@ -27,9 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import mlflow
+
 from onevision import atomic, paths
 from onevision.config import Config
 from onevision.promotion.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
+from onevision.promotion.report import markdown_report, plot_report
+from onevision.promotion.sheet import candidate_sheet
 from onevision.registry.model_registry import (
     AWAITING,
     CHALLENGER,
@@ -53,7 +57,17 @@ from onevision.registry.model_registry import (
     version_fingerprint,
     version_id,
 )
-from onevision.tracking import metric_key
+from onevision.serving.bundle import build_bundle
+from onevision.serving.pyfunc import log_bundle_model
+from onevision.tracking import (
+    Tracker,
+    apply_retry_environment,
+    artifact_errors,
+    git_revision,
+    metric_key,
+    retry_environment,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +112,6 @@ class Candidate:
 
 
 def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
-    from onevision.tracking import apply_retry_environment, retry_environment, tracking_uri
-
     apply_retry_environment(retry_environment(cfg))
     return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
 
@@ -114,11 +126,6 @@ def register_candidate(
 
     A still-undecided older challenger is marked ``superseded`` (it can no longer be approved).
     """
-    import mlflow
-
-    from onevision.serving.bundle import build_bundle
-    from onevision.serving.pyfunc import log_bundle_model
-    from onevision.tracking import Tracker, artifact_errors, git_revision, retry_environment, tracking_uri
 
     root = Path(root).resolve()
     # log_model/register_model are fluent APIs: point them at this project's store.
@@ -173,8 +180,6 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     gates = resolved_gates(cfg.registry.gates, inputs)  # "orders": simulated or logged, whichever this project measures
     report = evaluate_gates(inputs, gates)
 
-    from onevision.promotion.report import markdown_report, plot_report
-
     plot = plot_report(root / GATE_PLOT, inputs, gates, report)
     text = markdown_report(registry.name, version, report=report, inputs=inputs, gates=gates, plot_name=f"gate_report/{plot.name}")
     atomic.write_text(root / GATE_REPORT, text)
@@ -183,8 +188,6 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     sheet = root / paths.REPORTS / "evaluate.html"  # photos of queries and results (stage evaluate)
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
     try:  # the same queries answered by the candidate, the champion (run now) and MCA
-        from onevision.promotion.sheet import candidate_sheet
-
         names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
         candidate = candidate_sheet(root, registry.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
                                     candidate_system=gates.candidate_system, baseline_system=gates.baseline_system,
@@ -193,7 +196,6 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
             attached.append(candidate)
     except Exception:  # noqa: BLE001 - a picture never blocks the gates
         log.exception("the candidate page could not be written (the gate report is complete)")
-    from onevision.tracking import artifact_errors
 
     for path in attached:
         with artifact_errors(path.name):
@@ -273,7 +275,6 @@ def enforce_champion(cfg: Config, registry: ModelRegistry, what: str) -> Champio
 
 def check_registry_champion(cfg: Config, root: str | Path, what: str) -> ChampionCheck | None:
     """:func:`enforce_champion` on the project's registry; None when there is no registry or model to check."""
-    from onevision.tracking import tracking_uri
 
     try:
         registry = ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))

@@ -15,6 +15,7 @@ or on two machines against one server, never interleave.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ def scoped_tracking_uri(uri: str | None = None) -> Iterator[None]:
     prefers: without this, one project's registry would leak into the next
     command or test in the same process.
     """
+    # lazy: mlflow ~1.3 s on the first registry call; the command line imports this module for its constants
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
@@ -92,36 +94,33 @@ class ModelRegistry:
     """One registered model (``registry.model_name``) through an MlflowClient."""
 
     def __init__(self, name: str, tracking_uri: str):
+        # lazy: mlflow ~1.3 s when a registry is opened; the command line imports this module for its constants
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        self.mlflow_error = MlflowException  # what the methods catch (they need no import of their own)
         self.name = name
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # ------------------------------------------------------------------ model and versions
     def ensure_model(self) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.get_registered_model(self.name)
-        except MlflowException:
+        except self.mlflow_error:
             self.client.create_registered_model(self.name, description="OneVision generative vision search; promotion by aliases.")
 
     def version(self, version: str | int):
-        from mlflow.exceptions import MlflowException
-
         try:
             return self.client.get_model_version(self.name, str(version))
-        except MlflowException:
+        except self.mlflow_error:
             raise PromotionError(f"model '{self.name}' has no version {version}") from None
 
     def by_alias(self, alias: str):
         """The version an alias points at, or None."""
-        from mlflow.exceptions import MlflowException
-
         try:
             return self.client.get_model_version_by_alias(self.name, alias)
-        except MlflowException:
+        except self.mlflow_error:
             return None
 
     def versions(self) -> list:
@@ -161,8 +160,6 @@ class ModelRegistry:
     @contextmanager
     def decision_lock(self, timeout_s: float = 60.0) -> Iterator[None]:
         """Hold the registry's decision lock inside the block (waits up to ``timeout_s``; a stale lock is broken)."""
-        from mlflow.exceptions import MlflowException
-
         name = f"{self.name}{LOCK_SUFFIX}"
         holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         deadline = time.monotonic() + timeout_s
@@ -172,7 +169,7 @@ class ModelRegistry:
                     name, tags={"holder": holder, "since": f"{time.time():.3f}"},
                     description=f"Lock of '{self.name}': a promotion decision is in progress (deleted when it ends).")
                 break
-            except MlflowException as exc:
+            except self.mlflow_error as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             held = self._lock_tags(name)
@@ -190,22 +187,18 @@ class ModelRegistry:
             self._release(name, holder)
 
     def _lock_tags(self, name: str) -> dict[str, str] | None:
-        from mlflow.exceptions import MlflowException
-
         try:
             return dict(self.client.get_registered_model(name).tags)
-        except MlflowException:
+        except self.mlflow_error:
             return None  # released meanwhile
 
     def _release(self, name: str, holder: str | None) -> None:
-        from mlflow.exceptions import MlflowException
-
         held = self._lock_tags(name)
         if held is None or held.get("holder") != holder:
             return  # not ours (broken as stale and taken by another decision)
         try:
             self.client.delete_registered_model(name)
-        except MlflowException:
+        except self.mlflow_error:
             pass  # already gone
 
     # ------------------------------------------------------------------ audit log
@@ -217,11 +210,9 @@ class ModelRegistry:
 
     def audit_log(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first."""
-        from mlflow.exceptions import MlflowException
-
         try:
             tags = self.client.get_registered_model(self.name).tags
-        except MlflowException:
+        except self.mlflow_error:
             return []
         return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT_PREFIX))]
 
@@ -232,7 +223,6 @@ class ModelRegistry:
 def version_fingerprint(mv) -> str:
     """A digest of what a model version is (name, number, artifact source, run, creation time): an approval
     record names it, so a record cannot be reused for another version, nor survive a re-registration."""
-    import hashlib
 
     blob = "|".join(str(x) for x in (mv.name, mv.version, mv.source, mv.run_id, mv.creation_timestamp))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -23,15 +23,24 @@ onevision.serving.bundle) when it has one.
 from __future__ import annotations
 
 import base64
+import logging
+import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from onevision.data.images import encode_png
+from onevision.registry.model_registry import CHAMPION, ModelRegistry, verify_champion
 from onevision.serving.bundle import load_retriever, read_manifest
 from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries
 
@@ -63,7 +72,6 @@ class BadRequest(MlflowException):
 
 def to_mlflow_error(exc: InvalidQuery) -> BadRequest:
     """The error a refused request raises: INVALID_PARAMETER_VALUE (HTTP 400), ``bad request: <row: why; what to do>``."""
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     return BadRequest(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE)
 
@@ -115,10 +123,6 @@ def check_served_champion(bundle: Path) -> None:
     ``champion`` alias without a matching approval record: `mlflow models serve -m models:/NAME@champion`
     after someone set the alias in the MLflow UI. Needs the registry (MLFLOW_TRACKING_URI); without one, or
     for a model that is not the champion, nothing is checked."""
-    import logging
-    import os
-
-    import yaml
 
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlmodel = next((d / "MLmodel" for d in bundle.parents if (d / "MLmodel").is_file()), None)
@@ -127,9 +131,6 @@ def check_served_champion(bundle: Path) -> None:
     run_id = (yaml.safe_load(mlmodel.read_text()) or {}).get("run_id")
     if not run_id:
         return
-    from mlflow.tracking import MlflowClient
-
-    from onevision.registry.model_registry import CHAMPION, ModelRegistry, verify_champion
 
     client = MlflowClient(uri)
     for found in client.search_model_versions(f"run_id='{run_id}'"):
@@ -148,9 +149,6 @@ def check_served_champion(bundle: Path) -> None:
 
 
 def signature(spec: QuerySpec):
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
-
     inputs = Schema([ColSpec("binary", "image"), ColSpec("long", "user_id", required=False)])
     outputs = Schema([ColSpec(Array("long"), "item_ids"), ColSpec(Array("double"), "scores")])
     return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", spec.default_k)]))
@@ -182,7 +180,6 @@ def rest_payload(images: list[bytes], user_ids: list[int] | None = None, k: int 
 def pip_requirements() -> list[str]:
     """Pinned to this environment (listing them skips MLflow's ~5 s inference). The serving environment
     needs the onevision package itself too (installed, as in infra/Dockerfile; it is not on PyPI)."""
-    from importlib.metadata import version
 
     names = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pillow", "pydantic", "pyyaml")
     return [f"{name}=={version(name).split('+')[0]}" for name in names]

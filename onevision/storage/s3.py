@@ -40,10 +40,8 @@ def describe_store_error(exc: BaseException, bucket: str | None = None, endpoint
     Covers a missing bucket, rejected or absent credentials and an unreachable endpoint; never includes a
     credential (botocore's messages carry at most the access key id, which is dropped here).
     """
-    try:
-        from botocore import exceptions as bce
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return None
+    # lazy: botocore on the first store call; the command line imports this module for its error messages
+    from botocore import exceptions as bce
     where = f" at {endpoint}" if endpoint else ""
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
         return ("no AWS credentials found in the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -95,6 +93,7 @@ class ObjectStore:
 
     def client(self) -> Any:
         """A boto3 client that retries transient errors (throttling, 5xx, dropped connections) with backoff."""
+        # lazy: boto3, botocore on the first store call; the command line imports this module for its error messages
         import boto3
         from botocore.config import Config
 

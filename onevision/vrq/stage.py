@@ -112,9 +112,11 @@ def vrq(cfg: Config, root: Path) -> dict[str, Any]:
 
 
 def plot_tokenizer(metrics: dict[str, Any], history: list[dict], path: Path) -> Path:
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
     import matplotlib.pyplot as plt
 
     levels = range(metrics["levels"])

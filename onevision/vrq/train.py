@@ -71,6 +71,7 @@ def _seed(seed: int, *stream: int) -> int:
 def kmeans(x: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
     """k-means centroids (k, D) with faiss; k is capped at the number of distinct points."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise in stage logs
+    # lazy: faiss only for k-means; the tokenizer loads and encodes without it
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)

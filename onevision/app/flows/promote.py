@@ -32,6 +32,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.settings import get_current_settings
 from prefect.states import Completed
 from pydantic import Field
 
@@ -53,7 +54,6 @@ def approval_mode(configured: str) -> str:
     """`auto` -> `pause` when this process talks to a Prefect server, else `registry`."""
     if configured != "auto":
         return configured
-    from prefect.settings import get_current_settings
 
     return "pause" if get_current_settings().api.url else "registry"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from onevision.app.flows.promote import promotion
 from onevision.app.tasks.stages import push_outputs, run_stage
 from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
@@ -84,8 +85,6 @@ def retrain(
     for o in outcomes:
         logger.info("%-16s %-8s %6.1f s", o["stage"], "skipped" if o["skipped"] else "ran", o["seconds"])
     if promote:
-        from onevision.app.flows.promote import promotion
-
         result = promotion(root=str(root_path), parent_run_id=parent_id)
         logger.info("promotion: version %s, gates %s, status %s", result["version"], "passed" if result["gates_passed"] else "failed", result["status"])
     return outcomes
