@@ -47,6 +47,7 @@ from onevision.encoder.api import ImageEncoder, fuse_views
 from onevision.encoder.batch_augment import random_views
 from onevision.encoder.losses import align_loss
 from onevision.encoder.model import EncoderNet, EncoderSpec, absorbed_biases, default_lite0_weights
+from onevision.reproducible import deterministic_torch
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def train_encoder(
     ``probe_untrained`` the history starts with an epoch-0 row: the probe of
     the randomly initialised network.
     """
+    deterministic_torch()
     world = distributed.world()
     if cfg.threads > 0 or world.parallel:  # the cores are shared by the data-parallel processes
         torch.set_num_threads(max(1, (cfg.threads or torch.get_num_threads()) // world.size))

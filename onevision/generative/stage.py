@@ -77,6 +77,7 @@ from onevision.generative.train import (
     train_sid_model,
 )
 from onevision.generative.trie import SIDTrie, sid_columns
+from onevision.reproducible import deterministic_torch
 from onevision.stages import Stage
 from onevision.vrq.api import VRQ_DIR, VRQTokenizer, load_sid_table
 
@@ -421,6 +422,7 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
 
 
 def _setup(cfg: Config, stage: str) -> None:
+    deterministic_torch()
     if cfg.generative.threads:  # the cores are shared by the data-parallel processes
         torch.set_num_threads(max(1, cfg.generative.threads // distributed.world().size))
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, sum(map(ord, stage))]).generate_state(1)[0]))

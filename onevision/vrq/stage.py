@@ -29,6 +29,7 @@ from onevision.encoder.api import (
     load_item_embeddings,
     load_view_embeddings,
 )
+from onevision.reproducible import deterministic_torch
 from onevision.stages import Stage
 from onevision.vrq.api import SID_TABLE, VRQ_DIR, build_sid_table, sid_columns
 from onevision.vrq.metrics import tokenizer_report
@@ -48,6 +49,7 @@ RATIO_KEYS = ("consistency_l1", "consistency_l12", "icr", "beam10_recall", "pref
 
 def vrq(cfg: Config, root: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
+    deterministic_torch()
     root = Path(root)
     item_ids, item_emb = load_item_embeddings(root)
     views = load_view_embeddings(root)
