@@ -147,8 +147,9 @@ class LeafScorer(nn.Module):
 
     def fill_users(self, user_rows: np.ndarray, item_ids: np.ndarray, actions: np.ndarray) -> None:
         """The user representation from TRAIN events: user row (1..U), item id, action each."""
-        prof = self.event_counts(torch.as_tensor(np.asarray(item_ids, np.int64)), torch.as_tensor(np.asarray(actions, np.int64)),
-                                 torch.as_tensor(np.asarray(user_rows, np.int64)), self.user_cat.shape[0])
+        # torch.tensor copies: the columns often come read-only from Parquet, which torch.as_tensor warns about
+        prof = self.event_counts(torch.tensor(np.asarray(item_ids, np.int64)), torch.tensor(np.asarray(actions, np.int64)),
+                                 torch.tensor(np.asarray(user_rows, np.int64)), self.user_cat.shape[0])
         with torch.no_grad():
             self.user_cat.copy_(prof.cat)
             self.user_brand.copy_(prof.brand)
