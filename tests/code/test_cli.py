@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
 
-REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from onevision.config import ConfigError, describe_fields, load_config, overrides_to_tree, parse_override
+from tests import REPO
 
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+REPO_PARAMS = REPO / "params.yaml"
 
 
 def write(tmp_path: Path, doc: dict) -> Path:

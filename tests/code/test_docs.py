@@ -24,8 +24,8 @@ from pytest_examples import CodeExample, EvalExample, find_examples
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", REPO / "docs", REPO / "infra" / "README.md"]
 PYTHON = {"py", "python"}
 SHELL = {"bash", "sh", "shell", "console"}

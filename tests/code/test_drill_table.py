@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
+from tests import REPO
 from tests.markdown_tables import has_row
 
-REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("drill_bench", REPO / "benchmarks" / "drill.py")
 drill = importlib.util.module_from_spec(spec)
 sys.modules["drill_bench"] = drill  # dataclasses look their module up

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +23,10 @@ from onevision.generative.pruning import (
     select_visual_tokens,
 )
 from onevision.generative.trie import SIDTrie
+from tests import REPO
 from tests.code.test_generative_decode import SIZES, catalog, random_context, tiny_model
 
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+REPO_PARAMS = REPO / "params.yaml"
 NO_OP = {
     "visual": PruningConfig(visual_keep_mass=1.0, min_visual_tokens=3),
     "margin": PruningConfig(beam_margin=math.inf),

@@ -14,6 +14,7 @@ from onevision.data.images import decode_image
 from onevision.data.importer import CatalogImportError, import_catalog
 from onevision.data.tables import TABLES
 from onevision.data.validation import validate_tables
+from tests import REPO
 
 SIZE = 16
 
@@ -219,7 +220,7 @@ def test_the_readme_import_then_validate_agree_on_size_and_channels(shop, tmp_pa
 
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy2(Path(__file__).resolve().parents[2] / "params.yaml", project / "params.yaml")  # 28 px grayscale
+    shutil.copy2(REPO / "params.yaml", project / "params.yaml")  # 28 px grayscale
     runner = CliRunner()
     out = project / "my-data"
     imported = runner.invoke(app, ["data", "import", "--catalog", str(shop["catalog"]), "--images", str(shop["photos"]),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-INFRA = Path(__file__).resolve().parents[2] / "infra"
+from tests import REPO
+
+INFRA = REPO / "infra"
 
 
 def compose():

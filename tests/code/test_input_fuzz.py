@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries, user_ids_of
+from tests import REPO
 from tests.drill import count
 
 SPEC = QuerySpec(image_size=28, image_channels=1, max_image_bytes=200_000)
@@ -217,7 +217,7 @@ def test_any_command_line_argument_is_run_or_refused_clearly(tmp_path_factory, c
 
     count("fuzz.cli")
     project = tmp_path_factory.mktemp("cli")
-    shutil.copy2(Path(__file__).resolve().parents[2] / "params.yaml", project / "params.yaml")
+    shutil.copy2(REPO / "params.yaml", project / "params.yaml")
     before = sorted(p.name for p in project.iterdir())
     params = (project / "params.yaml").read_bytes()
     argv = command.split() + [value]

@@ -15,7 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 LINT = Path(sys.executable).parent / "lint-imports"
 APPLICATION = {"app", "__main__"}  # the command line, the flows and tasks; `python -m onevision`
 

@@ -18,7 +18,7 @@ import ast
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
 
 # import time measured on the 2-core CI machine (python -c "import X", idle): what is worth deferring
 HEAVY = {

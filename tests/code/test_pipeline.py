@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -11,8 +9,7 @@ from onevision.config import ConfigError, load_config, section_names
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stages import declaration, declarations, stage_names
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
 
 
 def test_profile_and_overrides_are_written_keeping_comments(project):

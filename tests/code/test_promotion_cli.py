@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from onevision.app.cli import app
 
-REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

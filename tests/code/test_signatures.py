@@ -9,9 +9,9 @@ only where a framework calls the function positionally, each in ``EXCEPTIONS`` w
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 PACKAGE = REPO / "onevision"
 MIN_PARAMS = 6  # from this many parameters on ...
 MAX_POSITIONAL = 2  # ... at most this many may be positional

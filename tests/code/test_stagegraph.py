@@ -20,8 +20,9 @@ from onevision.stagegraph import (
     sync_dvc_yaml,
 )
 from onevision.stages import Stage, declaration, declarations, stage_names
+from tests import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 

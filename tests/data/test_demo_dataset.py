@@ -14,8 +14,9 @@ from onevision.data.demo import build_demo
 from onevision.data.fashion_mnist import CLASS_NAMES, FashionMNISTMissing, check_files, load_fashion_mnist
 from onevision.data.images import decode_image
 from onevision.data.tables import TABLES, read_tables, write_tables
+from tests import REPO
 
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+PARAMS = REPO / "params.yaml"
 # Smaller than the `small` profile so a build takes a second or two.
 TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +9,9 @@ import pytest
 from onevision.config import load_config
 from onevision.data.demo import build_demo
 from onevision.data.simulator import UserSimulator, examination
+from tests import REPO
 
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+PARAMS = REPO / "params.yaml"
 TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 # What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config.
 PROJECT_FILES = ("params.yaml", "dvc.yaml", "prefect.yaml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("onevision",)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 N_ITEMS = 40
 SIDE = 28
 REVIEWERS = ["alice", "bob"]

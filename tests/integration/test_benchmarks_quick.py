@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO
 from tests.integration.conftest import TINY
 from tests.markdown_tables import has_row
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def bench(script: str, *args: str | Path, timeout: float = 300) -> str:

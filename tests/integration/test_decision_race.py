@@ -14,11 +14,11 @@ import yaml
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry, verify_champion
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
+from tests import REPO
 from tests.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REVIEWERS = ["alice", "bob", "carol", "dave"]
 

@@ -17,8 +17,8 @@ import pytest
 
 from onevision import paths
 from onevision.config import Config, load_config
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
                                          reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")

@@ -17,8 +17,8 @@ import yaml
 
 from onevision import paths
 from onevision.config import Config, load_config, overrides_to_tree
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "data.n_items=120", "data.n_users=20", "data.n_queries=600", "data.n_brands=6",
     "generative.model.d_model=32", "generative.model.n_heads=2", "generative.model.n_enc_layers=1", "generative.model.n_dec_layers=1",
