@@ -15,24 +15,7 @@ from onevision.data.fashion_mnist import CLASS_NAMES, FashionMNISTMissing, check
 from onevision.data.images import decode_image
 from onevision.data.tables import TABLES, read_tables, write_tables
 from tests import REPO
-
-PARAMS = REPO / "params.yaml"
-# Smaller than the `small` profile so a build takes a second or two.
-TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]
-
-
-def tiny_config(*extra: str):
-    return load_config(PARAMS, profile="small", overrides=[*TINY, *extra])
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return tiny_config()
-
-
-@pytest.fixture(scope="module")
-def tables(cfg):
-    return build_demo(cfg, progress=False)
+from tests.data.conftest import tiny_config
 
 
 def _file_hashes(tables: dict[str, pd.DataFrame], folder: Path) -> dict[str, str]:
@@ -187,7 +170,7 @@ def test_missing_fashion_mnist_names_folder_and_package(tmp_path):
 
 
 def test_fashion_mnist_reader():
-    images, labels = load_fashion_mnist(load_config(PARAMS).data.fashion_mnist_dir)
+    images, labels = load_fashion_mnist(load_config(REPO / "params.yaml").data.fashion_mnist_dir)
     assert images.shape == (70_000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (70_000,) and set(np.unique(labels)) == set(range(10))
     assert not images.flags.writeable

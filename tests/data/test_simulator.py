@@ -6,18 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from onevision.config import load_config
-from onevision.data.demo import build_demo
 from onevision.data.simulator import UserSimulator, examination
-from tests import REPO
-
-PARAMS = REPO / "params.yaml"
-TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]
-
-
-@pytest.fixture(scope="module")
-def tables():
-    return build_demo(load_config(PARAMS, profile="small", overrides=TINY), progress=False)
 
 
 @pytest.fixture(scope="module")
