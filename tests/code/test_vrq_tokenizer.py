@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from onevision.config import VRQConfig
+from onevision.reproducible import deterministic_torch
 from onevision.vrq.api import build_sid_table, load_sid_table, sid_columns
 from onevision.vrq.metrics import (
     codebook_usage,
@@ -15,7 +17,7 @@ from onevision.vrq.metrics import (
     tokenizer_report,
 )
 from onevision.vrq.quantizer import VRQTokenizer, disambiguate
-from onevision.vrq.train import VRQTrainingData, rq_kmeans, train_vrq
+from onevision.vrq.train import VRQTrainingData, finetune, rq_kmeans, train_vrq
 
 TINY = VRQConfig(codebook_sizes=[8, 4, 4], kmeans_iters=10, epochs=5, batch_size=64, consistency_levels=1)
 
@@ -164,3 +166,26 @@ def test_consistency_levels_beyond_codebooks_fail(catalog):
     data = VRQTrainingData(catalog["items"], catalog["views"], catalog["owner"])
     with pytest.raises(ValueError, match="consistency_levels"):
         train_vrq(data, VRQConfig(codebook_sizes=[8], consistency_levels=2, epochs=1), seed=0)
+
+
+def test_finetuning_repeats_bit_for_bit_where_threads_share_the_work():
+    """With the stages' deterministic kernels, three fine-tunings give one set of codebooks. Without them, the
+    backward of ``book[codes]`` adds with atomics across threads: three runs at this size gave three codebooks."""
+    rng = np.random.default_rng(0)
+    items = _unit(rng.standard_normal((2000, 64)))
+    owner = np.repeat(np.arange(2000), 2)
+    views = _unit(items[owner] + 0.1 * rng.standard_normal((4000, 64)))
+    data = VRQTrainingData(items, views, owner)
+    cfg = VRQConfig(codebook_sizes=[16, 8], kmeans_iters=5, epochs=2, batch_size=1024, consistency_levels=2)
+    base = rq_kmeans(items, [16, 8], iters=5, seed=0)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        deterministic_torch()
+        runs = []
+        for _ in range(3):
+            tok = VRQTokenizer([b.copy() for b in base.codebooks])
+            finetune(tok, data, cfg, seed=0, progress_log=False)
+            runs.append(b"".join(b.tobytes() for b in tok.codebooks))
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert runs[0] == runs[1] == runs[2]
