@@ -13,12 +13,17 @@ same weights at any thread count.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
 def deterministic_torch() -> None:
     """Make torch use deterministic kernels from here on (the training stages call this before they train).
 
-    ``warn_only``: on a GPU, an op without a deterministic kernel warns instead of failing the stage.
+    On a GPU, cuBLAS needs a fixed workspace for that (``CUBLAS_WORKSPACE_CONFIG``, read when CUDA starts;
+    a value set by the user wins), and ``warn_only`` makes an op without a deterministic kernel warn
+    instead of failing the stage.
     """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
