@@ -11,6 +11,7 @@ from typing import Any
 
 from onevision import atomic, markdown
 from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, pareto_front, resolve_metric
+from onevision.plots import pyplot
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -112,12 +113,7 @@ def markdown_report(results: dict[str, dict[str, Any]], ks: list[int], facts: di
 
 def plot_results(results: dict[str, dict[str, Any]], ks: list[int], plots_dir: Path) -> list[Path]:
     """Quality vs latency (with the Pareto front) and the per-K curves."""
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     names = list(results)

@@ -28,6 +28,7 @@ from onevision.encoder.api import (
     save_view_embeddings,
 )
 from onevision.encoder.train import AlignData, train_encoder
+from onevision.plots import pyplot
 from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,7 @@ def load_align_data(cfg: Config, root: Path, max_val_queries: int | None = 2000)
 
 
 def plot_history(history: list[dict], path: Path, title: str = "align_encoder") -> Path:
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     trained = [h for h in history if "loss" in h]
     epochs = [h["epoch"] for h in history]

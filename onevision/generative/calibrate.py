@@ -53,6 +53,7 @@ from onevision.evaluation.metrics import json_safe, latency_summary, pareto_fron
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
 from onevision.generative.retriever import OneVisionRetriever
+from onevision.plots import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -357,12 +358,7 @@ def _log_choice(points, chosen_i, *, front, sweep, latency_key, test) -> None:
 
 def plot_pareto(points, front, *, chosen_i, latency_key, max_loss, path: Path) -> Path:
     """Worst retained quality vs latency of every point, the Pareto front, the bound and the choice."""
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7.5, 5))

@@ -77,6 +77,7 @@ from onevision.generative.train import (
     train_sid_model,
 )
 from onevision.generative.trie import SIDTrie, sid_columns
+from onevision.plots import pyplot
 from onevision.reproducible import deterministic_torch
 from onevision.stages import Stage
 from onevision.vrq.api import VRQ_DIR, VRQTokenizer, load_sid_table
@@ -377,12 +378,7 @@ class BestEpoch:
 
 
 def plot_curves(history: list[dict], keys: list[str], path: Path, title: str) -> Path:
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     panels = [[k for k in keys if k in history[0] and "accuracy" not in k], [k for k in keys if k in history[0] and "accuracy" in k]]
@@ -411,6 +407,7 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
     path = Path(root) / paths.REPORTS / f"{stage}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
     def metric_table(values: dict[str, Any]) -> str:
         rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in sorted(values.items())]
         return markdown.table(rows, ["metric", "value"], align="lr")

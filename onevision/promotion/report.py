@@ -12,6 +12,7 @@ from typing import Any
 from onevision import atomic, markdown
 from onevision.config import GatesConfig
 from onevision.evaluation.metrics import ORDERS_LABELS
+from onevision.plots import pyplot
 from onevision.promotion.gates import GateInputs, GateReport, candidate_metric, lookup
 
 
@@ -76,12 +77,7 @@ def where_to_read(local_report: Path, model_name: str, version: str, tags: dict[
 
 def plot_report(path: Path, inputs: GateInputs, gates: GatesConfig, report: GateReport) -> Path:
     """One panel per compared metric: candidate, champion and baseline bars, the gate's threshold as a line."""
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     thresholds = {r.name: r.threshold for r in report.results}
     metrics = compared_metrics(gates)

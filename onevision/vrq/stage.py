@@ -29,6 +29,7 @@ from onevision.encoder.api import (
     load_item_embeddings,
     load_view_embeddings,
 )
+from onevision.plots import pyplot
 from onevision.reproducible import deterministic_torch
 from onevision.stages import Stage
 from onevision.vrq.api import SID_TABLE, VRQ_DIR, build_sid_table, sid_columns
@@ -114,12 +115,7 @@ def vrq(cfg: Config, root: Path) -> dict[str, Any]:
 
 
 def plot_tokenizer(metrics: dict[str, Any], history: list[dict], path: Path) -> Path:
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # lazy: matplotlib ~0.4 s, with the Agg backend set before pyplot loads, only when plotting
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     levels = range(metrics["levels"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
