@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from onevision import atomic, redact
+from onevision import atomic, paths, redact
+from onevision.app import entrypoints
 from onevision.app.common import (
     EXIT_INFRA,
     fail,
@@ -24,6 +25,7 @@ from onevision.app.common import (
     infrastructure_error,
     load_project,
     project_config,
+    project_flow,
     setup_logging,
 )
 from onevision.app.options import ProfileOpt, RootOpt, SetOpt
@@ -110,8 +112,7 @@ def retrain(
     # lazy: Prefect ~1 s only when this command runs (`onevision --help` and the light commands start at once)
     from prefect.exceptions import TerminationSignal
 
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s, Prefect ~1 s only when this command runs (`onevision --help` and the light commands start at once)
-    from onevision.app.flows.retrain import retrain as retrain_flow
+    retrain_flow = project_flow(entrypoints.RETRAIN)  # flows/retrain.py, the file the `retrain` deployment runs
 
     # SIGTERM becomes an exception: Prefect marks the run Crashed and re-delivers the signal to this handler,
     # so the process still unwinds (the running stage is stopped, Prefect's temporary server shut down)
@@ -430,12 +431,11 @@ def evaluate_sharded(
     names = [s.strip() for s in systems.split(",")] if systems else list(cfg.evaluate.systems)
 
     apply_local_state_env(root)
-    # lazy: numpy ~0.1 s, pandas ~0.4 s, Prefect ~1 s, prefect-dask, torch ~1.3 s only when this command runs (`onevision --help` and the light commands start at once)
-    from onevision.app.flows.sharded import REPORT, run
-
+    sharded = project_flow(entrypoints.EVALUATE_SHARDED)  # flows/sharded.py, the file the `evaluate-sharded` deployment runs
+    report = root / paths.REPORTS / "evaluate_sharded.json"
     try:
-        out = run(str(root), workers=workers, address=address, systems=names, threads=threads, embed=not no_embed,
-                  embeddings_out=str(embeddings_out) if embeddings_out else None)
+        out = sharded(str(root), workers=workers, address=address, systems=names, threads=threads, embed=not no_embed,
+                      embeddings_out=str(embeddings_out) if embeddings_out else None, report=str(report))
     except (FileNotFoundError, ValueError) as exc:
         fail(f"evaluate-sharded: {exc}")
     typer.echo(f"\n{'system':<16} {'HR@10':>7} {'MRR':>7} {'queries':>8}")
@@ -446,7 +446,7 @@ def evaluate_sharded(
         diff = e.get("embeddings_max_abs_diff")
         typer.echo(f"\nembedded {e['views']} views of {e['items']} items in {e['shards']} shards"
                    + (f" (max |diff| vs data/embeddings/items.npz: {diff:.2e})" if diff is not None else ""))
-    typer.echo(f"report: {root / REPORT}")
+    typer.echo(f"report: {report}")
 
 
 app.command("evaluate")(evaluate_command)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from onevision import redact
+from onevision.app.entrypoints import FlowUnavailable, load_flow
 from onevision.config import PARAMS_FILE, Config, ConfigError, load_config
 from onevision.storage.s3 import StoreError, describe_store_error
 from onevision.tracking import describe_tracking_error
@@ -62,4 +63,13 @@ def load_project(root: Path, profile: str | None, overrides: list[str] | None):
     try:
         return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
     except ConfigError as exc:
+        fail(str(exc))
+
+
+def project_flow(entrypoint: str):
+    """The Prefect flow of ``entrypoint`` (``entrypoints.DRIFT``, ...) from the repository's flows/, loaded as a
+    worker loads it; a missing or broken flow file ends the command with one line naming what to do."""
+    try:
+        return load_flow(entrypoint)
+    except FlowUnavailable as exc:
         fail(str(exc))

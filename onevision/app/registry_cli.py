@@ -14,7 +14,8 @@ from uuid import UUID
 
 import typer
 
-from onevision.app.common import fail, fail_run, load_project, setup_logging
+from onevision.app import entrypoints
+from onevision.app.common import fail, fail_run, load_project, project_flow, setup_logging
 from onevision.app.options import JsonOpt, RootOpt
 from onevision.pipeline import apply_local_state_env
 from onevision.registry.model_registry import GATES_FAILED, PromotionError
@@ -196,9 +197,7 @@ def promote(
 
     apply_local_state_env(root)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s, Prefect ~1 s only when this command runs (`onevision --help` and the light commands start at once)
-    from onevision.app.flows.promote import promotion
-
+    promotion = project_flow(entrypoints.PROMOTION)  # flows/promote.py, the file the `promote` deployment runs
     try:
         outcome = promotion(root=str(root), approval=approval)
     except Exception as exc:

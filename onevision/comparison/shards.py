@@ -1,6 +1,6 @@
 """Shards of the two embarrassingly parallel jobs: embedding the catalog and ranking the test queries.
 
-The application layer (``onevision/app/flows/sharded.py``) submits these to Dask workers
+The sharded evaluation flow (``flows/sharded.py``, tasks in ``tasks/sharded.py``) submits these to Dask workers
 through Prefect's Dask task runner; each call is self-contained (a project
 root and a row range), so a worker process needs nothing but the project on
 disk. Shard bounds are multiples of the batch size the serial code uses, so

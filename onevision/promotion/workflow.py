@@ -12,8 +12,8 @@ Lifecycle of a version (its ``status`` tag)::
                                                  -> rejected             \\-> rolled-back
                                                  -> superseded (a newer candidate arrived)
 
-No Prefect here: the promotion flow (onevision/app/flows/promote.py) and the CLI both call
-these functions.
+No Prefect here: the promotion flow (flows/promote.py, which `onevision promote`
+runs) and the CLI's approve/reject/rollback call these functions.
 """
 
 from __future__ import annotations

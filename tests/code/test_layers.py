@@ -1,5 +1,8 @@
 """The layers, checked by import-linter (contracts in pyproject.toml) and an AST scan.
 
+* flows -> tasks -> onevision: the flows (``flows/``) use the tasks (``tasks/``), the tasks the library, and
+  the package, its command line included, never imports ``flows`` or ``tasks`` (the command line loads the flow
+  files by path, as a worker does);
 * the library (every module of ``onevision`` outside ``onevision.app``) imports neither Prefect nor the
   application layer, not even inside a function (grimp, import-linter's graph, reads those too);
 * no import cycle between sibling modules or packages, at any depth;
@@ -29,7 +32,7 @@ def _lint(cwd: Path, env_path: Path | None = None) -> subprocess.CompletedProces
 def test_the_import_contracts_are_kept():
     result = _lint(REPO)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "Contracts: 2 kept, 0 broken." in result.stdout, result.stdout[-2000:]
+    assert "Contracts: 3 kept, 0 broken." in result.stdout, result.stdout[-2000:]
 
 
 def test_the_library_contract_covers_every_module_outside_the_application_layer():
@@ -41,25 +44,38 @@ def test_the_library_contract_covers_every_module_outside_the_application_layer(
     assert {m.removeprefix("onevision.") for m in library["source_modules"]} == children - APPLICATION
 
 
+def _copy(tmp_path: Path) -> Path:
+    for package in ("onevision", "flows", "tasks"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
 def test_a_library_module_importing_prefect_breaks_the_contract(tmp_path):
     """The contract can fail: the same package with one lazy `import prefect` in the library."""
-    shutil.copytree(REPO / "onevision", tmp_path / "onevision", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    victim = tmp_path / "onevision" / "evaluation" / "metrics.py"
+    victim = _copy(tmp_path) / "onevision" / "evaluation" / "metrics.py"
     victim.write_text(victim.read_text() + "\n\ndef _lazy():\n    import prefect  # noqa: F401\n")
     result = _lint(tmp_path, tmp_path)
     assert result.returncode == 1 and "onevision.evaluation.metrics -> prefect" in result.stdout, result.stdout[-3000:]
+
+
+def test_the_command_line_importing_a_flow_module_breaks_the_contract(tmp_path):
+    """The command line runs flows by file path only: `from flows.drift import ...` in it breaks the layers."""
+    victim = _copy(tmp_path) / "onevision" / "app" / "monitoring_cli.py"
+    victim.write_text(victim.read_text() + "\n\ndef _lazy():\n    from flows.drift import drift_monitor  # noqa: F401\n")
+    result = _lint(tmp_path, tmp_path)
+    assert result.returncode == 1 and "onevision.app.monitoring_cli -> flows.drift" in result.stdout, result.stdout[-3000:]
 
 
 def _private_imports(root: Path) -> list[str]:
     found = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("onevision"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("onevision", "flows", "tasks"):
                 found += [f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}.{a.name}"
                           for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     return found
 
 
 def test_no_module_imports_another_modules_private_names():
-    assert _private_imports(REPO / "onevision") == []
+    assert [found for package in ("onevision", "flows", "tasks") for found in _private_imports(REPO / package)] == []

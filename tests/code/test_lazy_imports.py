@@ -4,7 +4,7 @@ An import inside a function hides a dependency from a reader (and once hid
 stale DVC code deps), so the library keeps them for one purpose: not paying
 for a heavy library on an import path that does not use it (``onevision
 --help``, a stage module read for its declaration, the registry's constants).
-The scan below checks every function-level import of ``onevision``:
+The scan below checks every function-level import of ``onevision``, ``flows`` and ``tasks``:
 
 * it loads a heavy package (:data:`HEAVY`) that the module's own module-level
   imports do not already load (directly or through other ``onevision``
@@ -123,7 +123,8 @@ class Package:
 
 
 def package(root: Path) -> Package:
-    return Package({module_name(p, root): p.read_text() for p in sorted((root / "onevision").rglob("*.py"))})
+    return Package({module_name(p, root): p.read_text() for package in ("onevision", "flows", "tasks")
+                    for p in sorted((root / package).rglob("*.py"))})
 
 
 def test_every_function_level_import_defers_something_heavy_and_says_why():

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -35,7 +41,7 @@ def test_drift_deployment_runs_daily_on_a_work_pool(raw):
     from prefect.client.schemas.schedules import CronSchedule
 
     dep = _deployment(raw, "drift-daily")
-    assert dep["entrypoint"] == "onevision/app/flows/drift.py:drift_monitor"
+    assert dep["entrypoint"] == "flows/drift.py:drift_monitor"
     assert dep["work_pool"]["name"] == "onevision-process"  # the pool infra/docker-compose.yml's worker serves
     (schedule,) = [_schedule_config_to_deployment_schedule(s) for s in dep["schedules"]]
     DeploymentScheduleCreate(**schedule)
@@ -61,7 +67,7 @@ def test_drift_deployment_entrypoint_and_parameters_fit_the_flow(raw):
     assert deployment.schedules and deployment.entrypoint.endswith("drift.py:drift_monitor")
 
 
-@pytest.mark.parametrize(("name", "flow_name"), [("retrain", "retrain"), ("promote", "promotion")])
+@pytest.mark.parametrize(("name", "flow_name"), [("retrain", "retrain"), ("promote", "promotion"), ("evaluate-sharded", "evaluate-sharded")])
 def test_on_demand_deployments_fit_their_flows(raw, name, flow_name):
     from prefect.flows import load_flow_from_entrypoint
 
@@ -74,6 +80,52 @@ def test_on_demand_deployments_fit_their_flows(raw, name, flow_name):
     flow.validate_parameters(dep.get("parameters", {}))
     # what the description tells a user to type names this deployment
     assert f"prefect deployment run {flow_name}/{name}" in dep["description"]
+
+
+def test_the_command_line_runs_the_entrypoints_the_deployments_name(raw):
+    """One route per job: `onevision retrain|promote|drift|evaluate-sharded` load these very files."""
+    from onevision.app import entrypoints
+
+    cli = {f"flows/{e}" for e in (entrypoints.RETRAIN, entrypoints.PROMOTION, entrypoints.DRIFT, entrypoints.EVALUATE_SHARDED)}
+    assert cli == {d["entrypoint"] for d in raw["deployments"]}
+    assert all(entrypoints.flow_file(e).is_relative_to(REPO / "flows") for e in (entrypoints.RETRAIN, entrypoints.DRIFT))
+
+
+LOAD_EVERY_ENTRYPOINT = """
+import json, sys, yaml
+from prefect.flows import load_flow_from_entrypoint
+out = {}
+for dep in yaml.safe_load(open("prefect.yaml"))["deployments"]:
+    flow = load_flow_from_entrypoint(dep["entrypoint"], use_placeholder_flow=False)  # what `prefect deploy` does
+    flow.validate_parameters(dep.get("parameters", {}))
+    out[dep["name"]] = [flow.name, flow.fn.__code__.co_filename]
+import onevision, tasks
+out["modules"] = [onevision.__file__, tasks.__file__]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_every_entrypoint_loads_from_a_fresh_clone(raw, tmp_path):
+    """`prefect deploy --all` from a fresh clone: in a new process started in a copy of the checkout's files
+    (tracked and new, nothing ignored), every entrypoint of prefect.yaml loads with Prefect's loader, its
+    parameters fit, and flows/, tasks/ and onevision/ all come from the clone."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode:
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, clone / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run([sys.executable, "-c", LOAD_EVERY_ENTRYPOINT], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    modules = loaded.pop("modules")
+    assert all(path.startswith(str(clone)) for path in modules), modules  # not the installed checkout's copy
+    assert set(loaded) == {d["name"] for d in raw["deployments"]}
+    assert all(path.startswith(str(clone / "flows")) for _, path in loaded.values()), loaded
 
 
 # ----------------------------------------------------------------------------- the Kubernetes work pool

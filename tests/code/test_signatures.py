@@ -1,6 +1,7 @@
 """Functions with six or more parameters take them keyword-only.
 
-The rule, checked by an AST scan of every module of ``onevision`` (``onevision.app`` included): a function
+The rule, checked by an AST scan of every module of ``onevision`` (``onevision.app`` included), ``flows`` and
+``tasks``: a function
 or method with 6 or more parameters (not counting ``self``/``cls``, ``*args`` or ``**kwargs``) has at most
 2 positional ones; the others come after a bare ``*`` (``def f(cfg, root, *, a, b, c, d)``). Exceptions
 only where a framework calls the function positionally, each in ``EXCEPTIONS`` with its reason.
@@ -12,7 +13,7 @@ import ast
 
 from tests import REPO
 
-PACKAGE = REPO / "onevision"
+PACKAGES = [REPO / "onevision", REPO / "flows", REPO / "tasks"]
 MIN_PARAMS = 6  # from this many parameters on ...
 MAX_POSITIONAL = 2  # ... at most this many may be positional
 
@@ -45,9 +46,9 @@ def violations(source: str, path: str = "<string>") -> list[tuple[str, int]]:
 
 
 def _scan() -> dict[str, int]:
-    """``"onevision/...py:name" -> line`` for every violation in the package."""
+    """``"onevision/...py:name" -> line`` for every violation in the packages."""
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(p for package in PACKAGES for p in package.rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
         for name, line in violations(path.read_text(encoding="utf-8"), rel):
             out[f"{rel}:{name}"] = line

@@ -135,7 +135,9 @@ def moto_s3(bucket: str):
 def tiny_full_run(tmp_path_factory, isolated_state, prefect_server):
     """The whole retrain flow on the shrunk small profile (TINY), once per session: what the pipeline tests check
     and what the crash tests compare a crashed-and-resumed run with."""
-    from onevision.app.flows.retrain import retrain
+    from tests.flows import load
+
+    retrain = load("retrain.py:retrain")
 
     project = make_project(tmp_path_factory.mktemp("full") / "onevision")
     outcomes = retrain(root=str(project), profile="small", overrides=TINY)

@@ -1,4 +1,5 @@
-"""The drift_monitor flow end to end: Prefect state, webhook, MLflow run, S3 upload, markdown artifact."""
+"""The drift_monitor flow end to end: Prefect state, webhook, MLflow run, S3 upload, markdown artifact; and
+`onevision drift`, which runs the same flow file (flows/drift.py) and ends in the same state for the same inputs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import pytest
 
 from onevision.monitoring.drills import simulate_shift
 from tests.drift_project import build_synthetic_project, synthetic_window
+from tests.flows import load
 from tests.integration.conftest import moto_s3
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-reports"
+
+
+def load_drift_monitor():
+    """The flow as a worker running the `drift-daily` deployment loads it."""
+    return load("drift.py:drift_monitor")
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,7 @@ def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, pre
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import Artifact
 
-    from onevision.app.flows.drift import drift_monitor
-
+    drift_monitor = load_drift_monitor()
     url, received = webhook
     received.clear()
     state = drift_monitor(root=str(project), current=str(project / "dark.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
@@ -90,8 +96,7 @@ def test_shifted_traffic_fails_the_run_alerts_and_stores_everything(project, pre
 
 
 def test_clean_traffic_completes_without_alert(project, prefect_server, webhook, s3_endpoint):
-    from onevision.app.flows.drift import drift_monitor
-
+    drift_monitor = load_drift_monitor()
     url, received = webhook
     received.clear()
     state = drift_monitor(root=str(project), current=str(project / "clean.parquet"), overrides=_overrides(url, s3_endpoint), return_state=True)
@@ -102,10 +107,10 @@ def test_clean_traffic_completes_without_alert(project, prefect_server, webhook,
 
 
 def test_an_unreachable_store_on_a_quiet_day_is_an_infrastructure_error_not_an_alarm(project, prefect_server, webhook, monkeypatch):
-    import onevision.app.tasks.drift
-    from onevision.app.flows.drift import drift_monitor
+    import tasks.drift
 
-    monkeypatch.setattr(onevision.app.tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    drift_monitor = load_drift_monitor()
+    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.1, 0.1, 0.1])
     url, received = webhook
     received.clear()
     dead = "http://127.0.0.1:9"  # nothing listens: connection refused
@@ -117,7 +122,7 @@ def test_an_unreachable_store_on_a_quiet_day_is_an_infrastructure_error_not_an_a
     assert received == []  # nobody paged on a quiet day
 
 
-def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
+def test_cli_exit_code_4_for_an_infrastructure_error(project, prefect_server, monkeypatch):
     from typer.testing import CliRunner
 
     from onevision.app.cli import app
@@ -131,9 +136,101 @@ def test_cli_exit_code_4_for_an_infrastructure_error(project, monkeypatch):
 
 
 def test_alerting_without_failing_when_configured(project, prefect_server, webhook, s3_endpoint):
-    from onevision.app.flows.drift import drift_monitor
-
+    drift_monitor = load_drift_monitor()
     url, _ = webhook
     overrides = [*_overrides(url, s3_endpoint), "drift.fail_on_drift=false"]
     state = drift_monitor(root=str(project), current=str(project / "dark.parquet"), overrides=overrides, publish=False, return_state=True)
     assert state.is_completed() and state.name == "Drifted"
+
+
+# ----------------------------------------------------------------------------- one route: the command runs the flow
+
+
+def _cli(project, *args: str):
+    from typer.testing import CliRunner
+
+    from onevision.app.cli import app
+
+    return CliRunner().invoke(app, ["drift", "--root", str(project), *args])
+
+
+def _last_drift_run_state():
+    """The final state of the latest drift_monitor flow run on the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["drift_monitor"])),
+                                       sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+    return run.state
+
+
+def _drift_runs(project) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("onevision-drift")
+    return 0 if experiment is None else len(client.search_runs([experiment.experiment_id]))
+
+
+def test_cli_exit_codes(project, prefect_server, tmp_path, monkeypatch):
+    """0 no drift, 1 drift, 2 bad input, 3 too few queries: the documented codes (README, docs/oncall.md)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    base = ["--no-publish"]
+    ok = _cli(project, *base, "--current", str(project / "clean.parquet"), "--out", str(tmp_path / "a"))
+    assert ok.exit_code == 0, ok.output
+    assert "no drift" in ok.output
+    bad = _cli(project, *base, "--current", str(project / "dark.parquet"), "--out", str(tmp_path / "b"), "--json")
+    assert bad.exit_code == 1, bad.output
+    assert "image_stats" in json.loads(bad.output[bad.output.index("{"):])["alarms"]
+    assert (tmp_path / "b" / "summary.json").exists()  # --out honoured
+    assert _cli(project, *base, "--simulate-shift", "earthquake").exit_code == 2
+    missing = _cli(project, *base, "--current", str(tmp_path / "missing.parquet"))
+    assert missing.exit_code == 2 and "missing.parquet" in missing.output and "Traceback" not in missing.output
+    few = _cli(project, *base, "--current", str(project / "clean.parquet"), "--window", "1h", "--out", str(tmp_path / "c"))
+    assert few.exit_code == 3, few.output
+
+
+def test_a_short_window_ends_the_same_from_the_command_and_the_flow_and_publishes_nothing(project, prefect_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    before = _drift_runs(project)
+    args = {"current": str(project / "clean.parquet"), "window": "1h"}
+    state = load_drift_monitor()(root=str(project), **args, return_state=True)
+    assert state.is_completed() and state.name == "InsufficientData", (state.name, state.message)
+    result = _cli(project, "--current", args["current"], "--window", args["window"])
+    assert result.exit_code == 3, result.output
+    assert _last_drift_run_state().name == state.name == "InsufficientData"
+    assert _drift_runs(project) == before  # no verdict, nothing published: neither route logs an MLflow run
+
+
+def test_an_unapproved_champion_ends_the_same_from_the_command_and_the_flow(project, prefect_server, monkeypatch):
+    """The alias moved by hand (the MLflow API, no audit record): both routes refuse before checking anything;
+    with `registry.unapproved_champion: warn` both go on."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client.create_registered_model("onevision")
+    version = client.create_model_version("onevision", source=str(project / "nowhere"))
+    client.set_registered_model_alias("onevision", "champion", version.version)
+    try:
+        reports = set((project / "reports/drift").glob("*")) if (project / "reports/drift").exists() else set()
+        current = str(project / "clean.parquet")
+        state = load_drift_monitor()(root=str(project), current=current, return_state=True)
+        assert state.is_failed() and state.name == "UnapprovedChampion", (state.name, state.message)
+        assert f"champion v{version.version}" in state.message and "onevision approve" in state.message
+        result = _cli(project, "--current", current)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"champion v{version.version}" in result.output and "onevision approve" in result.output
+        assert _last_drift_run_state().name == "UnapprovedChampion"
+        assert set((project / "reports/drift").glob("*")) == reports  # refused before any report was written
+
+        warn = ["registry.unapproved_champion=warn"]
+        state = load_drift_monitor()(root=str(project), current=current, overrides=warn, publish=False, return_state=True)
+        assert state.is_completed() and state.name == "Completed", (state.name, state.message)
+        result = _cli(project, "--current", current, "--set", warn[0], "--no-publish")
+        assert result.exit_code == 0, result.output
+        assert _last_drift_run_state().name == "Completed"
+    finally:
+        client.delete_registered_model("onevision")

@@ -91,7 +91,9 @@ def test_mlflow_records_a_nested_run_per_stage_with_curves(full_run):
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(full_run):
-    from onevision.app.flows.retrain import retrain
+    from tests.flows import load
+
+    retrain = load("retrain.py:retrain")
 
     project, _ = full_run
     outcomes = retrain(root=str(project))

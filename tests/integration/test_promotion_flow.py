@@ -48,7 +48,9 @@ def flow_state(flow_run_id: UUID):
 
 def start_promotion(project: Path) -> tuple[threading.Thread, dict]:
     """Run the promotion flow (approval=pause) in a thread, as a long-running flow process would."""
-    from onevision.app.flows.promote import promotion
+    from tests.flows import load
+
+    promotion = load("promote.py:promotion")
 
     result: dict = {}
 
@@ -129,7 +131,9 @@ def test_cli_decision_resumes_the_paused_flow(project, prefect_server):
 
 
 def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
-    from onevision.app.flows.promote import promotion
+    from tests.flows import load
+
+    promotion = load("promote.py:promotion")
 
     outcome = promotion(root=str(project), approval="registry")
     assert outcome["status"] == AWAITING and outcome["gates_passed"]
@@ -137,7 +141,9 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
 
 
 def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):
-    from onevision.app.flows.promote import promotion
+    from tests.flows import load
+
+    promotion = load("promote.py:promotion")
 
     from .promotion_project import GOOD_METRICS, write_metrics
 

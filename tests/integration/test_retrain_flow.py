@@ -36,7 +36,9 @@ def mlflow_runs(project: Path):
 
 @pytest.fixture(scope="module")
 def first_run(small_project, prefect_server):
-    from onevision.app.flows.retrain import retrain
+    from tests.flows import load
+
+    retrain = load("retrain.py:retrain")
 
     outcomes = retrain(root=str(small_project), profile="small", until="split")
     return small_project, outcomes
@@ -72,7 +74,9 @@ def test_mlflow_has_parent_with_nested_stage_runs(first_run):
 
 
 def test_rerun_with_no_change_skips_every_stage(first_run, prefect_server):
-    from onevision.app.flows.retrain import retrain
+    from tests.flows import load
+
+    retrain = load("retrain.py:retrain")
 
     project, _ = first_run
     outcomes = retrain(root=str(project), until="split")
@@ -83,7 +87,9 @@ def test_rerun_with_no_change_skips_every_stage(first_run, prefect_server):
 
 
 def test_param_change_reruns_only_the_dependent_stage(first_run, prefect_server):
-    from onevision.app.flows.retrain import retrain
+    from tests.flows import load
+
+    retrain = load("retrain.py:retrain")
 
     project, _ = first_run
     outcomes = retrain(root=str(project), overrides=["split.test_fraction=0.15"], until="split")

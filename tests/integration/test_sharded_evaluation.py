@@ -29,8 +29,9 @@ def test_shard_bounds_cover_the_rows_in_whole_batches(n, shards, align):
 
 
 def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
-    from onevision.app.flows.sharded import run
+    from tests.flows import load
 
+    evaluate_sharded = load("sharded.py:evaluate_sharded")
     project, _ = tiny_full_run
     cfg = load_config(project / PARAMS_FILE)
     test = load_test_set(cfg, project)
@@ -38,7 +39,7 @@ def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
     names = [s.name for s in systems]
     assert {"onevision", "mca"} <= set(names)
 
-    out = run(str(project), workers=2, systems=names, report=str(tmp_path / "sharded.json"),
+    out = evaluate_sharded(str(project), workers=2, systems=names, report=str(tmp_path / "sharded.json"),
               embeddings_out=str(tmp_path / "items.npz"))
 
     assert json.loads((tmp_path / "sharded.json").read_text()) == out

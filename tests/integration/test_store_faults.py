@@ -95,11 +95,12 @@ def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, 
     Prefect's task retry succeeds, the run completes, every report is in the bucket."""
     import boto3
 
-    import onevision.app.tasks.drift
-    from onevision.app.flows.drift import drift_monitor
+    import tasks.drift
     from tests.drift_project import build_synthetic_project, synthetic_window
+    from tests.flows import load
 
-    monkeypatch.setattr(onevision.app.tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
+    drift_monitor = load("drift.py:drift_monitor")
+    monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
     root = build_synthetic_project(tmp_path / "proj")
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
     proxy.faults, proxy.injected = 1, 0

@@ -13,12 +13,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from onevision.app.flows.promote import promotion
-from onevision.app.tasks.stages import push_outputs, run_stage
+from flows.promote import promotion
 from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stagegraph import sync_dvc_yaml
 from onevision.tracking import Tracker, dvc_lock_hashes, git_revision, retry_environment
+from tasks.stages import push_outputs, run_stage
 
 
 @flow(name="retrain", log_prints=True)
@@ -40,7 +40,7 @@ def retrain(
     push: afterwards `dvc push` the outputs to the project's default DVC remote (an S3 bucket on a shared stack).
 
     promote: then run the promotion flow (register, gates, reviewer); opt-in, it needs
-    the stages through `evaluate` and a trained model (onevision/app/flows/promote.py).
+    the stages through `evaluate` and a trained model (flows/promote.py).
     """
     logger = get_run_logger()
     root_path = Path(root).resolve()

@@ -36,10 +36,10 @@ from prefect.settings import get_current_settings
 from prefect.states import Completed
 from pydantic import Field
 
-from onevision.app.tasks.promote import apply_decision, check_gates, register_candidate
 from onevision.config import PARAMS_FILE, load_config
 from onevision.promotion.workflow import authorize_reviewer, open_registry
 from onevision.registry.model_registry import AWAITING, PromotionError
+from tasks.promote import apply_decision, check_gates, register_candidate
 
 
 class ReviewDecision(RunInput):

@@ -1,1 +1,0 @@
-"""Prefect tasks: thin wrappers over library functions (no ML logic here)."""

@@ -1,0 +1,97 @@
+"""Prefect tasks of the drift monitor: thin wrappers over onevision.monitoring.monitor.
+
+The rules every run keeps, whether a schedule or `onevision drift` started it (both run flows/drift.py):
+the champion being monitored must be one the gates and a reviewer made (:func:`check_champion`), and a
+window too short for a verdict is reported, not published (:func:`log_drift_run`, :func:`upload_drift_reports`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from onevision.config import PARAMS_FILE, Config, load_config
+from onevision.monitoring import monitor
+from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
+
+
+def _config(root: str, profile: str | None, overrides: list[str] | None) -> Config:
+    return load_config(Path(root) / PARAMS_FILE, profile=profile, overrides=overrides or [])
+
+
+@task(name="drift-champion-check", cache_policy=NO_CACHE)
+def check_champion(root: str, profile: str | None, overrides: list[str] | None) -> dict:
+    """Is the registry's champion one that the gates and a reviewer made? ``registry.unapproved_champion``:
+    ``refuse`` -> ``refused`` (the run stops), ``warn`` -> ``warning`` (the run goes on); no registry or no
+    registered model yet: nothing to check."""
+    cfg = _config(root, profile, overrides)
+    try:
+        check = check_registry_champion(cfg, root, "drift monitor")
+    except UnapprovedChampion as exc:
+        return {"refused": True, "message": str(exc)}
+    if check is None or check.approved:
+        return {"refused": False, "message": None}
+    return {"refused": False, "message": f"drift monitor: {check.reason} (registry.unapproved_champion: warn; checking anyway)"}
+
+
+@task(name="drift-current-window", cache_policy=NO_CACHE)
+def load_current_window(
+    root: str,
+    *,
+    profile: str | None,
+    overrides: list[str] | None,
+    current: str | None,
+    window: str | None,
+    simulate_shift: str | None,
+    drill_rows: int,
+    drill_seed: int | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """The traffic to check: a log file, the held-out split, or a drill window."""
+    cfg = _config(root, profile, overrides)
+    return monitor.current_traffic(cfg, Path(root), current_path=current, window=window, simulate_shift=simulate_shift,
+                                   drill_rows=drill_rows, drill_seed=drill_seed)
+
+
+@task(name="drift-check", cache_policy=NO_CACHE)
+def check_drift(root: str, frame: pd.DataFrame, *, label: str, profile: str | None, overrides: list[str] | None,
+                out_dir: str | None = None) -> dict:
+    """Features, Evidently report and verdict; writes reports/drift/<run_id>/ (or ``out_dir``)."""
+    cfg = _config(root, profile, overrides)
+    return monitor.run_drift_check(cfg, Path(root), current=frame, current_label=label, out_dir=Path(out_dir) if out_dir else None)
+
+
+def has_verdict(summary: dict) -> bool:
+    """False for a window too short for a verdict: nothing is published for it (the summary stays local)."""
+    return summary["status"] != monitor.STATUS_INSUFFICIENT
+
+
+# Infrastructure steps retry with exponential backoff (2, 4, 8 s, jittered) before the flow reports an infrastructure error.
+BACKOFF = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+
+
+@task(name="drift-mlflow", cache_policy=NO_CACHE, **BACKOFF)
+def log_drift_run(root: str, profile: str | None, overrides: list[str] | None, summary: dict, tags: dict[str, str]) -> dict:
+    """One MLflow run in the drift experiment with the report files as artifacts (none without a verdict)."""
+    if not has_verdict(summary):
+        return summary
+    monitor.log_to_mlflow(_config(root, profile, overrides), Path(root), summary, tags)
+    return summary
+
+
+@task(name="drift-upload", cache_policy=NO_CACHE, **BACKOFF)
+def upload_drift_reports(root: str, profile: str | None, overrides: list[str] | None, summary: dict) -> dict:
+    """Copy the report files to the configured object store (no-op without storage.bucket or without a verdict)."""
+    if not has_verdict(summary):
+        return summary
+    monitor.upload_reports(_config(root, profile, overrides), summary)
+    return summary
+
+
+@task(name="drift-alert", cache_policy=NO_CACHE, **BACKOFF)
+def send_drift_alert(url: str, summary: dict, timeout: float) -> int:
+    """POST the alarm to the webhook; retried, then the task (not the verdict) fails."""
+    return monitor.send_alert(url, summary, timeout)
