@@ -1,4 +1,5 @@
-"""The application layer: the command line (``onevision``) and the Prefect flows and tasks.
+"""The command line (``onevision``). Its commands that have a Prefect flow run the flow files in ``flows/`` at
+the repository root (``entrypoints.py``), never importing ``flows`` or ``tasks`` as modules.
 
 Everything below it (``onevision.*`` outside ``onevision.app``) is the library: ML and domain logic that
 imports neither Prefect nor this package; ``tests/code/test_layers.py`` checks it with import-linter.

@@ -58,8 +58,8 @@ def drift_command(
         fail(f"unknown --simulate-shift {simulate_shift!r}; kinds: {', '.join(SHIFT_KINDS)}")
     if simulate_shift is not None and (current is not None or window is not None):
         fail("--simulate-shift builds its own window; drop --current/--window")
-    if current is not None and not current.exists():
-        fail(f"--current {current}: no such file or folder")
+    if current is not None and not (current / "queries.parquet" if current.is_dir() else current).is_file():
+        fail(f"--current {current}: not found (a Parquet file, or a folder with queries.parquet)")
     root = root.resolve()
     load_project(root, profile, overrides)  # config errors before Prefect starts
     apply_local_state_env(root)  # Prefect's and MLflow's state inside the project, like `onevision retrain`
