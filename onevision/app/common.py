@@ -73,3 +73,27 @@ def project_flow(entrypoint: str):
         return load_flow(entrypoint)
     except FlowUnavailable as exc:
         fail(str(exc))
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, without its traceback or stack."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def console_without_tracebacks() -> None:
+    """Prefect's console handler prints a failed task's traceback (an object store down after the task's
+    retries): one line on the console instead; the flow run's log on the Prefect server keeps the traceback."""
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))

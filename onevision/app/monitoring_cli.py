@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from onevision.app import entrypoints
-from onevision.app.common import fail, fail_run, load_project, project_flow, setup_logging
+from onevision.app.common import console_without_tracebacks, fail, fail_run, load_project, project_flow, setup_logging
 from onevision.app.options import JsonOpt, ProfileOpt, RootOpt, SetOpt
 from onevision.pipeline import apply_local_state_env
 
@@ -64,6 +64,7 @@ def drift_command(
     load_project(root, profile, overrides)  # config errors before Prefect starts
     apply_local_state_env(root)  # Prefect's and MLflow's state inside the project, like `onevision retrain`
     drift_monitor = project_flow(entrypoints.DRIFT)
+    console_without_tracebacks()  # the exit code and the state's message say what failed
     state = drift_monitor(
         str(root), profile=profile, overrides=overrides or [], current=str(current.resolve()) if current else None, window=window,
         simulate_shift=simulate_shift, drill_rows=drill_rows, drill_seed=seed, out=str(out.resolve()) if out else None,
