@@ -78,7 +78,7 @@ def random_contexts(cfg: GeneratorConfig, n: int, seed: int = 0) -> Context:
 
 def trained_setup(root: Path, stage: str, n: int):
     """Model, trie and VAL-query contexts from a project root."""
-    from onevision.generative.stage import load_generative_data
+    from onevision.generative.inputs import load_generative_data
 
     cfg = load_config(REPO / "params.yaml", profile="small", overrides=[f"generative.decode.probe_queries={n}"])
     from onevision.generative.checkpoint import checkpoint_dir, load_checkpoint

@@ -169,6 +169,9 @@ class GenerativeModelConfig(Section):
         True, description="Geometry-aware decoding: VRQ levels score the residual of the query's aligned embedding against their codebooks, the learned heads add corrections, a leaf head scores the beam's items (onevision.generative.geosearch); false: the purely learned decoder."
     )
     leaf_hidden: int = Field(32, ge=1, description="Hidden width of the leaf head's MLP over per-candidate features (onevision.generative.leaf).")
+    tied_head: bool = Field(
+        True, description="Geometric decoding: the decoder's output layer is the tokenizer's codebooks (it predicts a correction of the query embedding from photo, visual tokens and shopper, and scores each code by the residual it leaves), trained with a softmax over the trie's valid children; false: a free head added to the fixed geometry (before 2026-12)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GenerativeModelConfig:
@@ -182,7 +185,7 @@ class GenerativeDecodeConfig(Section):
 
     beam_width: int = Field(20, ge=1, description="Beams kept per level; the last level keeps the top k of all beams' continuations (geometric decoding: the prefixes whose items the leaf head scores).")
     learned_weights: list[float] = Field(
-        [0.0, 0.5, 1.0], min_length=1, description="Weights of the learned term tried on VAL after pretraining (geometric decoding); the one with the best VAL recall of the beam is kept (0: residual geometry alone, no decoder pass)."
+        [0.0, 0.5, 1.0], min_length=1, description="Decoder weights tried on VAL (geometric decoding; tied head: level logits (1 - w) x geometry + w x decoder). Tied: after pretraining the leaf head is fitted per weight and the one with the most VAL orders (simulated or logged; HR@10 without a log) after the leaf head is kept; untied: the best VAL recall of the beam (0: residual geometry alone, no decoder pass)."
     )
     max_leaves: int = Field(8, ge=1, description="Items expanded per kept prefix for the leaf head (geometric decoding).")
     batch_size: int = Field(256, ge=1, description="Queries decoded per forward pass.")
@@ -217,6 +220,9 @@ class SFTConfig(Section):
     anonymize_prob: float = Field(0.15, ge=0, le=1, description="Context dropout: share of examples trained without user and history (anonymous serving).")
     leaf_epochs: int = Field(20, ge=0, description="Epochs of the leaf head's position-debiased listwise loss over the logged impressions + the beam's items (geometric decoding).")
     leaf_lr: float = Field(1e-2, gt=0, description="AdamW learning rate of the leaf head.")
+    decoder_epochs: int = Field(
+        4, ge=0, description="Geometric decoding with a tied head: epochs of the decoder on the personalised examples (user and history tokens; clicked and ordered items, replayed photographed items) before the leaf head; 0: the decoder stays as pretrained."
+    )
     keep_best_epoch: bool = Field(
         True, description="Keep the weights of the epoch (0 = the stage's starting checkpoint) with the most simulated orders on the VAL probe: the stage never ships a model worse on VAL than its input."
     )
@@ -251,6 +257,9 @@ class GenerativeConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage sft.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Stage dpo.")
     threads: int = Field(2, ge=0, description="torch threads while training; 0: torch's default.")
+    decoder_share: float = Field(
+        0.5, gt=0, le=1, description="Tied decoder: share of the TRAIN queries the decoder trains on (seeded, by query); the leaf head trains on the rest, so it learns how far to trust the decoder on photos the decoder never saw (1: both on every query)."
+    )
 
 
 MCAFeature = Literal[

@@ -193,10 +193,14 @@ def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
     if pruning is not None and stages[0] == "dpo":
         systems.insert(1, systems[0].with_pruning(pruning, name="onevision_pruned"))
     final = systems[0]
-    if final.model.cfg.geo_levels:  # ablations of the geometric decoder: prior only, learned only, both (no leaf head)
+    if final.model.cfg.geo_levels:
+        # ablations of the geometric decoder: no decoder (residual geometry + the leaf head), and without the leaf
+        # head: prior only, the decoder alone (its own trie-constrained generation), both mixed
+        mixed = 1.0 if not final.model.tied else (float(final.model.learned_weight) or 0.5)
         systems += [
+            final.with_options("onevision_no_decoder", learned_weight=0.0),
             final.with_options("onevision_prior_only", learned_weight=0.0, use_leaf=False),
             final.with_options("onevision_learned_only", geo_weight=0.0, use_leaf=False),
-            final.with_options("onevision_prior_learned", learned_weight=1.0, use_leaf=False),
+            final.with_options("onevision_prior_learned", learned_weight=mixed, use_leaf=False),
         ]
     return systems

@@ -1,14 +1,19 @@
-"""Geometry-aware constrained beam search: residual search over the VRQ levels, learned corrections on top,
+"""Geometry-aware constrained beam search: residual search over the VRQ levels, the decoder tied to the codebooks,
 the leaf head over the beam's items.
 
 For a model with ``geo_levels = G`` (onevision.generative.model) the search is
 
 1. **levels 0 .. G-1** (the tokenizer's residual levels): each beam carries the
-   residual ``r`` of the query's aligned embedding after its prefix's codes; the
-   level's logits are the geometric term ``scale_l (2 r.c - ||c||^2)`` plus
-   ``learned_weight`` x the decoder head (skipped, decoder and all, when the
-   weight is 0). Codes that continue no catalog SID are masked (the trie), the
-   top ``beam_width`` prefixes survive, ``r`` moves on by the chosen code.
+   residual ``r`` of the query's aligned embedding after its prefix's codes. With
+   a tied decoder (``GeneratorConfig.tied_head``) the level's logits are
+   ``(1 - w) x scale_l (2 r.c - ||c||^2) + w x`` the decoder's own logits, which
+   score codes the same way against the residual of its *corrected* query
+   embedding (``w = learned_weight``, chosen on VAL; 0 skips the decoder, 1 is
+   the decoder alone). Untied (the decoder before 2026-12): geometry plus
+   ``learned_weight`` x a free head. Each level is a softmax over the trie's
+   valid children of the beam's prefix (``log_softmax_over``, the normalisation
+   training uses: a code that is the only continuation costs nothing); the top
+   ``beam_width`` prefixes survive, ``r`` moves on by the chosen code.
 2. **the remaining levels** (disambiguation) are not decoded step by step: the
    items under each kept prefix are contiguous leaves of the trie, so they are
    expanded at once (at most ``max_leaves`` per prefix) - no forced
@@ -29,9 +34,8 @@ against): prefixes that continue no catalog SID survive in the beam and expand t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from onevision.generative.model import Context, SIDGenerator, eval_mode
+from onevision.generative.model import Context, SIDGenerator, eval_mode, log_softmax_over
 from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
@@ -62,10 +66,13 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     learned = lam != 0.0 or geo_weight == 0.0
     if geo_weight == 0.0 and lam == 0.0:
         lam = 1.0
+    shift = None
     if learned:
         memory, mem_mask = model.encode(ctx)
         cross = model.cross_kv(memory)
         caches: list[dict] = [{} for _ in model.decoder]
+        if model.tied:
+            shift = model.query_shift(query).unsqueeze(1)  # (B, 1, D): once per query, shared by its beams
     width = 1
     beam = torch.zeros(B, 1)
     nodes = torch.zeros(B, 1, dtype=torch.long)
@@ -77,11 +84,11 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         if learned:
             x = model.step_input(level, prev, B * width)
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
-        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam, geo_weight)
-        logp = F.log_softmax(logits.float(), dim=-1)
-        if constrained:
-            allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0))
-            logp = logp.masked_fill(~allowed, float("-inf"))
+        beam_shift = None if shift is None else shift.expand(-1, width, -1).reshape(B * width, -1)
+        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam, geo_weight, shift=beam_shift)
+        # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
+        allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
+        logp = log_softmax_over(logits, allowed)
         cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
         keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
         keep = min(keep, width * V)
@@ -135,9 +142,11 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes)
 
 
-def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None) -> torch.Tensor:
+def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None,
+                            trie: SIDTrie | None = None) -> torch.Tensor:
     """Beam score of given items' prefixes: ctx (B rows), sids (B, M, L) (-1 rows pad) -> (B, M) summed
-    log-probabilities over the geometric levels (-inf for pads), the value beam search gives them."""
+    log-probabilities over the geometric levels (-inf for pads), the value constrained beam search gives them
+    when ``trie`` is given (each level normalised over the trie's valid children)."""
     cfg = model.cfg
     G = cfg.geo_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
@@ -146,14 +155,16 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tenso
     flat = sids.clamp(min=0).reshape(B * M, L)
     query = ctx.image.float().repeat_interleave(M, 0)
     resid = model.residuals(query, flat)  # (BM, G, D)
-    h = None
+    h = shift = None
+    allowed = trie.path_masks(flat, G) if trie is not None else [None] * G
     with torch.no_grad(), eval_mode(model):
         if lam != 0.0:
             memory, mask = model.encode(ctx)
             cross = [(k_.repeat_interleave(M, 0), v_.repeat_interleave(M, 0)) for k_, v_ in model.cross_kv(memory)]
             h = model.decode(model.decoder_inputs(flat), cross, mask.repeat_interleave(M, 0))
+            shift = model.query_shift(query) if model.tied else None
         total = torch.zeros(B * M)
         for level in range(G):
-            logits = model.level_logits(None if h is None else h[:, level], level, resid[:, level], lam)
-            total += F.log_softmax(logits.float(), -1).gather(1, flat[:, level : level + 1]).squeeze(1)
+            logits = model.level_logits(None if h is None else h[:, level], level, resid[:, level], lam, shift=shift)
+            total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

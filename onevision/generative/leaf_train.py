@@ -57,6 +57,32 @@ class LeafExamples:
         return self.feats.shape[0]
 
 
+def _list_prefix_scores(model: SIDGenerator, ctx, *, trie: SIDTrie, item_mat: torch.Tensor, beam) -> torch.Tensor:
+    """(B, M) beam scores of each list's items' prefixes: the beam's own items (the first ones of each list, in beam
+    order) keep the score the search gave them; only the items added after them (the photographed item, the logged
+    impressions) are scored by teacher forcing, so a decoder pass runs over a dozen candidates per list, not the beam."""
+    B, M = item_mat.shape
+    W = beam.item_ids.shape[1]
+    n_beam = (beam.item_ids >= 0).sum(1)  # (B,) the beam's items lead each list
+    prefix = torch.full((B, M), float("-inf"))
+    head = min(W, M)
+    in_beam = torch.arange(head).unsqueeze(0) < n_beam.unsqueeze(1)  # (B, head)
+    prefix[:, :head] = torch.where(in_beam, beam.scores[:, :head].float(), prefix[:, :head])
+    extra_pos = torch.arange(M).unsqueeze(0) >= n_beam.unsqueeze(1)  # (B, M) items appended after the beam
+    extra_pos &= item_mat >= 0
+    n_extra = int(extra_pos.sum(1).max()) if B else 0
+    if n_extra == 0:
+        return prefix
+    order = torch.argsort((~extra_pos).to(torch.int8), dim=1, stable=True)[:, :n_extra]  # (B, E) their positions first
+    ok = extra_pos.gather(1, order)
+    extra_items = item_mat.gather(1, order).masked_fill(~ok, -1)
+    L = trie.n_levels
+    sids = trie.sid_of(extra_items.reshape(-1).clamp(min=0)).view(B, n_extra, L).masked_fill((extra_items < 0).unsqueeze(-1), -1)
+    scores = candidate_prefix_scores(model, ctx, sids, trie=trie)  # (B, E)
+    prefix.scatter_(1, order, torch.where(ok, scores, prefix.gather(1, order)))
+    return prefix
+
+
 def _examination_weight(position: int) -> float:
     """1 / examination probability of a logged position (the simulator's DCG discount), capped."""
     return min(math.log2(position + 2.0), MAX_PROPENSITY_WEIGHT)
@@ -94,7 +120,6 @@ def build_leaf_examples(
             acted.setdefault(int(q), {})[int(item)] = int(a)
     feats, tgts, cands, pairs = [], [], [], []
     offset = 0
-    L = trie.n_levels
     for start in range(0, len(rows), batch_size):
         idx = torch.arange(start, min(len(rows), start + batch_size))
         ctx = rows.context(bank, idx)
@@ -126,9 +151,7 @@ def build_leaf_examples(
         for j, (items, w) in enumerate(zip(lists, weights, strict=True)):
             item_mat[j, : len(items)] = torch.tensor(items)
             tgt[j, : len(items)] = torch.from_numpy(w).float()
-        sids = trie.sid_of(item_mat.reshape(-1).clamp(min=0)).view(len(idx), M, L)
-        sids = sids.masked_fill((item_mat < 0).unsqueeze(-1), -1)
-        prefix = candidate_prefix_scores(model, ctx, sids)
+        prefix = _list_prefix_scores(model, ctx, trie=trie, item_mat=item_mat, beam=res)
         cand = leaf.rows(item_mat)
         profile = leaf.profile(ctx.user)
         if exclude_own:  # a TRAIN query's own clicks are in its user's counts: take them out (no label leak)

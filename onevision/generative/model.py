@@ -77,6 +77,11 @@ class GeneratorConfig:
     geo_levels: int = 0
     geo_dim: int = 0
     geo_scale_init: float = 10.0
+    # A decoder tied to the geometry (geometric levels): the decoder predicts a correction of the query's aligned
+    # embedding from the context (photo, visual tokens, shopper) and the prefix, and scores each code by how much it
+    # shrinks the *corrected* residual, with the tokenizer's codebooks as its output layer (see SIDGenerator.learned_logits).
+    # False: the learned term is a free linear head added to the fixed geometry (the decoder before 2026-12).
+    tied_head: bool = False
     # The leaf head (onevision.generative.leaf) over the beam's items: catalog size, categories, brands; 0 items: none.
     leaf_items: int = 0
     leaf_categories: int = 0
@@ -259,14 +264,24 @@ class SIDGenerator(nn.Module):
         n_geo = int(sum(cfg.codebook_sizes[:G]))
         self.register_buffer("codebooks", torch.zeros(n_geo, max(cfg.geo_dim, 1)))  # set by set_codebooks
         self.geo_log_scale = nn.Parameter(torch.full((G,), math.log(cfg.geo_scale_init)))
-        # weight of the learned term in decoding, chosen on VAL after pretraining (0: the decoder is not run)
+        # weight of the learned term in decoding, chosen on VAL (0: the decoder is not run); with a tied head the
+        # level logits are (1 - w) x geometry + w x decoder, so 1 is the decoder alone
         self.register_buffer("learned_weight", torch.ones(()))
+        self.tied = bool(G and cfg.tied_head)
+        if self.tied:
+            D = cfg.geo_dim
+            self.query_head = nn.Linear(C, D)  # decoder state -> correction of the query embedding (per level, by position)
+            self.query_mix = nn.Linear(D, D, bias=False)  # a linear correction of the photo's embedding itself
+            self.tied_log_scale = nn.Parameter(torch.full((G,), math.log(cfg.geo_scale_init)))
         self.leaf: nn.Module | None = None  # LeafScorer, attached by onevision.generative.checkpoint.build_generator
         self.apply(self._init_weights)
         for p in (self.visual_pos, self.dec_pos, self.bos):
             nn.init.normal_(p, std=0.02)
         for head in self.heads[:G]:  # the learned term starts at 0: untrained = residual beam search over the SIDs
             nn.init.zeros_(head.weight)
+        if self.tied:  # an untrained tied decoder is residual search on the photo's embedding
+            for layer in (self.query_head, self.query_mix):
+                nn.init.zeros_(layer.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -393,18 +408,53 @@ class SIDGenerator(nn.Module):
             x = block(x, cross_kv[i], mem_mask, None if caches is None else caches[i])
         return self.dec_ln(x)
 
+    def query_shift(self, query: torch.Tensor) -> torch.Tensor:
+        """(N, D) aligned query embeddings -> (N, D) the tied head's linear correction of them (once per query)."""
+        return self.query_mix(query.float())
+
+    def learned_logits(self, h: torch.Tensor, level: int, resid: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's own logits of ``level`` from its state ``h`` (N, C).
+
+        Tied head, geometric level: the decoder predicts the residual the prefix leaves of the item the shopper
+        wants, ``r_hat = resid + shift + query_head(h)`` (``resid`` (N, D): the photo's residual after the prefix;
+        ``shift`` (N, D): :meth:`query_shift` of the photo), and scores code ``v`` by how much it shrinks it,
+        ``s_l (2 r_hat.c_v - |c_v|^2)``, plus a free per-code term ``heads[l](h)`` (what no geometry says: a shopper's
+        taste for a cluster). Otherwise the free head alone."""
+        free = self.heads[level](h)
+        if not (self.tied and level < self.cfg.geo_levels):
+            return free
+        r_hat = resid + shift + self.query_head(h)
+        book = self.codebook(level)
+        return self.tied_log_scale[level].exp() * (2 * r_hat @ book.T - (book * book).sum(-1)) + free
+
     def level_logits(self, h: torch.Tensor | None, level: int, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
-                     geo_weight: float = 1.0) -> torch.Tensor:
-        """Logits of ``level``: the learned head on decoder state ``h`` (N, C), plus on geometric levels the
-        residual geometry of ``resid`` (N, D). ``learned_weight`` scales the learned term (0: geometry alone,
-        then ``h`` may be None and no decoder runs); ``geo_weight`` the geometry (0: the learned term alone, an ablation)."""
-        geo = level < self.cfg.geo_levels
-        if not geo:
+                     geo_weight: float = 1.0, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``level`` for decoding and training (normalise them over the trie's valid children).
+
+        Tied head: ``(1 - w) x geometry(resid) + w x`` :meth:`learned_logits` with ``w = learned_weight`` (1: the
+        decoder alone, what training fits; 0: geometry alone, then ``h`` may be None and no decoder runs);
+        ``geo_weight`` 0 forces the decoder alone (an ablation). Untied: ``geo_weight x geometry + learned_weight x
+        heads[l](h)``. Levels past the geometric ones: the free head."""
+        if level >= self.cfg.geo_levels:
             return self.heads[level](h)  # (N, V_level)
+        if self.tied:
+            w = 1.0 if geo_weight == 0.0 else float(learned_weight)
+            out = 0.0
+            if w < 1.0:
+                out = (1.0 - w) * geo_weight * self.geo_logits(resid, level)
+            if w > 0.0:
+                out = out + w * self.learned_logits(h, level, resid, shift)
+            return out
         out = geo_weight * self.geo_logits(resid, level)
         if learned_weight and h is not None:
             out = out + learned_weight * self.heads[level](h)
         return out
+
+    @property
+    def trained_levels(self) -> int:
+        """Levels with a training loss: the geometric ones of a tied decoder (the disambiguation level is never
+        decoded, the trie expands it), every level otherwise."""
+        return self.cfg.geo_levels if self.tied else self.cfg.n_levels
 
     def logits_for(self, memory, mem_mask, sids, cross=None, query=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of L tensors (N, V_l); memory rows align with sids rows.
@@ -413,32 +463,51 @@ class SIDGenerator(nn.Module):
         aligned query embeddings that geometric levels read."""
         cross = self.cross_kv(memory) if cross is None else cross
         h = self.decode(self.decoder_inputs(sids), cross, mem_mask)  # (N, L, C)
-        resid = self.residuals(query, sids) if self.cfg.geo_levels else None  # (N, G, D)
-        return [self.level_logits(h[:, level], level, None if resid is None or level >= self.cfg.geo_levels else resid[:, level])
+        G = self.cfg.geo_levels
+        resid = self.residuals(query, sids) if G else None  # (N, G, D)
+        shift = self.query_shift(query) if self.tied else None
+        return [self.level_logits(h[:, level], level, None if resid is None or level >= G else resid[:, level], shift=shift)
                 for level in range(self.cfg.n_levels)]
 
-    def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None) -> torch.Tensor:
-        """log p(sid | context) = sum over levels of log p(code_l | context, code_<l) -> (N,)."""
-        logits = self.logits_for(memory, mem_mask, sids, cross, query)
-        return sum(F.log_softmax(lg, dim=-1).gather(1, sids[:, lvl : lvl + 1]).squeeze(1) for lvl, lg in enumerate(logits))
+    def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None, allowed: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """log p(sid | context) = sum over the trained levels of log p(code_l | context, code_<l) -> (N,).
 
-    def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None):
+        ``allowed``: per level (N, V_l) bool, the trie's valid children of each SID's prefix: the softmax then runs
+        over those only, the normalisation beam search decodes with (:func:`trie_masks`)."""
+        logits = self.logits_for(memory, mem_mask, sids, cross, query)
+        return sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, sids[:, lvl : lvl + 1]).squeeze(1)
+                   for lvl, lg in enumerate(logits[: self.trained_levels]))
+
+    def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                allowed: list[torch.Tensor] | None = None):
         """ctx: B contexts; targets: (B, L) SIDs -> (logits list of (B, V_l), loss or None).
 
-        loss: the (optionally weighted) mean over examples of the SID's negative log-likelihood,
-        summed over levels (every level is next-level prediction from the SID's prefix).
+        loss: the (optionally weighted) mean over examples of the SID's negative log-likelihood, summed over
+        :attr:`trained_levels` (next-level prediction from the SID's prefix), each level's softmax over the
+        trie's valid children when ``allowed`` (:func:`trie_masks`) is given.
         """
         if targets is None:  # level-0 distribution only: generation goes through decode.py
             memory, mask = self.encode(ctx)
             n = memory.shape[0]
             h = self.decode(self.step_input(0, None, n), self.cross_kv(memory), mask)  # (B, 1, C)
-            return [self.level_logits(h[:, 0], 0, ctx.image)], None
+            shift = self.query_shift(ctx.image) if self.tied else None
+            return [self.level_logits(h[:, 0], 0, ctx.image, shift=shift)], None
         memory, mask = self.encode(ctx)
         logits = self.logits_for(memory, mask, targets, query=ctx.image)
-        nll = sum(F.cross_entropy(lg, targets[:, lvl], reduction="none") for lvl, lg in enumerate(logits))  # (B,)
+        nll = -sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, targets[:, lvl : lvl + 1]).squeeze(1)
+                   for lvl, lg in enumerate(logits[: self.trained_levels]))  # (B,)
         if weights is None:
             return logits, nll.mean()
         return logits, (nll * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def log_softmax_over(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Log-softmax of (N, V) logits over the ``allowed`` (N, V) codes (all when None); the one normalisation that
+    training, exhaustive scoring and constrained beam search share. Disallowed codes get -inf."""
+    logits = logits.float()
+    if allowed is None:
+        return F.log_softmax(logits, dim=-1)
+    return F.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
 @contextmanager

@@ -24,9 +24,9 @@ from onevision.generative.checkpoint import Checkpoint, checkpoint_dir, load_che
 from onevision.generative.data import history_table
 from onevision.generative.decode import beam_search
 from onevision.generative.geosearch import geometric_beam_search
+from onevision.generative.inputs import load_sids
 from onevision.generative.model import Context
 from onevision.generative.pruning import PruningConfig
-from onevision.generative.stage import load_sids
 from onevision.generative.trie import SIDTrie
 from onevision.retrieval import RetrievalResult
 

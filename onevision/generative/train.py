@@ -131,13 +131,20 @@ def _batches(n: int, batch_size: int, gen: torch.Generator | None):
         yield order[start : start + batch_size]
 
 
+def _masks(model: SIDGenerator, trie, targets: torch.Tensor) -> list[torch.Tensor] | None:
+    """The trie's valid children along each target SID (the softmax of every trained level runs over them), or
+    None without a trie (an unconstrained softmax)."""
+    return None if trie is None else trie.path_masks(targets, model.trained_levels)
+
+
 @torch.no_grad()
-def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_size: int = 1024) -> float:
-    """Weighted mean SID negative log-likelihood (nats per SID) of ``examples``."""
+def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_size: int = 1024, trie=None) -> float:
+    """Weighted mean SID negative log-likelihood (nats per SID) of ``examples`` (over the trie's children with ``trie``)."""
     total, weight = 0.0, 0.0
     with eval_mode(model):
         for idx in _batches(len(examples), batch_size, None):
-            _, loss = model(examples.rows.context(bank, idx), examples.target[idx], examples.weight[idx])
+            target = examples.target[idx]
+            _, loss = model(examples.rows.context(bank, idx), target, examples.weight[idx], _masks(model, trie, target))
             w = float(examples.weight[idx].sum())
             total, weight = total + float(loss) * w, weight + w
     return total / max(weight, 1e-12)
@@ -158,9 +165,12 @@ def train_sid_model(
     seed: int = 0,
     val: SIDExamples | None = None,
     on_epoch=None,
+    trie=None,
 ) -> list[dict]:
     """Minimise the weighted SID NLL with AdamW + cosine schedule; returns one dict per epoch.
 
+    ``trie`` (onevision.generative.trie.SIDTrie): each level's softmax runs over the catalog's valid children of
+    the target's prefix, the normalisation constrained beam search decodes with (None: over every code).
     ``on_epoch(epoch, record)`` (optional) may add entries to the record (e.g. a retrieval probe).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -178,7 +188,8 @@ def train_sid_model(
             ctx = _anonymize(examples.rows.context(bank, idx), anonymize_prob, gen)  # drawn for the global batch
             mine = distributed.shard(torch.arange(len(idx)), world)
             w = examples.weight[idx[mine]]
-            _, loss = net(ctx.index(mine), examples.target[idx[mine]], w)
+            target = examples.target[idx[mine]]
+            _, loss = net(ctx.index(mine), target, w, _masks(model, trie, target))
             opt.zero_grad(set_to_none=True)
             (loss * distributed.share_scale(w.sum(), examples.weight[idx].sum(), world)).backward()
             if grad_clip > 0:
@@ -189,7 +200,7 @@ def train_sid_model(
         running, seen = distributed.all_sum([running, seen], world)
         record = {"epoch": epoch, "loss": running / max(seen, 1e-12), "seconds": time.perf_counter() - t0}
         if val is not None and len(val):
-            record["val_loss"] = mean_nll(model, bank, val)
+            record["val_loss"] = mean_nll(model, bank, val, trie=trie)
         if on_epoch is not None:
             on_epoch(epoch, record)
         log.info("epoch %d/%d: %s", epoch, epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})

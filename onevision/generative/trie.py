@@ -141,6 +141,16 @@ class SIDTrie:
         found = (table[pos] == keys) & (nodes >= 0) & (codes >= 0) & (codes < self.codebook_sizes[level])
         return torch.where(found, pos, torch.full_like(pos, -1))
 
+    def path_masks(self, sids: torch.Tensor, levels: int | None = None) -> list[torch.Tensor]:
+        """(M, L) catalog SIDs -> per level l < ``levels`` (default L) the (M, V_l) bool mask of the codes that may
+        follow each SID's length-l prefix: what teacher-forced training normalises over, as decoding does."""
+        node = torch.zeros(len(sids), dtype=torch.long)
+        out = []
+        for level in range(self.n_levels if levels is None else levels):
+            out.append(self.allowed(level, node.clamp(min=0)))
+            node = self.child(level, node, sids[:, level])
+        return out
+
     def lookup(self, sids: torch.Tensor) -> torch.Tensor:
         """(M, L) SIDs -> (M,) item ids, -1 for an SID that no catalog item has."""
         node = torch.zeros(len(sids), dtype=torch.long)

@@ -53,7 +53,8 @@ def contexts(rng, queries: np.ndarray, n_users: int = 0) -> Context:
 
 
 def reference_residual_search(query: np.ndarray, books, scales, trie: SIDTrie, width: int) -> list[list[tuple[float, tuple[int, int]]]]:
-    """Plain-Python residual beam search over the trie: log-softmax of scale * (2 r.c - |c|^2) per level, masked."""
+    """Plain-Python residual beam search over the trie: per level, log-softmax of scale * (2 r.c - |c|^2) over the
+    codes that continue a catalog SID (the trie's valid children)."""
     sids = trie.sids.numpy()
     allowed0 = set(sids[:, 0].tolist())
     out = []
@@ -63,8 +64,9 @@ def reference_residual_search(query: np.ndarray, books, scales, trie: SIDTrie, w
             cand = []
             for score, prefix, r in beams:
                 logits = scales[level] * (2 * book @ r - (book * book).sum(1))
-                logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
                 ok = allowed0 if level == 0 else {int(s[1]) for s in sids if s[0] == prefix[0]}
+                top = max(logits[c] for c in ok)
+                logp = logits - top - np.log(sum(np.exp(logits[c] - top) for c in ok))
                 cand += [(score + logp[c], (*prefix, c), r - book[c]) for c in ok]
             beams = sorted(cand, key=lambda t: -t[0])[:width]
         out.append([(s, p) for s, p, _ in beams])

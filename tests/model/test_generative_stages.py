@@ -66,14 +66,14 @@ def test_stages_write_checkpoints_metrics_and_serve(project):
 
 def test_best_epoch_keeps_the_weights_of_the_epoch_with_most_val_orders(monkeypatch):
     """keep_best_epoch: epoch 0 (the input checkpoint) wins unless an epoch beats it on VAL orders."""
-    from onevision.generative import stage as stages
+    from onevision.generative import probe as probe_module
     from onevision.generative.model import GeneratorConfig, SIDGenerator
 
     def run(scores: list[float], enabled: bool = True):
         model = SIDGenerator(GeneratorConfig(codebook_sizes=(4, 3), d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, embed_dim=0))
         scripted = iter(scores)
-        monkeypatch.setattr(stages, "probe", lambda *a, **k: {"sim_orders_per_query": next(scripted), "hr_at_10": 0.5})
-        keeper = stages.BestEpoch(model, None, None, enabled)  # probes the start (epoch 0)
+        monkeypatch.setattr(probe_module, "probe", lambda *a, **k: {"sim_orders_per_query": next(scripted), "hr_at_10": 0.5})
+        keeper = probe_module.BestEpoch(model, None, None, enabled)  # probes the start (epoch 0)
         weights = {0: {k: v.clone() for k, v in model.state_dict().items()}}
         for epoch in range(1, len(scores)):
             with torch.no_grad():
