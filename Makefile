@@ -52,6 +52,8 @@ demo-small: demo
 demo-full: install
 	$(BIN)/onevision retrain --profile default --replace-trained
 
+# CI (.ci/run) runs `make demo` and then this in the same clone: the tests never read the run state a retrain
+# records in params.yaml and dvc.yaml (tests/defaults.py).
 test: install
 	$(BIN)/python -m pytest
 

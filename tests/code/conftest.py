@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests import REPO
+from tests.defaults import write_defaults
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """An empty project root holding a copy of the repository's params.yaml (nothing built)."""
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
-    return tmp_path
+    """An empty project root holding the default params.yaml (tests/defaults.py; nothing built)."""
+    return write_defaults(tmp_path)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from onevision.config import ConfigError, describe_fields, load_config, overrides_to_tree, parse_override
-from tests import REPO
+from tests.defaults import default_params_file
 
-REPO_PARAMS = REPO / "params.yaml"
+DEFAULT_PARAMS = default_params_file()
 
 
 def write(tmp_path: Path, doc: dict) -> Path:
@@ -20,11 +20,11 @@ def write(tmp_path: Path, doc: dict) -> Path:
 
 
 def test_repo_params_load_for_every_profile():
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    raw = yaml.safe_load(DEFAULT_PARAMS.read_text())
     for profile in ["default", *raw["profiles"]]:
-        cfg = load_config(REPO_PARAMS, profile=profile)
+        cfg = load_config(DEFAULT_PARAMS, profile=profile)
         assert cfg.profile == profile
-    assert load_config(REPO_PARAMS, profile="small").data.n_items < load_config(REPO_PARAMS, profile="default").data.n_items
+    assert load_config(DEFAULT_PARAMS, profile="small").data.n_items < load_config(DEFAULT_PARAMS, profile="default").data.n_items
 
 
 def test_profile_then_overrides_layering(tmp_path):

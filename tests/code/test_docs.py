@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from typer.testing import CliRunner
 
 from onevision.app.cli import app
 from tests import REPO
+from tests.defaults import write_defaults
 
 DOCS = [REPO / "README.md", REPO / "docs", REPO / "infra" / "README.md"]
 PYTHON = {"py", "python"}
@@ -96,7 +96,7 @@ def _run_examples() -> list[CodeExample]:
 @pytest.mark.parametrize("example", _run_examples(), ids=_id)
 def test_runnable_python_blocks_run(example: CodeExample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Blocks marked ``test="run"`` run in a scratch directory holding the project's params.yaml."""
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    write_defaults(tmp_path)
     monkeypatch.chdir(tmp_path)
     exec(compile(example.source, _where(example), "exec"), {"__name__": "__docs__"})
     assert any(tmp_path.rglob("*")), f"{_where(example)} ran but wrote nothing"

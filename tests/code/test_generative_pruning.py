@@ -23,10 +23,10 @@ from onevision.generative.pruning import (
     select_visual_tokens,
 )
 from onevision.generative.trie import SIDTrie
-from tests import REPO
 from tests.code.test_generative_decode import SIZES, catalog, random_context, tiny_model
+from tests.defaults import default_params_file
 
-REPO_PARAMS = REPO / "params.yaml"
+DEFAULT_PARAMS = default_params_file()
 NO_OP = {
     "visual": PruningConfig(visual_keep_mass=1.0, min_visual_tokens=3),
     "margin": PruningConfig(beam_margin=math.inf),
@@ -222,14 +222,14 @@ def test_pruning_config_round_trip_and_validation(tmp_path):
 
 
 def test_config_section_validates(tmp_path):
-    cfg = load_config(REPO_PARAMS, profile="small")
+    cfg = load_config(DEFAULT_PARAMS, profile="small")
     assert cfg.pruning.max_relative_loss == 0.01 and cfg.pruning.enabled
     grid = sweep_grid(cfg.pruning)
     assert grid[0] == NO_PRUNING and len(set(grid)) == len(grid) and 2 < len(grid) <= 40
     for bad in ("pruning.visual_keep_mass=[1.5]", "pruning.beam_margin=[-1]", "pruning.level_beam_widths=[[]]",
                 "pruning.max_relative_loss=2", "pruning.select_latency=fastest", "pruning.grid=1"):
         with pytest.raises(ConfigError, match="pruning"):
-            load_config(REPO_PARAMS, overrides=[bad])
+            load_config(DEFAULT_PARAMS, overrides=[bad])
 
 
 def synthetic_points(specs: list[tuple[float, float, float]]) -> list[dict]:
@@ -272,7 +272,7 @@ def test_relative_loss():
 
 
 def test_sweep_grid_is_the_product_with_no_pruning_first():
-    cfg = load_config(REPO_PARAMS, overrides=["pruning.visual_keep_mass=[1.0,0.8]", "pruning.beam_margin=[null,2.0]",
+    cfg = load_config(DEFAULT_PARAMS, overrides=["pruning.visual_keep_mass=[1.0,0.8]", "pruning.beam_margin=[null,2.0]",
                                               "pruning.level_beam_widths=[null]", "pruning.early_exit=[false,true]"])
     grid = sweep_grid(cfg.pruning)
     assert grid[0] == NO_PRUNING and len(grid) == 8

@@ -14,7 +14,7 @@ from onevision.data.images import decode_image
 from onevision.data.importer import CatalogImportError, import_catalog
 from onevision.data.tables import TABLES
 from onevision.data.validation import validate_tables
-from tests import REPO
+from tests.defaults import write_defaults
 
 SIZE = 16
 
@@ -212,7 +212,6 @@ def test_bad_values_reach_validation_instead_of_stopping_the_import(shop, tmp_pa
 
 def test_the_readme_import_then_validate_agree_on_size_and_channels(shop, tmp_path):
     """No --image-size/--channels: import takes the project's data.image_size/image_channels, as validate does."""
-    import shutil
 
     from typer.testing import CliRunner
 
@@ -220,7 +219,7 @@ def test_the_readme_import_then_validate_agree_on_size_and_channels(shop, tmp_pa
 
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy2(REPO / "params.yaml", project / "params.yaml")  # 28 px grayscale
+    write_defaults(project)  # 28 px grayscale
     runner = CliRunner()
     out = project / "my-data"
     imported = runner.invoke(app, ["data", "import", "--catalog", str(shop["catalog"]), "--images", str(shop["photos"]),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries, user_ids_of
-from tests import REPO
+from tests.defaults import write_defaults
 from tests.drill import count
 
 SPEC = QuerySpec(image_size=28, image_channels=1, max_image_bytes=200_000)
@@ -209,7 +209,6 @@ CLI_ARG = st.one_of(st.text(max_size=30), st.sampled_from(["", "-", "--", "=", "
 def test_any_command_line_argument_is_run_or_refused_clearly(tmp_path_factory, command, value):
     """Random values for the options users type most: exit 0, or a usage/config error that names the problem;
     never a traceback, and nothing written into the project."""
-    import shutil
 
     from typer.testing import CliRunner
 
@@ -217,7 +216,7 @@ def test_any_command_line_argument_is_run_or_refused_clearly(tmp_path_factory, c
 
     count("fuzz.cli")
     project = tmp_path_factory.mktemp("cli")
-    shutil.copy2(REPO / "params.yaml", project / "params.yaml")
+    write_defaults(project)
     before = sorted(p.name for p in project.iterdir())
     params = (project / "params.yaml").read_bytes()
     argv = command.split() + [value]

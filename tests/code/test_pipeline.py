@@ -9,7 +9,7 @@ from onevision.config import ConfigError, load_config, section_names
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stages import declaration, declarations, stage_names
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
-from tests import REPO
+from tests.defaults import default_dvc_yaml_text, default_params, default_params_file
 
 
 def test_profile_and_overrides_are_written_keeping_comments(project):
@@ -41,7 +41,7 @@ def test_stages_until():
 
 
 def test_every_stage_is_in_dvc_yaml_with_its_params():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    dvc = yaml.safe_load(default_dvc_yaml_text())["stages"]
     assert list(dvc) == list(stage_names())
     for name, stage in dvc.items():
         assert stage["cmd"] == f"onevision stage run {name}"
@@ -53,7 +53,7 @@ def test_every_stage_is_in_dvc_yaml_with_its_params():
 
 
 def test_params_yaml_has_an_override_slot_per_section():
-    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    doc = default_params()
     assert set(doc["overrides"]) == set(section_names())
 
 
@@ -99,7 +99,7 @@ def test_seed_override_is_written_in_place(project):
 
 
 def test_artifacts_logged_to_mlflow_are_outputs_of_their_stage_in_dvc_yaml():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load(default_dvc_yaml_text())["stages"]
     for stage in declarations().values():
         declared = [*stages[stage.name].get("outs", []), *stages[stage.name].get("plots", []), *stages[stage.name].get("metrics", [])]
         declared = [d if isinstance(d, str) else next(iter(d)) for d in declared]
@@ -123,7 +123,7 @@ def test_reset_drops_the_recorded_overrides_and_says_which(project):
     changes = write_run_params(project, None, ["split.val_fraction=0.2"], reset=True)
     assert sorted(changes["dropped overrides"]) == ["data.n_users=50", "mca.recall_k=400"]
     cfg = load_config(project / "params.yaml")
-    assert cfg.data.n_users == load_config(REPO / "params.yaml").data.n_users
+    assert cfg.data.n_users == load_config(default_params_file()).data.n_users
     assert cfg.split.val_fraction == 0.2
 
 
@@ -144,7 +144,7 @@ def test_switching_profile_over_trained_models_needs_the_flag(project):
 
 
 def test_dvc_metrics_show_prints_only_the_headline():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load(default_dvc_yaml_text())["stages"]
     declared = [next(iter(m)) if isinstance(m, dict) else m for spec in stages.values() for m in spec.get("metrics", [])]
     assert declared == ["metrics/headline.json"]
     for name, spec in stages.items():  # each stage's full metrics stay a tracked output

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests import REPO
+from tests.defaults import default_params_file
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_drift_deployment_entrypoint_and_parameters_fit_the_flow(raw):
     assert flow.name == "drift_monitor"
     flow.validate_parameters(dep.get("parameters", {}))
     # the overrides the deployment passes are valid config overrides
-    load_config(REPO / "params.yaml", overrides=dep["parameters"].get("overrides", []))
+    load_config(default_params_file(), overrides=dep["parameters"].get("overrides", []))
     deployment = flow.to_deployment(name=dep["name"], cron=dep["schedules"][0]["cron"], parameters=dep["parameters"])
     assert deployment.schedules and deployment.entrypoint.endswith("drift.py:drift_monitor")
 

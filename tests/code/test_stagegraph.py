@@ -21,19 +21,21 @@ from onevision.stagegraph import (
 )
 from onevision.stages import Stage, declaration, declarations, stage_names
 from tests import REPO
+from tests.defaults import default_dvc_yaml_text, write_defaults
 
 ROOT = REPO
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
 def test_committed_dvc_yaml_is_the_generated_one():
+    # the checkout's own pair, which a retrain rewrites together (tests/code/test_checkout_state.py checks the commit)
     cfg = load_config(ROOT / "params.yaml")
     assert render_dvc_yaml(cfg, read_params(ROOT)) == (ROOT / "dvc.yaml").read_text(), (
         "dvc.yaml is stale: run `onevision stage dvc-yaml` and commit it")
 
 
 def test_every_declared_stage_is_in_dvc_yaml_with_its_closure():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load(default_dvc_yaml_text())["stages"]
     assert list(stages) == list(stage_names())
     for name, spec in stages.items():
         assert set(stage_code_deps(name)) <= set(spec["deps"]), name
@@ -80,7 +82,7 @@ def test_params_are_the_read_keys_in_each_layer():
 
 
 def _import_cfg(tmp_path, **data):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    write_defaults(tmp_path)
     sets = [f"data.{k}={v}" for k, v in {"source": "import", **data}.items()]
     return load_config(tmp_path / "params.yaml", overrides=sets)
 
@@ -88,23 +90,23 @@ def _import_cfg(tmp_path, **data):
 def test_an_imported_catalog_is_a_dep_of_prepare_only(tmp_path):
     cfg = _import_cfg(tmp_path, import_dir="my-data/photos", import_catalog_csv="my-data/catalog.csv",
                       import_queries_csv="my-data/queries.csv")
-    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text(default_dvc_yaml_text())
     assert sync_dvc_yaml(tmp_path, cfg)
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
     inputs = ["my-data/catalog.csv", "my-data/queries.csv", "my-data/photos"]
     assert stages["prepare"]["deps"][:3] == inputs
     assert all(dep not in stages[name]["deps"] for name in stages if name != "prepare" for dep in inputs)
     assert not sync_dvc_yaml(tmp_path, cfg)  # idempotent
-    # back to the demo: the import deps go again, the file is the committed one
-    assert sync_dvc_yaml(tmp_path, load_config(ROOT / "params.yaml"))
-    assert (tmp_path / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
+    # back to the demo: the import deps go again, the file is the default one
+    assert sync_dvc_yaml(tmp_path, load_config(tmp_path / "params.yaml"))
+    assert (tmp_path / "dvc.yaml").read_text() == default_dvc_yaml_text()
 
 
 def test_prepare_refuses_an_import_dvc_cannot_see(tmp_path):
     from onevision.data.stage import prepare
 
     cfg = _import_cfg(tmp_path, import_dir="photos", import_catalog_csv="catalog.csv")
-    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text(default_dvc_yaml_text())
     with pytest.raises(ConfigError, match="onevision stage dvc-yaml"):
         prepare(cfg, tmp_path)
 
@@ -143,13 +145,12 @@ def _fake_outputs(root: Path) -> None:
 
 @pytest.fixture
 def committed_project(tmp_path) -> Path:
-    """A project whose dvc.lock records every stage as current: the committed dvc.yaml and params.yaml, a copy
-    of the package, placeholder outputs, `dvc commit` (no stage runs)."""
+    """A project whose dvc.lock records every stage as current: the default params.yaml and dvc.yaml
+    (tests/defaults.py), a copy of the package, placeholder outputs, `dvc commit` (no stage runs)."""
     root = tmp_path / "proj"
     root.mkdir()
     shutil.copytree(ROOT / "onevision", root / "onevision", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, root / name)
+    write_defaults(root, ("params.yaml", "dvc.yaml"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     assert _dvc(root, "init", "-q").returncode == 0
     _fake_outputs(root)

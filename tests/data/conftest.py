@@ -7,7 +7,7 @@ import pytest
 
 from onevision.config import Config, load_config
 from onevision.data.demo import build_demo
-from tests import REPO
+from tests.defaults import default_params_file
 
 # Smaller than the `small` profile so a build takes a second or two.
 TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]
@@ -15,7 +15,7 @@ TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_br
 
 def tiny_config(*extra: str) -> Config:
     """The small profile shrunk to TINY, plus ``extra`` overrides."""
-    return load_config(REPO / "params.yaml", profile="small", overrides=[*TINY, *extra])
+    return load_config(default_params_file(), profile="small", overrides=[*TINY, *extra])
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from onevision.data.demo import build_demo
 from onevision.data.fashion_mnist import CLASS_NAMES, FashionMNISTMissing, check_files, load_fashion_mnist
 from onevision.data.images import decode_image
 from onevision.data.tables import TABLES, read_tables, write_tables
-from tests import REPO
 from tests.data.conftest import tiny_config
+from tests.defaults import default_params_file
 
 
 def _file_hashes(tables: dict[str, pd.DataFrame], folder: Path) -> dict[str, str]:
@@ -170,7 +170,7 @@ def test_missing_fashion_mnist_names_folder_and_package(tmp_path):
 
 
 def test_fashion_mnist_reader():
-    images, labels = load_fashion_mnist(load_config(REPO / "params.yaml").data.fashion_mnist_dir)
+    images, labels = load_fashion_mnist(load_config(default_params_file()).data.fashion_mnist_dir)
     assert images.shape == (70_000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (70_000,) and set(np.unique(labels)) == set(range(10))
     assert not images.flags.writeable

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tests import REPO
+from tests.defaults import default_params
 
 N_ITEMS = 40
 SIDE = 28
@@ -55,7 +55,7 @@ def make_tiny_project(dest: Path, **overrides) -> Path:
     from onevision.encoder.model import EncoderNet, EncoderSpec
 
     dest.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["overrides"] = {
         "registry": {"reviewers": REVIEWERS, "approval": "registry", "approval_poll_s": 1, "gates": {"candidate_system": "knn"}},
         "serving": {"retriever": "knn"},

@@ -14,7 +14,7 @@ import yaml
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry, verify_champion
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
-from tests import REPO
+from tests.defaults import default_params
 from tests.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,7 +26,7 @@ REVIEWERS = ["alice", "bob", "carol", "dave"]
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["overrides"] = {"registry": {"reviewers": REVIEWERS}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     return tmp_path

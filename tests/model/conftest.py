@@ -17,7 +17,7 @@ import pytest
 
 from onevision import paths
 from onevision.config import Config, load_config
-from tests import REPO
+from tests.defaults import default_params_file
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
@@ -34,7 +34,7 @@ def write_demo_project(root: Path, overrides: Sequence[str]) -> tuple[Config, di
     from onevision.data.stage import split
     from onevision.data.tables import write_tables
 
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=list(overrides))
+    cfg = load_config(default_params_file(), profile="small", overrides=list(overrides))
     tables = build_demo(cfg, progress=False)
     write_tables(tables, root / paths.VALIDATED)
     split(cfg, root)

@@ -17,7 +17,7 @@ import yaml
 
 from onevision import paths
 from onevision.config import Config, load_config, overrides_to_tree
-from tests import REPO
+from tests.defaults import default_params
 
 TINY = [
     "data.n_items=120", "data.n_users=20", "data.n_queries=600", "data.n_brands=6",
@@ -33,7 +33,7 @@ def stand_in_project(root: Path, overrides: list[str] = TINY) -> Config:
     from onevision.encoder.api import ENCODER_DIR, ImageEncoder
     from onevision.encoder.model import EncoderNet, EncoderSpec
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = default_params()
     params.update(profile="small", overrides=overrides_to_tree(list(overrides)))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(root / "params.yaml")

@@ -16,7 +16,8 @@ import torch
 from onevision import paths
 from onevision.config import load_config
 from onevision.retrieval import Retriever
-from tests.model.stand_in import REPO, TINY, stand_in_project
+from tests.defaults import default_params_file
+from tests.model.stand_in import TINY, stand_in_project
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_calibrate_pruning_writes_its_files_and_feeds_evaluate_and_serving(proje
     order = list(stage_names())
     assert order.index("dpo") < order.index("calibrate_pruning") < order.index("evaluate")
     assert "pruning" in declaration("calibrate_pruning").sections
-    cfg = load_config(REPO / "params.yaml", profile="small", overrides=[
+    cfg = load_config(default_params_file(), profile="small", overrides=[
         *TINY, "pruning.visual_keep_mass=[1.0,0.5]", "pruning.beam_margin=[null,1.0]", "pruning.level_beam_widths=[null]",
         "pruning.early_exit=[false,true]", "pruning.val_queries=30", "pruning.test_queries=20", "pruning.latency_queries=4",
         "pruning.warmup=1", "pruning.batch_size=16", "pruning.k=20", "pruning.max_relative_loss=0.05",
