@@ -176,7 +176,7 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
 
     cfg, root, encoder, *_ = tiny_project
     results = run_evaluation(cfg, root, encoder=encoder)
-    assert list(results) == ["mca", "mca_no_ranker", "knn", "popularity", "random"]
+    assert list(results) == ["mca", "mca_pointwise", "mca_no_ranker", "knn", "popularity", "random"]
     required = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "cat_precision") for k in cfg.evaluate.ks] + ["mrr"]
     required += [f"{s}_{m}@{k}" for s in ("click", "order") for m in ("hr", "mrr") for k in cfg.evaluate.ks]
     required += [f"sim_{m}{ci}" for m in ("clicks_per_1k", "orders_per_1k", "conversion") for ci in ("", "_ci_lo", "_ci_hi")]
@@ -184,12 +184,14 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
     for name, metrics in results.items():
         missing = [key for key in required if key not in metrics]
         assert not missing, (name, missing)
-    for name in ("mca", "mca_no_ranker"):
+    for name in ("mca", "mca_pointwise", "mca_no_ranker"):
         stages = results[name]["stages"]
         assert stages["recall"]["exact_hit"] >= stages["prerank"]["exact_hit"] >= stages["top10"]["exact_hit"]
     assert set(results["mca"]["stage_latency_p50_ms"]) == {"encode", "recall", "prerank", "rank"}
     assert "vs_mca_sim_orders_per_1k_delta" in results["knn"]
-    assert [row[0] for row in table_rows((root / "reports/evaluate.md").read_text())].count("mca") >= 3
+    assert {"vs_mca_ndcg@10_delta", "vs_mca_ndcg@10_delta_ci_lo", "vs_mca_ndcg@10_delta_ci_hi"} <= set(results["mca_pointwise"])
+    rows = [row[0] for row in table_rows((root / "reports/evaluate.md").read_text())]
+    assert rows.count("mca") >= 3 and "mca_pointwise" in rows
     assert (root / "plots/evaluate_quality_latency.png").stat().st_size > 0
     assert (root / "plots/evaluate_per_k.png").stat().st_size > 0
 
@@ -209,7 +211,7 @@ def test_evaluate_stage_skips_absent_systems(tiny_project, tmp_path):
 
     cfg, root, encoder, *_ = tiny_project
     names = [s.name for s in build_systems(cfg, root, encoder=encoder)]
-    assert names[:5] == ["mca", "mca_no_ranker", "knn", "popularity", "random"]
+    assert names[:6] == ["mca", "mca_pointwise", "mca_no_ranker", "knn", "popularity", "random"]
     subset = build_systems(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"systems": ["knn", "random"]})}),
                            root, encoder=encoder)
     assert [s.name for s in subset] == ["knn", "random"]
