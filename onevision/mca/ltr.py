@@ -82,11 +82,6 @@ class RankingSet:
     def groups(self) -> np.ndarray:
         return group_sizes(self.query_ids)
 
-    def take_queries(self, keep: np.ndarray) -> RankingSet:
-        """The rows of the queries in ``keep`` (query ids)."""
-        rows = np.isin(self.query_ids, keep)
-        return RankingSet(self.x[rows], self.label[rows], self.query_ids[rows], self.position[rows])
-
 
 class LambdaMARTRanker:
     """A trained LightGBM lambdarank booster over named features (higher score ranks first)."""
@@ -168,7 +163,7 @@ def fit_lambdarank(train: RankingSet, val: RankingSet | None, *, names: tuple[st
     base = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [NDCG_AT], "label_gain": list(cfg.ltr_label_gain),
         "lambdarank_truncation_level": 30, "min_data_in_leaf": cfg.ltr_min_data_in_leaf, "lambda_l2": 1.0,
-        "monotone_constraints": [MONOTONE.get(n, 0) for n in names], "bagging_fraction": 1.0,
+        "monotone_constraints": [MONOTONE.get(n, 0) for n in names], "bagging_fraction": 1.0, "max_bin": 63,
         "num_threads": max(int(threads), 0), "seed": seed, "deterministic": True, "force_row_wise": True, "verbosity": -1,
     }
     trials = sample_trials(cfg, seed) if dval is not None else sample_trials(cfg, seed)[:1]

@@ -98,6 +98,12 @@ class TrainingQueries:
     sims: np.ndarray  # (Q, R)
     neighbours: int
 
+    def subset(self, keep: np.ndarray) -> TrainingQueries:
+        """The queries at positions ``keep`` (sorted, so query ids stay sorted)."""
+        keep = np.sort(keep)
+        return TrainingQueries(self.query_ids[keep], self.user_ids[keep], self.user_rows[keep], self.target_rows[keep], self.fold[keep],
+                               self.emb[keep], self.rows[keep], self.sims[keep], self.neighbours)
+
     @property
     def top_sim(self) -> np.ndarray:
         return np.where(self.rows[:, 0] >= 0, self.sims[:, 0], 0.0)  # (Q,)
@@ -347,13 +353,13 @@ def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, di
     t = time.perf_counter()
     ltr_names = tuple(m.ltr_features)
     n_slots = cfg.data.impressions_per_query
-    group_args = {"prerank": prerank, "keep": m.ranker_train_candidates, "names": ltr_names, "item_emb": item_emb, "n_slots": n_slots,
+    group_args = {"prerank": prerank, "keep": m.ltr_candidates, "names": ltr_names, "item_emb": item_emb, "n_slots": n_slots,
                   "exact_grade": m.ltr_exact_grade}
-    train_set = ranking_groups(tq, logged, stats=stats, fold_stats=fold_stats, **group_args)
-    if len(train_set.x) > m.max_train_rows:  # whole queries, seeded
-        qids = np.unique(train_set.query_ids)
-        per_query = len(train_set.x) / len(qids)
-        train_set = train_set.take_queries(_rng(cfg.seed, "groups").permutation(qids)[: int(m.max_train_rows / per_query)])
+    ltr_tq = tq
+    max_groups = m.ltr_max_rows // (m.ltr_candidates + n_slots)  # a group never holds more rows than that
+    if len(tq.query_ids) > max_groups:  # whole queries, seeded: the search costs the same on every profile
+        ltr_tq = tq.subset(_rng(cfg.seed, "groups").permutation(len(tq.query_ids))[:max_groups])
+    train_set = ranking_groups(ltr_tq, logged, stats=stats, fold_stats=fold_stats, **group_args)
     val_tq, val_logged = training_queries(cfg, root, encoder=encoder, index=index, catalog=catalog, stats=stats, split="val")
     val_set = ranking_groups(val_tq, val_logged, stats=stats, fold_stats=None, **group_args) if len(val_tq.query_ids) else None
     facts["ltr_groups_seconds"] = time.perf_counter() - t
