@@ -85,14 +85,21 @@ def evaluate(root: Path, seed_systems: tuple[str, ...]) -> tuple[dict, dict]:
     with limit_threads(cfg.evaluate.threads):
         runs = {r.name: r for r in evaluate_systems(systems, test, ecfg=cfg.evaluate, shown=shown, seed=cfg.seed, measure_cost=False)}
     paired = {}
-    for other in (a for a in ABLATIONS if a in runs):
+    pairs = [("mca", other) for other in ABLATIONS] + [("onevision", "mca")]
+    for a, b in ((a, b) for a, b in pairs if a in runs and b in runs):
         for key, label, scale in PAIRED:
-            if key in runs["mca"].per_query:
-                delta, lo, hi = paired_delta_ci(runs["mca"].per_query[key], runs[other].per_query[key], n_resamples=cfg.evaluate.bootstrap,
+            if key in runs[b].per_query:
+                delta, lo, hi = paired_delta_ci(runs[a].per_query[key], runs[b].per_query[key], n_resamples=cfg.evaluate.bootstrap,
                                                 level=cfg.evaluate.ci_level, seed=cfg.seed)
-                paired[f"mca - {other}: {label}"] = [round(float(v) * scale, 4) for v in (delta, lo, hi)]
-    metrics = {name: {k: run.metrics.get(k) for k in ("hr@10", "ndcg@10", "mrr", "sim_orders_per_1k", "sim_clicks_per_1k")} for name, run in runs.items()}
+                paired[f"{a} - {b}: {label}"] = [round(float(v) * scale, 4) for v in (delta, lo, hi)]
+    metrics = {name: {k: runs[name].metrics.get(k) for k in ("hr@10", "ndcg@10", "mrr", "sim_orders_per_1k", "sim_clicks_per_1k")}
+               for name in seed_systems if name in runs}
     return metrics, {"paired": paired, "test_queries": len(test), "bootstrap": cfg.evaluate.bootstrap, "ci_level": cfg.evaluate.ci_level}
+
+
+def _by_depth(rows: dict) -> list:
+    """Items of a {"@100": ..., "prerank_k=20": ...} mapping in numeric order of the depth."""
+    return sorted(rows.items(), key=lambda kv: int("".join(c for c in kv[0] if c.isdigit()) or 0))
 
 
 def markdown(s: dict) -> str:
@@ -100,13 +107,13 @@ def markdown(s: dict) -> str:
     lines = [f"# MCA's ranker: LambdaMART vs pointwise vs none, profile `{s['profile']}`", "",
              f"Produced by `benchmarks/mca_ranker.py` on {s['machine']} ({s['date']}): stage `mca` retrained on the trained project "
              f"{'with ' + ', '.join(s['overrides']) if s['overrides'] else 'as configured'}, then every row evaluated in one run on the same "
-             f"{s['test_queries']} TEST queries. MCA stage {s['mca_stage_seconds']:.1f} s (the stage's own wall time; "
+             f"{s['test_queries']} TEST queries (OneVision's ablation rows: benchmarks/offline_eval.py). MCA stage {s['mca_stage_seconds']:.1f} s (the stage's own wall time; "
              f"{s['mca_stage_wall_seconds']:.1f} s with process start).", "",
              markdown_table([[n, fmt(m["hr@10"]), fmt(m["ndcg@10"]), fmt(m["mrr"]), fmt(m["sim_clicks_per_1k"], 1), fmt(m["sim_orders_per_1k"], 1)]
                              for n, m in s["systems"].items()], ["system", "HR@10", "NDCG@10", "MRR", "clicks/1k", "orders/1k"], align="lrrrrr"),
              "", f"## Paired differences ({int(100 * s['ci_level'])} % bootstrap intervals, {s['bootstrap']} resamples of the queries)", "",
              markdown_table([[k, f"{d:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]"] for k, (d, lo, hi) in s["paired"].items()],
-                            ["mca minus", "delta", "interval"], align="lrr"),
+                            ["difference", "delta", "interval"], align="lrr"),
              "", "## The ranker's VAL tuning (metrics/mca.json)", ""]
     ltr = s["ltr"]
     lines += [f"- position debiasing: `{ltr.get('position_debias')}`; label gain {ltr.get('label_gain')}; photographed product grade "
@@ -119,10 +126,10 @@ def markdown(s: dict) -> str:
     sweep = s.get("depth_sweep") or {}
     if sweep:
         lines += ["## Depths on VAL (share of ordered / photographed items kept)", "",
-                  markdown_table([[f"recall {d}", fmt(v.get("ordered")), fmt(v.get("exact"))] for d, v in sweep.get("recall", {}).items()]
-                                 + [[f"pre-rank {d}", fmt(v.get("ordered")), fmt(v.get("exact"))] for d, v in sweep.get("prerank", {}).items()],
+                  markdown_table([[f"recall {d}", fmt(v.get("ordered")), fmt(v.get("exact"))] for d, v in _by_depth(sweep.get("recall", {}))]
+                                 + [[f"pre-rank {d}", fmt(v.get("ordered")), fmt(v.get("exact"))] for d, v in _by_depth(sweep.get("prerank", {}))],
                                  ["cut", "ordered item", "photographed item"], align="lrr"), "",
-                  markdown_table([[k, fmt(v.get("val_ndcg@10")), fmt(v.get("val_orders_per_1k"), 1)] for k, v in sweep.get("cascade", {}).items()],
+                  markdown_table([[k, fmt(v.get("val_ndcg@10")), fmt(v.get("val_orders_per_1k"), 1)] for k, v in _by_depth(sweep.get("cascade", {}))],
                                  ["cascade", "VAL NDCG@10", "VAL orders/1k"], align="lrr"), ""]
     return "\n".join(lines) + "\n"
 
