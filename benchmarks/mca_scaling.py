@@ -3,7 +3,7 @@
 Synthetic but shaped like the demo: L2-normalised embeddings clustered by
 category, items with categories / brands / prices, a synthetic impression log
 for the user and item statistics, a pre-ranker and a ranker of the configured
-size. Queries are noisy copies of catalog items. The encoder is left out (its
+size (a LambdaMART booster, MCA's ranker). Queries are noisy copies of catalog items. The encoder is left out (its
 cost does not depend on the catalog): timings start at the query embedding.
 
 For each catalog size and index type it reports the index build time and
@@ -39,7 +39,7 @@ from onevision.evaluation.cost import limit_threads, peak_memory, rss_mb
 from onevision.evaluation.metrics import latency_summary
 from onevision.markdown import table as markdown_table
 from onevision.mca.cascade import CascadeSizes, LinearScorer, MCACascade
-from onevision.mca.features import FEATURES, Catalog, LogStats
+from onevision.mca.features import Catalog, LogStats
 from onevision.mca.index import ItemIndex
 
 RESULTS = Path(__file__).parent / "results"
@@ -82,12 +82,17 @@ def synthetic_cascade(n: int, dim: int, cfg: MCAConfig, ranker_iters: int, seed:
     names = tuple(cfg.prerank_features)
     prerank = LinearScorer(names, np.zeros(len(names), np.float32), np.ones(len(names), np.float32),
                            rng.standard_normal(len(names)).astype(np.float32), 0.0)
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    import lightgbm
 
-    x = rng.standard_normal((30_000, len(FEATURES))).astype(np.float32)
-    y = (x[:, 0] + x[:, 3] * x[:, 7] + 0.5 * rng.standard_normal(len(x)) > 1.0).astype(int)
-    ranker = HistGradientBoostingClassifier(max_iter=ranker_iters, max_leaf_nodes=cfg.ranker_max_leaf_nodes,
-                                            early_stopping=False, random_state=seed).fit(x, y)
+    from onevision.mca.ltr import LambdaMARTRanker
+
+    features = tuple(cfg.ltr_features)  # the LambdaMART ranker's (MCA's ranker since 2026-12-07)
+    x = rng.standard_normal((30_000, len(features))).astype(np.float32)
+    grade = np.digitize(x[:, 0] + x[:, 3] * x[:, 7] + 0.5 * rng.standard_normal(len(x)), [1.0, 1.8, 2.5])
+    data = lightgbm.Dataset(x, label=grade, group=np.full(len(x) // 50, 50))
+    booster = lightgbm.train({"objective": "lambdarank", "num_leaves": max(cfg.ltr_num_leaves), "min_data_in_leaf": cfg.ltr_min_data_in_leaf,
+                              "num_threads": 1, "seed": seed, "verbosity": -1}, data, num_boost_round=ranker_iters)
+    ranker = LambdaMARTRanker(booster, features, ranker_iters)
     return catalog, stats, emb, prerank, ranker
 
 
@@ -120,7 +125,7 @@ def bench_index(n: int, index_type: str, parts, queries: np.ndarray, users: np.n
         if nprobe is not None:
             index.set_search_params(nprobe=nprobe)
         cascade = MCACascade(encoder=None, index=index, catalog=catalog, stats=stats, prerank=prerank, ranker=ranker,
-                             ranker_features=FEATURES, sizes=sizes)
+                             ranker_features=ranker.names, sizes=sizes)
         row, found = time_cascade(cascade, queries, users, exact_ids, args)
         rows.append({**build, "nprobe": nprobe, **row})
     del index
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--recall-k", type=int, default=500)
     parser.add_argument("--prerank-k", type=int, default=100)
-    parser.add_argument("--ranker-iters", type=int, default=300, help="Trees in the ranker (mca.ranker_max_iter; the cost ceiling).")
+    parser.add_argument("--ranker-iters", type=int, default=300, help="Trees in the LambdaMART ranker (mca.ltr_max_rounds is the ceiling early stopping picks under).")
     parser.add_argument("--threads", type=int, default=1, help="torch/faiss/OpenMP threads (1: one serving replica per core, as evaluate.threads); 0: library defaults.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Output stem (default: benchmarks/results/mca_scaling[_quick]).")

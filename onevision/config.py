@@ -265,11 +265,13 @@ class GenerativeConfig(Section):
 MCAFeature = Literal[
     "sim", "sim_gap", "cat_vote", "user_cat_lift", "user_brand_lift", "user_price_pref",
     "item_lpr", "price_match", "user_activity", "item_ctr", "item_cvr", "position",
+    "view_sim", "view_gap", "user_order_cat_share",
 ]
 
 
 class MCAConfig(Section):
-    """The MCA baseline cascade (stage `mca`; onevision.mca): faiss recall -> linear pre-ranker -> GBDT ranker."""
+    """The MCA baseline cascade (stage `mca`; onevision.mca): faiss recall -> linear pre-ranker -> LambdaMART ranker
+    (the pointwise GBDT ranker of before 2026-12-07 is trained beside it as the ablation `mca_pointwise`)."""
 
     index_type: str = Field(
         "Flat", description="faiss index_factory string over the item embeddings: Flat (exact), IVF (nlist=4*sqrt(N)), IVF1024,Flat, IVF256,PQ16, HNSW32, ..."
@@ -289,8 +291,29 @@ class MCAConfig(Section):
     ranker_features: list[MCAFeature] = Field(
         ["sim", "sim_gap", "cat_vote", "user_cat_lift", "user_brand_lift", "user_price_pref", "item_lpr", "price_match",
          "user_activity", "item_ctr", "item_cvr", "position"],
-        description="Features of the GBDT ranker (onevision.mca.features.FEATURES).",
+        description="Features of the pointwise GBDT ranker, the ablation `mca_pointwise` (onevision.mca.features.FEATURES).",
     )
+    ltr_features: list[MCAFeature] = Field(
+        ["sim", "sim_gap", "view_sim", "view_gap", "cat_vote", "user_cat_lift", "user_brand_lift", "user_price_pref", "item_lpr",
+         "price_match", "user_activity", "item_ctr", "item_cvr", "user_order_cat_share"],
+        description="Features of the LambdaMART ranker (`mca`): the pointwise ranker's plus what OneVision's leaf head reads "
+                    "(best catalog-view cosine, the user's order share of the category); position goes to LightGBM's bias model instead.",
+    )
+    ltr_candidates: int = Field(30, ge=1, description="Pre-ranked candidates per query in a LambdaMART group (with the query's logged impressions).")
+    ltr_max_rows: int = Field(120_000, ge=1000, description="Cap on LambdaMART training rows (whole query groups, seeded): keeps the search's cost flat in the log size.")
+    ltr_exact_grade: int = Field(2, ge=0, le=3, description="Relevance grade of the photographed product (ordered 2 > clicked 1 > shown 0).")
+    ltr_label_gain: list[float] = Field([0.0, 1.0, 3.0, 7.0], min_length=4, max_length=4, description="NDCG gain of grades 0..3 (LightGBM label_gain).")
+    ltr_position_debias: bool = Field(
+        True, description="Model the logging policy's position bias (LightGBM lambdarank with the Dataset's `position`: shown slots 0..S-1, candidates never shown slot S).",
+    )
+    ltr_num_leaves: list[int] = Field([15, 31, 63], min_length=1, description="Search grid: LambdaMART tree size.")
+    ltr_learning_rate: list[float] = Field([0.05, 0.1], min_length=1, description="Search grid: shrinkage.")
+    ltr_feature_fraction: list[float] = Field([0.7, 1.0], min_length=1, description="Search grid: features sampled per tree.")
+    ltr_trials: int = Field(3, ge=1, description="Seeded sample of the grid tried (each early-stopped on VAL NDCG@10); the best on VAL is kept.")
+    ltr_max_rounds: int = Field(200, ge=1, description="Boosting rounds at most (early stopping on VAL NDCG@10 picks the number).")
+    ltr_early_stopping: int = Field(20, ge=1, description="Rounds without a VAL NDCG@10 gain before a trial stops.")
+    ltr_min_data_in_leaf: int = Field(40, ge=1, description="LambdaMART leaf minimum.")
+    depth_sweep: bool = Field(True, description="Report VAL recall of the ordered (and photographed) item at several recall and pre-rank depths in metrics/mca.json.")
     ranker_rows: Literal["candidates", "impressions", "both"] = Field(
         "candidates",
         description="Ranker training pairs: `candidates` = the pre-ranker's top recall candidates of each TRAIN query (what it ranks at serving); `impressions` = the logged impressions; `both`. Label: the photographed product or a logged click.",

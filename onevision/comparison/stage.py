@@ -34,6 +34,7 @@ from onevision.evaluation.visual import (
     personalisation_rows,
     write_page,
 )
+from onevision.mca import RANKER_CHANGE
 from onevision.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
     }
     report = root / REPORT
     report.parent.mkdir(parents=True, exist_ok=True)
+    if "mca" in results:
+        facts["MCA baseline"] = RANKER_CHANGE
     note = dpo_note(root)
     if note:
         facts["note"] = note

@@ -135,7 +135,8 @@ def _train_popularity(ctx: SystemContext) -> tuple[np.ndarray, np.ndarray]:
 
 @register_system("mca")
 def build_mca(ctx: SystemContext) -> list[Retriever] | None:
-    """The MCA cascade and, as a second row, the same cascade without its ranker."""
+    """The MCA cascade (its LambdaMART ranker) and, as ablation rows, the same cascade with its pointwise ranker
+    (``mca_pointwise``, MCA's ranker until 2026-12-07) and without a ranker (``mca_no_ranker``)."""
     # lazy: the system registry loads a system's package (faiss) only when that system is built
     from onevision.mca.cascade import MCACascade
     from onevision.mca.train import MCA_DIR
@@ -144,7 +145,7 @@ def build_mca(ctx: SystemContext) -> list[Retriever] | None:
         return None
     m = ctx.cfg.mca
     cascade = MCACascade.load(ctx.root / MCA_DIR, ctx.encoder, nprobe=m.nprobe, ef_search=m.ef_search, use_gpu=m.use_gpu)
-    return [cascade, cascade.without_ranker()]
+    return [cascade, *cascade.ablations(), cascade.without_ranker()]
 
 
 @register_system("knn")

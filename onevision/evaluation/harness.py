@@ -283,7 +283,7 @@ STAGE_PAIRS = (("onevision_sft", "onevision_pretrain"), ("onevision", "onevision
 
 
 def _paired(run: SystemRun, base: SystemRun, prefix: str, ecfg: EvaluateConfig, seed: int) -> None:
-    for key in (k for k in ("hr@10", "mrr", "sim_orders", "logged_orders") if k in base.per_query):
+    for key in (k for k in ("hr@10", "ndcg@10", "mrr", "sim_orders", "logged_orders") if k in base.per_query):
         per_1k = key.endswith("_orders")
         scale = 1e3 if per_1k else 1.0
         name = f"{key}_per_1k" if per_1k else key
@@ -294,7 +294,7 @@ def _paired(run: SystemRun, base: SystemRun, prefix: str, ecfg: EvaluateConfig, 
 
 
 def compare_with_baseline(runs: list[SystemRun], baseline: str, ecfg: EvaluateConfig, seed: int = 0) -> None:
-    """Add paired bootstrap deltas (system - baseline, same queries) of HR@10, MRR and simulated orders, and
+    """Add paired bootstrap deltas (system - baseline, same queries) of HR@10, NDCG@10, MRR and simulated orders, and
     each stage's gain over the stage before it (``stage_gain_*``, :data:`STAGE_PAIRS`)."""
     by_name = {r.name: r for r in runs}
     base = by_name.get(baseline)

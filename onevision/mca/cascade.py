@@ -2,13 +2,16 @@
 
     query image --encoder--> embedding --faiss--> recall_k items
         --pre-ranker (linear, cheap features)--> prerank_k items
-        --ranker (gradient-boosted trees, personalised)--> top K
+        --ranker (LambdaMART, personalised)--> top K
 
 Each stage narrows the candidate set for a more expensive model; what a stage
 drops, later stages never see (the "recall loss" the evaluation measures at
 each cut). :class:`MCACascade` implements :class:`onevision.retrieval.Retriever`;
-``use_ranker=False`` gives the ``mca_no_ranker`` reference (pre-ranker order).
+``use_ranker=False`` gives the ``mca_no_ranker`` reference (pre-ranker order);
+:meth:`MCACascade.ablations` the same cascade with each saved alternative ranker
+(``mca_pointwise``: the pointwise classifier MCA ranked with until 2026-12-07).
 Items beyond the ranker's short list keep their pre-rank order, so any K works.
+A ranker is any object with ``score(features (n, F)) -> (n,)`` (higher first).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import numpy as np
 from onevision import atomic
 from onevision.mca.features import Catalog, LogStats, pair_features
 from onevision.mca.index import ItemIndex
+from onevision.mca.ltr import LambdaMARTRanker, PointwiseRanker
 from onevision.retrieval import RetrievalResult, top_k
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "mca.json"
-RANKER_FILE = "ranker.joblib"
+RANKER_FILE = "ranker.joblib"  # format 1: the pointwise classifier was the ranker
+LTR_FILE = "ranker.lgb.txt"
 STATS_FILE = "log_stats.npz"
 CATALOG_FILE = "catalog.npz"
 INDEX_DIR = "index"
@@ -73,7 +78,7 @@ class MCACascade:
 
     def __init__(self, *, encoder, index: ItemIndex, catalog: Catalog, stats: LogStats, prerank: LinearScorer,
                  ranker, ranker_features: tuple[str, ...], sizes: CascadeSizes, use_ranker: bool = True,
-                 name: str = "mca"):
+                 name: str = "mca", alternatives: dict[str, tuple[Any, tuple[str, ...]]] | None = None):
         self.encoder = encoder
         self.index = index
         self.catalog = catalog
@@ -84,6 +89,18 @@ class MCACascade:
         self.sizes = sizes
         self.use_ranker = use_ranker
         self.name = name
+        self.alternatives = dict(alternatives or {})  # ablation name -> (ranker, its features)
+
+    def with_ranker(self, ranker, ranker_features: tuple[str, ...], name: str) -> MCACascade:
+        """The same cascade with another ranker (shares recall and pre-ranker)."""
+        clone = MCACascade.__new__(MCACascade)
+        clone.__dict__.update(self.__dict__)
+        clone.ranker, clone.ranker_features, clone.name, clone.use_ranker, clone.alternatives = ranker, tuple(ranker_features), name, True, {}
+        return clone
+
+    def ablations(self) -> list[MCACascade]:
+        """One cascade per saved alternative ranker (e.g. ``mca_pointwise``), in saved order."""
+        return [self.with_ranker(ranker, names, name) for name, (ranker, names) in self.alternatives.items()]
 
     def without_ranker(self, name: str = "mca_no_ranker") -> MCACascade:
         """The same cascade stopped after pre-ranking (shares every component)."""
@@ -138,13 +155,14 @@ class MCACascade:
         final_rows, final_scores = rows, pre_score
         if self.use_ranker:
             t = time.perf_counter()
-            feats = pair_features(self.stats, user_rows, cand_rows=short_rows, sims=short_sims, top_sim=top_sim, neighbour_cats=neighbour_cats, names=self.ranker_features)
+            feats = pair_features(self.stats, user_rows, cand_rows=short_rows, sims=short_sims, top_sim=top_sim, neighbour_cats=neighbour_cats,
+                                  names=self.ranker_features, query_emb=query)
             Q = len(short_rows)
-            proba = self.ranker.predict_proba(feats.reshape(Q * P, -1))[:, 1].reshape(Q, P)  # (Q, P)
-            rank_score = np.where(short_rows >= 0, np.log(np.maximum(proba, 1e-12)), -np.inf)
+            raw = self.ranker.score(feats.reshape(Q * P, -1)).reshape(Q, P)  # (Q, P)
+            rank_score = np.where(short_rows >= 0, raw, -np.inf)
             order = top_k(rank_score, P)
             # the ranked short list first, then the rest of the recall set in pre-rank order (scores kept below)
-            tail_score = pre_score[:, P:] - 1e4  # below any log-probability of the ranked short list
+            tail_score = pre_score[:, P:] - 1e4  # below any score of the ranked short list
             final_rows = np.concatenate([np.take_along_axis(short_rows, order, axis=1), rows[:, P:]], axis=1)
             final_scores = np.concatenate([np.take_along_axis(rank_score, order, axis=1), tail_score], axis=1)
             timings["rank"] = time.perf_counter() - t
@@ -168,13 +186,21 @@ class MCACascade:
         for name, arrays in ((CATALOG_FILE, self.catalog.to_arrays()), (STATS_FILE, self.stats.to_arrays())):
             with atomic.atomic_path(directory / name) as tmp:
                 np.savez(tmp, **arrays)
-        with atomic.atomic_path(directory / RANKER_FILE) as tmp:
-            joblib.dump(self.ranker, tmp)
+        rankers = {}
+        for name, (ranker, names) in {self.name: (self.ranker, self.ranker_features), **self.alternatives}.items():
+            file = LTR_FILE if name == self.name and ranker.kind == "lambdarank" else f"ranker_{name}.{'lgb.txt' if ranker.kind == 'lambdarank' else 'joblib'}"
+            with atomic.atomic_path(directory / file) as tmp:
+                if ranker.kind == "lambdarank":
+                    ranker.save(Path(tmp))
+                else:
+                    joblib.dump(ranker.model, tmp)
+            rankers[name] = {"kind": ranker.kind, "file": file, "features": list(names)}
         manifest = {
-            "format": 1,
+            "format": 2,
             "sizes": vars(self.sizes),
             "prerank": self.prerank.to_dict(),
             "ranker_features": list(self.ranker_features),
+            "rankers": rankers,
             "index": self.index.description,
             "extra": extra or {},
         }
@@ -193,12 +219,19 @@ class MCACascade:
         with np.load(directory / STATS_FILE, allow_pickle=False) as arrays:
             stats = LogStats.from_arrays(dict(arrays), catalog)
         index = ItemIndex.load(directory / INDEX_DIR, nprobe=nprobe, ef_search=ef_search, use_gpu=use_gpu)
+        specs = manifest.get("rankers") or {"mca": {"kind": "pointwise", "file": RANKER_FILE, "features": manifest["ranker_features"]}}
+        rankers = {}
+        for name, spec in specs.items():
+            names = tuple(spec["features"])
+            path = directory / spec["file"]
+            rankers[name] = (LambdaMARTRanker.load(path, names) if spec["kind"] == "lambdarank" else PointwiseRanker(joblib.load(path), names), names)
+        (main, (ranker, names)), *rest = rankers.items()
         return cls(
             encoder=encoder, index=index, catalog=catalog, stats=stats,
             prerank=LinearScorer.from_dict(manifest["prerank"]),
-            ranker=joblib.load(directory / RANKER_FILE),
-            ranker_features=tuple(manifest["ranker_features"]),
+            ranker=ranker, ranker_features=names, name=main,
             sizes=sizes or CascadeSizes(**manifest["sizes"]),
+            alternatives=dict(rest),
         )
 
     def with_sizes(self, **sizes: int) -> MCACascade:

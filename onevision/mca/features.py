@@ -39,6 +39,10 @@ FEATURES = (
     "item_ctr",  # smoothed log click-through rate of the item
     "item_cvr",  # smoothed log order rate per click of the item
     "position",  # logged position at training; 0 at serving (position-bias correction)
+    # what OneVision's leaf head reads that the features above do not (onevision.generative.leaf)
+    "view_sim",  # best cosine of the query to one of the item's catalog views (a query photographs one view)
+    "view_gap",  # best view_sim among the query's candidates minus this one
+    "user_order_cat_share",  # share of the user's orders in the item's category
 )
 
 
@@ -69,6 +73,27 @@ class Catalog:
     brand: np.ndarray  # (N,) int64 codes into brand_names
     lpr: np.ndarray  # (N,) float32 log(price / category median)
     brand_names: np.ndarray = field(repr=False)
+    views: np.ndarray | None = field(default=None, repr=False)  # (N, V, D) float32 catalog view embeddings, 0 rows pad
+    view_ok: np.ndarray | None = field(default=None, repr=False)  # (N, V) bool
+
+    def with_views(self, view_item_ids: np.ndarray, view_emb: np.ndarray, item_emb: np.ndarray, max_views: int = 8) -> Catalog:
+        """The catalog with its views' embeddings (at most ``max_views`` per item; an item without one uses ``item_emb``)."""
+        rows = self.rows_of(np.asarray(view_item_ids, np.int64))
+        ok = rows >= 0
+        rows, emb = rows[ok], np.asarray(view_emb, np.float32)[ok]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        order = np.argsort(rows, kind="stable")
+        rows, emb = rows[order], emb[order]
+        slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # rank of each view within its item
+        n_views = int(min(max(slot.max() + 1 if len(slot) else 1, 1), max_views))
+        views = np.zeros((len(self.item_ids), n_views, emb.shape[1] if len(emb) else item_emb.shape[1]), np.float32)
+        view_ok = np.zeros(views.shape[:2], bool)
+        keep = slot < n_views
+        views[rows[keep], slot[keep]] = emb[keep]
+        view_ok[rows[keep], slot[keep]] = True
+        missing = ~view_ok.any(1)
+        views[missing, 0], view_ok[missing, 0] = item_emb[missing], True
+        return Catalog(self.item_ids, self.category, self.brand, self.lpr, self.brand_names, views, view_ok)
 
     @classmethod
     def from_items(cls, items: pd.DataFrame, item_ids: np.ndarray) -> Catalog:
@@ -95,11 +120,15 @@ class Catalog:
         return np.where(sorted_ids[pos] == item_ids, np.append(order, -1)[pos], -1)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"item_ids": self.item_ids, "category": self.category, "brand": self.brand, "lpr": self.lpr, "brand_names": self.brand_names.astype(str)}
+        out = {"item_ids": self.item_ids, "category": self.category, "brand": self.brand, "lpr": self.lpr, "brand_names": self.brand_names.astype(str)}
+        if self.views is not None:
+            out |= {"views": self.views, "view_ok": self.view_ok}
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Catalog:
-        return cls(arrays["item_ids"], arrays["category"], arrays["brand"], arrays["lpr"], arrays["brand_names"])
+        return cls(arrays["item_ids"], arrays["category"], arrays["brand"], arrays["lpr"], arrays["brand_names"],
+                   arrays.get("views"), arrays.get("view_ok"))
 
 
 def impression_log(queries: pd.DataFrame, impressions: pd.DataFrame, interactions: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
@@ -145,6 +174,8 @@ class LogStats:
         self.user_shown_lpr = np.bincount(u, weights=lpr, minlength=n_users)
         self.user_cat = PairCounts(u, c, click, n_cat)
         self.user_brand = PairCounts(u, b, click, n_brand)
+        self.user_orders = np.bincount(u, weights=order, minlength=n_users)
+        self.user_order_cat = PairCounts(u, c, order, n_cat)
         total_clicks = max(click.sum(), 1.0)
         # population shares, smoothed so that an unseen category/brand is not -inf
         self.cat_share = (np.bincount(c, weights=click, minlength=n_cat) + 1.0) / (total_clicks + n_cat)
@@ -166,6 +197,7 @@ class LogStats:
         return {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)} | {
             "user_cat_keys": self.user_cat.keys, "user_cat_values": self.user_cat.values,
             "user_brand_keys": self.user_brand.keys, "user_brand_values": self.user_brand.values,
+            "user_order_cat_keys": self.user_order_cat.keys, "user_order_cat_values": self.user_order_cat.values,
             "scalars": np.array([self.global_ctr, self.global_cvr, self.n_rows, self.user_cat.n_b, self.user_brand.n_b]),
         }
 
@@ -176,11 +208,13 @@ class LogStats:
         for name in ("user_ids", "user_clicks", "user_shown", "user_click_lpr", "user_shown_lpr", "cat_share",
                      "brand_share", "item_shown", "item_clicks", "item_orders"):
             setattr(self, name, arrays[name])
+        self.user_orders = arrays.get("user_orders", np.zeros_like(self.user_clicks))  # absent from cascades saved before 2026-12
         ctr, cvr, n_rows, n_cat, n_brand = arrays["scalars"]
         self.global_ctr, self.global_cvr, self.n_rows = float(ctr), float(cvr), int(n_rows)
-        for name, n_b in (("user_cat", n_cat), ("user_brand", n_brand)):
+        for name, n_b in (("user_cat", n_cat), ("user_brand", n_brand), ("user_order_cat", n_cat)):
             counts = PairCounts.__new__(PairCounts)
-            counts.n_b, counts.keys, counts.values = int(n_b), arrays[f"{name}_keys"], arrays[f"{name}_values"]
+            empty = (np.zeros(0, np.int64), np.zeros(0))
+            counts.n_b, counts.keys, counts.values = int(n_b), arrays.get(f"{name}_keys", empty[0]), arrays.get(f"{name}_values", empty[1])
             setattr(self, name, counts)
         return self
 
@@ -201,6 +235,8 @@ class Exclusion:
     user_shown_lpr: np.ndarray
     user_cat_clicks: np.ndarray  # the fold's clicks of this user in the candidate's category
     user_brand_clicks: np.ndarray
+    user_orders: np.ndarray
+    user_order_cat_orders: np.ndarray  # the fold's orders of this user in the candidate's category
     item_shown: np.ndarray
     item_clicks: np.ndarray
     item_orders: np.ndarray
@@ -232,9 +268,10 @@ class FoldStats:
         lpr = catalog.lpr[i].astype(np.float64)
         ones = np.ones_like(click)
         self.user = {name: PairCounts(user_fold, np.zeros_like(fold), w, 1)
-                     for name, w in (("clicks", click), ("shown", ones), ("click_lpr", click * lpr), ("shown_lpr", lpr))}
+                     for name, w in (("clicks", click), ("shown", ones), ("click_lpr", click * lpr), ("shown_lpr", lpr), ("orders", order))}
         self.user_cat = PairCounts(user_fold, catalog.category[i], click, catalog.n_categories)
         self.user_brand = PairCounts(user_fold, catalog.brand[i], click, len(catalog.brand_names))
+        self.user_order_cat = PairCounts(user_fold, catalog.category[i], order, catalog.n_categories)
         self.item = {name: PairCounts(i, fold, w, self.n_folds) for name, w in (("shown", ones), ("clicks", click), ("orders", order))}
 
     def exclusion(self, user_ids: np.ndarray, fold: np.ndarray, cand_rows: np.ndarray) -> Exclusion:
@@ -251,6 +288,8 @@ class FoldStats:
             user_shown_lpr=self.user["shown_lpr"].get(user_fold, zero),
             user_cat_clicks=self.user_cat.get(user_fold, c),
             user_brand_clicks=self.user_brand.get(user_fold, b),
+            user_orders=self.user["orders"].get(user_fold, zero),
+            user_order_cat_orders=self.user_order_cat.get(user_fold, c),
             item_shown=self.item["shown"].get(rows, fold),
             item_clicks=self.item["clicks"].get(rows, fold),
             item_orders=self.item["orders"].get(rows, fold),
@@ -268,13 +307,16 @@ def pair_features(
     names: tuple[str, ...] = FEATURES,
     positions: np.ndarray | None = None,
     exclude: Exclusion | None = None,
+    query_emb: np.ndarray | None = None,
 ) -> np.ndarray:
     """Features of (query, candidate) pairs -> float32 (Q, n, len(names)).
 
     user_rows (Q,) from :meth:`LogStats.user_rows`; cand_rows (Q, n) index rows
     (-1: empty slot, features are then meaningless and callers mask them);
     sims (Q, n) cosine similarities; top_sim (Q,) the best cosine in the
-    catalog; neighbour_cats (Q, m) categories of the query's m nearest items.
+    catalog; neighbour_cats (Q, m) categories of the query's m nearest items;
+    query_emb (Q, D) the aligned query embeddings (``view_sim``, ``view_gap``:
+    without them or without the catalog's views, ``sim`` stands in).
     """
     cat = stats.catalog
     rows = np.maximum(cand_rows, 0)  # (Q, n)
@@ -300,6 +342,15 @@ def pair_features(
             shown_lpr = known * stats.user_shown_lpr[uu] - sub("user_shown_lpr")
             cache["upp"] = click_lpr / (clicks + USER_PRIOR) - shown_lpr / (shown + USER_PRIOR)
         return cache["upp"]
+
+    def view_sim() -> np.ndarray:
+        if "vs" not in cache:
+            if query_emb is None or cat.views is None:
+                cache["vs"] = np.asarray(sims, np.float64)
+            else:
+                cos = np.einsum("qd,qnvd->qnv", np.asarray(query_emb, np.float32), cat.views[rows])  # (Q, n, V)
+                cache["vs"] = np.where(cat.view_ok[rows], cos, -1.0).max(axis=2)
+        return cache["vs"]
 
     for j, name in enumerate(names):
         if name == "sim":
@@ -332,6 +383,15 @@ def pair_features(
             clicks = stats.item_clicks[rows] - sub("item_clicks")
             orders = stats.item_orders[rows] - sub("item_orders")
             value = np.log((orders + ITEM_PRIOR * stats.global_cvr + 1e-6) / (clicks + ITEM_PRIOR))
+        elif name == "view_sim":
+            value = view_sim()
+        elif name == "view_gap":
+            vs = view_sim()
+            value = np.where(cand_rows >= 0, vs, -np.inf).max(axis=1, keepdims=True) - vs
+        elif name == "user_order_cat_share":
+            orders = np.maximum(known * stats.user_orders[uu] - sub("user_orders"), 0.0)
+            n_uoc = np.maximum(known * stats.user_order_cat.get(uu, c) - sub("user_order_cat_orders"), 0.0)
+            value = n_uoc / np.maximum(orders, 1.0)
         elif name == "position":
             value = 0.0 if positions is None else positions
         else:

@@ -12,6 +12,7 @@ from typing import Any
 from onevision import atomic, markdown
 from onevision.config import GatesConfig
 from onevision.evaluation.metrics import ORDERS_LABELS
+from onevision.mca import RANKER_CHANGE
 from onevision.plots import pyplot
 from onevision.promotion.gates import GateInputs, GateReport, candidate_metric, lookup
 
@@ -44,6 +45,8 @@ def markdown_report(model_name: str, version: str, *, report: GateReport, inputs
                 for key, label in compared_metrics(gates)]
     lines += ["", f"## Candidate vs {champion} vs {gates.baseline_system}", "",
               markdown.table(compared, ["metric", f"candidate (`{gates.candidate_system}`)", champion, gates.baseline_system], align="lrrr")]
+    if gates.baseline_system.startswith("mca"):
+        lines += ["", f"Baseline: {RANKER_CHANGE}."]
     if plot_name:
         lines += ["", f"Plot: `{plot_name}` (attached to this version's run)."]
     lines += ["", "Photos: `gate_report/candidate.html` (attached to this version's run; `reports/candidate.html` in the project): "

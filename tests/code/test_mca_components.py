@@ -141,9 +141,10 @@ def test_catalog_from_items_aligns_rows():
 class _ConstantRanker:
     """Scores by the first feature only (sim): a ranker that keeps visual order."""
 
-    def predict_proba(self, x):
-        p = 1 / (1 + np.exp(-x[:, 0]))
-        return np.stack([1 - p, p], axis=1)
+    kind = "test"
+
+    def score(self, x):
+        return x[:, 0]
 
 
 class _IdentityEncoder:

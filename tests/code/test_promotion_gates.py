@@ -147,3 +147,14 @@ def test_an_imported_catalog_is_gated_on_logged_orders():
     worse = evaluate_gates(inputs(candidate={**logged, "logged_orders_per_1k": 70.0}, baseline=base), GATES)
     assert not gate(worse, "baseline.orders").passed
     assert candidate_metrics(inputs(candidate=logged, baseline=base), GATES)["logged_orders_per_1k"] == 80.0
+
+
+def test_gate_report_names_the_baseline_and_its_ranker_change():
+    """A reviewer reads the candidate against `mca`; the report says which MCA that is (LambdaMART since 2026-12-07)."""
+    from onevision.mca import RANKER_CHANGE
+    from onevision.promotion.report import markdown_report
+
+    text = markdown_report("onevision", "3", report=evaluate_gates(inputs(), GATES), inputs=inputs(), gates=GATES)
+    assert f"Baseline: {RANKER_CHANGE}." in text and "2026-12-07" in text and "mca_pointwise" in text
+    other = GATES.model_copy(update={"baseline_system": "knn"})
+    assert "Baseline:" not in markdown_report("onevision", "3", report=evaluate_gates(inputs(), other), inputs=inputs(), gates=other)

@@ -152,6 +152,22 @@ def test_personalised_ranker_raises_simulated_orders(tiny_project, held_out):
 
 
 @pytest.mark.slow
+def test_lambdamart_tuning_is_recorded_and_the_pointwise_ranker_kept(tiny_project):
+    """metrics/mca.json holds the VAL search (every trial, the chosen one), the depth sweep and both rankers' VAL numbers."""
+    cfg, root, encoder, cascade, facts = tiny_project
+    ltr = facts["ltr"]
+    assert len(ltr["trials"]) == min(cfg.mca.ltr_trials, len(cfg.mca.ltr_num_leaves) * len(cfg.mca.ltr_learning_rate) * len(cfg.mca.ltr_feature_fraction))
+    assert ltr["chosen"]["val_ndcg@10"] == max(t["val_ndcg@10"] for t in ltr["trials"])
+    assert ltr["position_debias"] == "lightgbm_position" and facts["ranker"] == "lambdarank"
+    assert set(facts["ranker_grades"]) <= {"0", "1", "2", "3"} and int(facts["ranker_grades"]["2"]) > 0
+    assert {"val_ndcg@10_mca", "val_ndcg@10_mca_pointwise", "val_ndcg@10_no_ranker"} <= set(facts)
+    sweep = facts["depth_sweep"]
+    recall = [sweep["recall"][k]["exact"] for k in sorted(sweep["recall"], key=lambda k: int(k[1:]))]
+    assert recall == sorted(recall)  # a deeper cut never keeps fewer
+    assert [c.name for c in cascade.ablations()] == ["mca_pointwise"]
+
+
+@pytest.mark.slow
 def test_cascade_round_trips_through_disk(tiny_project, held_out):
     from onevision.mca.cascade import MCACascade
     from onevision.mca.train import MCA_DIR
@@ -176,7 +192,7 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
 
     cfg, root, encoder, *_ = tiny_project
     results = run_evaluation(cfg, root, encoder=encoder)
-    assert list(results) == ["mca", "mca_no_ranker", "knn", "popularity", "random"]
+    assert list(results) == ["mca", "mca_pointwise", "mca_no_ranker", "knn", "popularity", "random"]
     required = [f"{m}@{k}" for m in ("hr", "recall", "ndcg", "cat_precision") for k in cfg.evaluate.ks] + ["mrr"]
     required += [f"{s}_{m}@{k}" for s in ("click", "order") for m in ("hr", "mrr") for k in cfg.evaluate.ks]
     required += [f"sim_{m}{ci}" for m in ("clicks_per_1k", "orders_per_1k", "conversion") for ci in ("", "_ci_lo", "_ci_hi")]
@@ -184,12 +200,16 @@ def test_evaluation_writes_every_metric_and_is_deterministic(tiny_project, tmp_p
     for name, metrics in results.items():
         missing = [key for key in required if key not in metrics]
         assert not missing, (name, missing)
-    for name in ("mca", "mca_no_ranker"):
+    for name in ("mca", "mca_pointwise", "mca_no_ranker"):
         stages = results[name]["stages"]
         assert stages["recall"]["exact_hit"] >= stages["prerank"]["exact_hit"] >= stages["top10"]["exact_hit"]
     assert set(results["mca"]["stage_latency_p50_ms"]) == {"encode", "recall", "prerank", "rank"}
     assert "vs_mca_sim_orders_per_1k_delta" in results["knn"]
-    assert [row[0] for row in table_rows((root / "reports/evaluate.md").read_text())].count("mca") >= 3
+    assert {"vs_mca_ndcg@10_delta", "vs_mca_ndcg@10_delta_ci_lo", "vs_mca_ndcg@10_delta_ci_hi"} <= set(results["mca_pointwise"])
+    report = (root / "reports/evaluate.md").read_text()
+    rows = [row[0] for row in table_rows(report)]
+    assert rows.count("mca") >= 3 and "mca_pointwise" in rows
+    assert "- MCA baseline: since 2026-12-07 `mca` ranks with LambdaMART" in report  # the baseline change, where people read
     assert (root / "plots/evaluate_quality_latency.png").stat().st_size > 0
     assert (root / "plots/evaluate_per_k.png").stat().st_size > 0
 
@@ -209,7 +229,7 @@ def test_evaluate_stage_skips_absent_systems(tiny_project, tmp_path):
 
     cfg, root, encoder, *_ = tiny_project
     names = [s.name for s in build_systems(cfg, root, encoder=encoder)]
-    assert names[:5] == ["mca", "mca_no_ranker", "knn", "popularity", "random"]
+    assert names[:6] == ["mca", "mca_pointwise", "mca_no_ranker", "knn", "popularity", "random"]
     subset = build_systems(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"systems": ["knn", "random"]})}),
                            root, encoder=encoder)
     assert [s.name for s in subset] == ["knn", "random"]
