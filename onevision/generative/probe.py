@@ -208,12 +208,14 @@ def beam_only_hr(model: SIDGenerator, data: GenerativeData, cfg: Config, **optio
     return float(np.concatenate(hits).mean())
 
 
-def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, cfg: Config, *, fit, anonymous: bool = True) -> dict[str, Any]:
+def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, cfg: Config, *, fit, refit=None, anonymous: bool = True) -> dict[str, Any]:
     """The tied decoder's weight in decoding, chosen on what the shopper sees: for each weight of
     ``generative.decode.learned_weights`` the leaf head is fitted from the same start on that weight's beams
     (``fit()``), then the VAL probe (``anonymous`` after pretraining, which knows no users) scores the shown list; the
     weight with the most VAL orders (the stage's selection metric; HR@10 breaks ties, then the smaller weight) is
-    kept with its leaf head. Returns the chosen weight and the VAL table by weight."""
+    kept with its leaf head. When that weight is 0 the decoder is out of the shipped path and the leaf head needs no
+    queries kept from the decoder: ``refit()`` (when given) fits it again from the start on every TRAIN query. Returns
+    the chosen weight and the VAL table by weight."""
     start = copy.deepcopy(model.leaf.state_dict())
     table: dict[float, dict[str, float]] = {}
     best, best_key, best_state, fit_out = None, None, None, {}
@@ -231,6 +233,12 @@ def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
     model.learned_weight.fill_(best)
     model.leaf.load_state_dict(best_state)
     log.info("decoder weight %.2f kept (VAL after the leaf head, by weight: %s)", best, table)
+    if best == 0.0 and refit is not None and cfg.generative.decoder_share < 1.0:
+        model.leaf.load_state_dict(start)
+        fit_out = refit()
+        p = probe(model, data, cfg, anonymous=anonymous)
+        fit_out["val_after_refit"] = {key: round(p.get(key, 0.0), 5) for key in (selection_key(p), "hr_at_10")}
+        log.info("no decoder in the path: the leaf head refitted on every TRAIN query (VAL %s)", fit_out["val_after_refit"])
     beams = {"val_decoder_only_hr_at_10": round(beam_only_hr(model, data, cfg, geo_weight=0.0), 5),
              "val_prior_only_hr_at_10": round(beam_only_hr(model, data, cfg, learned_weight=0.0), 5)}
     log.info("VAL HR@10 without the leaf head: %s", beams)

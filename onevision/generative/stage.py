@@ -218,7 +218,8 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
     geo: dict[str, Any] = {"decoder_seconds": round(time.perf_counter() - t1, 2)}
     if model.tied:
         t2 = time.perf_counter()
-        geo.update(choose_decoder_weight(model, data, cfg, fit=lambda: _fit_pretrain_leaf(model, data, cfg, leaf_q)))
+        geo.update(choose_decoder_weight(model, data, cfg, fit=lambda: _fit_pretrain_leaf(model, data, cfg, leaf_q),
+                                         refit=lambda: _fit_pretrain_leaf(model, data, cfg, data.train)))
         geo["leaf_seconds"] = round(time.perf_counter() - t2, 2)
     elif model.cfg.geo_levels:
         geo.update(choose_learned_weight(model, data, cfg))
@@ -354,8 +355,8 @@ def _sft_tied(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
     t1 = time.perf_counter()
     histories: dict[float, list[dict]] = {}
 
-    def fit() -> dict[str, float]:
-        train = leaf_lists(model, data, cfg=cfg, qs=leaf_q, events=data.events, personal=True, exclude_own=True, anonymize_prob=s.anonymize_prob, seed=cfg.seed)
+    def fit(qs: QuerySet = leaf_q) -> dict[str, float]:
+        train = leaf_lists(model, data, cfg=cfg, qs=qs, events=data.events, personal=True, exclude_own=True, anonymize_prob=s.anonymize_prob, seed=cfg.seed)
         set_feature_scale(model.leaf, train)  # the user features, constant (0) while pretraining
         history = fit_leaf(model.leaf, train, epochs=s.leaf_epochs, lr=s.leaf_lr, seed=cfg.seed,
                            val=leaf_lists(model, data, cfg=cfg, qs=data.val, events=val_events(root, data), personal=True))
@@ -363,10 +364,10 @@ def _sft_tied(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
         return {"n_lists": len(train), "train_loss": round(history[-1]["loss"], 5) if history else float("nan"),
                 "val_loss": round(history[-1].get("val_loss", float("nan")), 5) if history else float("nan")}
 
-    chosen = choose_decoder_weight(model, data, cfg, fit=fit, anonymous=False)
+    chosen = choose_decoder_weight(model, data, cfg, fit=fit, refit=lambda: fit(data.train), anonymous=False)
     key = selection_key(start)
     kept = {"selection_metric": key, f"val_{key}_input_as_served": round(start.get(key, 0.0), 5),
-            f"val_{key}_kept": chosen["val_by_decoder_weight"][f"w{chosen['learned_weight']:g}"][key]}
+            f"val_{key}_kept": chosen.get("val_after_refit", chosen["val_by_decoder_weight"][f"w{chosen['learned_weight']:g}"])[key]}
     if s.keep_best_epoch and kept[f"val_{key}_kept"] <= start.get(key, 0.0):
         log.warning("SFT does not beat its input as served on VAL (%s %.4f <= %.4f): shipping the pretrained model", key,
                     kept[f"val_{key}_kept"], start.get(key, 0.0))
