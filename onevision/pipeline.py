@@ -91,6 +91,7 @@ def write_run_params(
     path = root / PARAMS_FILE
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap the file's long lines: a retrain changes the keys it records, nothing else
     doc = yaml.load(path.read_text())
     current = _plain(doc.get("overrides") or {})
     tree = overrides_to_tree(overrides)

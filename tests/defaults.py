@@ -47,6 +47,7 @@ def without_run_state(text: str) -> str:
 
     rt = YAML()
     rt.preserve_quotes = True
+    rt.width = 4096  # as onevision.pipeline writes the file: long lines are not re-wrapped
     # ruamel writes None as an empty value, which `onevision retrain` leaves in the file; the file spells it null
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(text)
