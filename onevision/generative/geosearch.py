@@ -85,7 +85,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             x = model.step_input(level, prev, B * width)
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
         beam_shift = None if shift is None else shift.expand(-1, width, -1).reshape(B * width, -1)
-        logits = model.level_logits(h, level, resid.reshape(B * width, -1), lam, geo_weight, shift=beam_shift)
+        logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
         logp = log_softmax_over(logits, allowed)
@@ -165,6 +165,6 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tenso
             shift = model.query_shift(query) if model.tied else None
         total = torch.zeros(B * M)
         for level in range(G):
-            logits = model.level_logits(None if h is None else h[:, level], level, resid[:, level], lam, shift=shift)
+            logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam, shift=shift)
             total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

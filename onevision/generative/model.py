@@ -427,7 +427,7 @@ class SIDGenerator(nn.Module):
         book = self.codebook(level)
         return self.tied_log_scale[level].exp() * (2 * r_hat @ book.T - (book * book).sum(-1)) + free
 
-    def level_logits(self, h: torch.Tensor | None, level: int, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
+    def level_logits(self, h: torch.Tensor | None, level: int, *, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
                      geo_weight: float = 1.0, shift: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of ``level`` for decoding and training (normalise them over the trie's valid children).
 
@@ -466,17 +466,15 @@ class SIDGenerator(nn.Module):
         G = self.cfg.geo_levels
         resid = self.residuals(query, sids) if G else None  # (N, G, D)
         shift = self.query_shift(query) if self.tied else None
-        return [self.level_logits(h[:, level], level, None if resid is None or level >= G else resid[:, level], shift=shift)
+        return [self.level_logits(h[:, level], level, resid=None if resid is None or level >= G else resid[:, level], shift=shift)
                 for level in range(self.cfg.n_levels)]
 
-    def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None, allowed: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """log p(sid | context) = sum over the trained levels of log p(code_l | context, code_<l) -> (N,).
-
-        ``allowed``: per level (N, V_l) bool, the trie's valid children of each SID's prefix: the softmax then runs
-        over those only, the normalisation beam search decodes with (:func:`trie_masks`)."""
+    def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None) -> torch.Tensor:
+        """log p(sid | context) = sum over the trained levels of log p(code_l | context, code_<l) -> (N,), each level
+        a softmax over every code (the untied decoders' DPO and exhaustive scoring; the tied decoder's trie-normalised
+        scores are geosearch.candidate_prefix_scores)."""
         logits = self.logits_for(memory, mem_mask, sids, cross, query)
-        return sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, sids[:, lvl : lvl + 1]).squeeze(1)
-                   for lvl, lg in enumerate(logits[: self.trained_levels]))
+        return sum(F.log_softmax(lg.float(), dim=-1).gather(1, sids[:, lvl : lvl + 1]).squeeze(1) for lvl, lg in enumerate(logits[: self.trained_levels]))
 
     def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
                 allowed: list[torch.Tensor] | None = None):
@@ -484,14 +482,14 @@ class SIDGenerator(nn.Module):
 
         loss: the (optionally weighted) mean over examples of the SID's negative log-likelihood, summed over
         :attr:`trained_levels` (next-level prediction from the SID's prefix), each level's softmax over the
-        trie's valid children when ``allowed`` (:func:`trie_masks`) is given.
+        trie's valid children when ``allowed`` (``SIDTrie.path_masks``) is given.
         """
         if targets is None:  # level-0 distribution only: generation goes through decode.py
             memory, mask = self.encode(ctx)
             n = memory.shape[0]
             h = self.decode(self.step_input(0, None, n), self.cross_kv(memory), mask)  # (B, 1, C)
             shift = self.query_shift(ctx.image) if self.tied else None
-            return [self.level_logits(h[:, 0], 0, ctx.image, shift=shift)], None
+            return [self.level_logits(h[:, 0], 0, resid=ctx.image, shift=shift)], None
         memory, mask = self.encode(ctx)
         logits = self.logits_for(memory, mask, targets, query=ctx.image)
         nll = -sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, targets[:, lvl : lvl + 1]).squeeze(1)

@@ -208,7 +208,7 @@ def beam_only_hr(model: SIDGenerator, data: GenerativeData, cfg: Config, **optio
     return float(np.concatenate(hits).mean())
 
 
-def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, cfg: Config, *, fit, refit=None, anonymous: bool = True) -> dict[str, Any]:
+def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, *, cfg: Config, fit, refit=None, anonymous: bool = True) -> dict[str, Any]:
     """The tied decoder's weight in decoding, chosen on what the shopper sees: for each weight of
     ``generative.decode.learned_weights`` the leaf head is fitted from the same start on that weight's beams
     (``fit()``), then the VAL probe (``anonymous`` after pretraining, which knows no users) scores the shown list; the

@@ -218,7 +218,7 @@ def pretrain(cfg: Config, root: Path) -> dict[str, Any]:
     geo: dict[str, Any] = {"decoder_seconds": round(time.perf_counter() - t1, 2)}
     if model.tied:
         t2 = time.perf_counter()
-        geo.update(choose_decoder_weight(model, data, cfg, fit=lambda: _fit_pretrain_leaf(model, data, cfg, leaf_q),
+        geo.update(choose_decoder_weight(model, data, cfg=cfg, fit=lambda: _fit_pretrain_leaf(model, data, cfg, leaf_q),
                                          refit=lambda: _fit_pretrain_leaf(model, data, cfg, data.train)))
         geo["leaf_seconds"] = round(time.perf_counter() - t2, 2)
     elif model.cfg.geo_levels:
@@ -364,7 +364,7 @@ def _sft_tied(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
         return {"n_lists": len(train), "train_loss": round(history[-1]["loss"], 5) if history else float("nan"),
                 "val_loss": round(history[-1].get("val_loss", float("nan")), 5) if history else float("nan")}
 
-    chosen = choose_decoder_weight(model, data, cfg, fit=fit, refit=lambda: fit(data.train), anonymous=False)
+    chosen = choose_decoder_weight(model, data, cfg=cfg, fit=fit, refit=lambda: fit(data.train), anonymous=False)
     key = selection_key(start)
     kept = {"selection_metric": key, f"val_{key}_input_as_served": round(start.get(key, 0.0), 5),
             f"val_{key}_kept": chosen.get("val_after_refit", chosen["val_by_decoder_weight"][f"w{chosen['learned_weight']:g}"])[key]}

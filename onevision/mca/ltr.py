@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightgbm
 import numpy as np
 
 # +1: a feature the ranker may only reward (more similar ranks higher); -1: only penalise.
@@ -101,9 +102,6 @@ class LambdaMARTRanker:
 
     @classmethod
     def load(cls, path: Path, names: tuple[str, ...]) -> LambdaMARTRanker:
-        # lazy: LightGBM loads only where a LambdaMART ranker is used
-        import lightgbm
-
         booster = lightgbm.Booster(model_file=str(path))
         return cls(booster, names, booster.current_iteration())
 
@@ -147,9 +145,6 @@ def fit_lambdarank(train: RankingSet, val: RankingSet | None, *, names: tuple[st
 
     ``cfg``: :class:`~onevision.config.MCAConfig`. Without VAL groups, the first trial runs ``ltr_max_rounds`` rounds.
     """
-    # lazy: LightGBM loads only where the ranker is trained
-    import lightgbm
-
     debias = "lightgbm_position" if cfg.ltr_position_debias else "off"
     weight = None
     if cfg.ltr_position_debias and "position" not in lightgbm.Dataset.__init__.__code__.co_varnames:  # LightGBM < 4.1

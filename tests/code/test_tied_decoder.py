@@ -44,7 +44,7 @@ def _decoder_only_scores(model, ctx, trie) -> torch.Tensor:
         resid, shift = model.residuals(query, flat), model.query_shift(query)
         total = torch.zeros(B * N)
         for level in range(G):
-            logits = model.level_logits(h[:, level], level, resid[:, level], geo_weight=0.0, shift=shift)
+            logits = model.level_logits(h[:, level], level, resid=resid[:, level], geo_weight=0.0, shift=shift)
             total += log_softmax_over(logits, masks[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, N)
 
