@@ -187,6 +187,9 @@ class GenerativeDecodeConfig(Section):
     learned_weights: list[float] = Field(
         [0.0, 0.5, 1.0], min_length=1, description="Decoder weights tried on VAL (geometric decoding; tied head: level logits (1 - w) x geometry + w x decoder). Tied: after pretraining the leaf head is fitted per weight and the one with the most VAL orders (simulated or logged; HR@10 without a log) after the leaf head is kept; untied: the best VAL recall of the beam (0: residual geometry alone, no decoder pass)."
     )
+    min_decoder_gain: float = Field(
+        0.01, ge=0, description="Tied decoder: relative gain in the VAL selection metric (orders) over weight 0 a weight > 0 must buy to be kept; the decoder pass costs latency at every level (0: the best weight wins)."
+    )
     max_leaves: int = Field(8, ge=1, description="Items expanded per kept prefix for the leaf head (geometric decoding).")
     batch_size: int = Field(256, ge=1, description="Queries decoded per forward pass.")
     probe_queries: int = Field(1000, ge=0, description="VAL queries every stage decodes for its HR@10 / simulated-orders probe (0: no probe).")
@@ -221,8 +224,9 @@ class SFTConfig(Section):
     leaf_epochs: int = Field(20, ge=0, description="Epochs of the leaf head's position-debiased listwise loss over the logged impressions + the beam's items (geometric decoding).")
     leaf_lr: float = Field(1e-2, gt=0, description="AdamW learning rate of the leaf head.")
     decoder_epochs: int = Field(
-        4, ge=0, description="Geometric decoding with a tied head: epochs of the decoder on the personalised examples (user and history tokens; clicked and ordered items, replayed photographed items) before the leaf head; 0: the decoder stays as pretrained."
+        6, ge=0, description="Geometric decoding with a tied head: epochs of the decoder on the personalised examples (user and history tokens; clicked and ordered items, replayed photographed items) before the leaf head; 0: the decoder stays as pretrained."
     )
+    decoder_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate of the tied decoder's SFT epochs (its user and history tokens start untrained).")
     keep_best_epoch: bool = Field(
         True, description="Keep the weights of the epoch (0 = the stage's starting checkpoint) with the most simulated orders on the VAL probe: the stage never ships a model worse on VAL than its input."
     )

@@ -213,7 +213,8 @@ def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, *, cfg: Con
     ``generative.decode.learned_weights`` the leaf head is fitted from the same start on that weight's beams
     (``fit()``), then the VAL probe (``anonymous`` after pretraining, which knows no users) scores the shown list; the
     weight with the most VAL orders (the stage's selection metric; HR@10 breaks ties, then the smaller weight) is
-    kept with its leaf head. When that weight is 0 the decoder is out of the shipped path and the leaf head needs no
+    kept with its leaf head; a weight > 0 only if it adds ``generative.decode.min_decoder_gain`` (relative) to
+    geometry alone, since the decoder pass costs latency. When that weight is 0 the decoder is out of the shipped path and the leaf head needs no
     queries kept from the decoder: ``refit()`` (when given) fits it again from the start on every TRAIN query. Returns
     the chosen weight and the VAL table by weight."""
     start = copy.deepcopy(model.leaf.state_dict())
@@ -226,7 +227,12 @@ def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, *, cfg: Con
         p = probe(model, data, cfg, anonymous=anonymous)
         key = selection_key(p)
         table[w] = {key: round(p.get(key, 0.0), 5), "hr_at_10": round(p.get("hr_at_10", 0.0), 5), "decode_ms_per_query": round(p.get("decode_ms_per_query", 0.0), 3)}
-        rank = (p.get(key, 0.0), p.get("hr_at_10", 0.0), -w)
+        # a decoder pass costs latency at every level: a weight > 0 must add min_decoder_gain (relative) to the
+        # selection metric of geometry alone (weight 0, tried first) to be kept
+        score = p.get(key, 0.0)
+        if w > 0.0 and 0.0 in table:
+            score = score if score >= table[0.0][key] * (1.0 + cfg.generative.decode.min_decoder_gain) else float("-inf")
+        rank = (score, p.get("hr_at_10", 0.0), -w)
         if best_key is None or rank > best_key:
             best, best_key, best_state, fit_out = w, rank, copy.deepcopy(model.leaf.state_dict()), out
         log.info("decoder weight %.2f: VAL %s", w, table[w])

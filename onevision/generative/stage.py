@@ -299,7 +299,7 @@ def _sft_decoder(cfg: Config, root: Path, data: GenerativeData, model: SIDGenera
     weight = float(model.learned_weight)
     model.learned_weight.fill_(1.0)  # epochs are kept by what the decoder alone retrieves for the shopper
     keeper = BestEpoch(model, data, cfg, s.keep_best_epoch)
-    history = train_sid_model(model, data.bank, examples=examples, epochs=s.decoder_epochs, batch_size=s.batch_size, lr=s.lr,
+    history = train_sid_model(model, data.bank, examples=examples, epochs=s.decoder_epochs, batch_size=s.batch_size, lr=s.decoder_lr,
                               weight_decay=s.weight_decay, anonymize_prob=s.anonymize_prob, seed=cfg.seed, val=val, on_epoch=keeper, trie=data.trie)
     kept = keeper.restore()
     model.learned_weight.fill_(weight)
