@@ -92,8 +92,12 @@ class _WithoutTraceback(logging.Formatter):
 
 
 def console_without_tracebacks() -> None:
-    """Prefect's console handler prints a failed task's traceback (an object store down after the task's
-    retries): one line on the console instead; the flow run's log on the Prefect server keeps the traceback."""
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler" and not isinstance(handler.formatter, _WithoutTraceback):
-            handler.setFormatter(_WithoutTraceback(handler.formatter))
+    """Prefect's console handler, and the terminal handler of :func:`setup_logging` that Prefect's records reach,
+    print a failed task's traceback (an object store down after the task's retries, a webhook that refused the
+    alert): one line on the console instead; the flow run's log on the Prefect server keeps the traceback."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect"))]
+    for logger in loggers:  # Prefect attaches its console handler to its own loggers ("prefect", "prefect.task_runs", ...)
+        for handler in logger.handlers:
+            console = type(handler).__name__ == "PrefectConsoleHandler" or type(handler) is logging.StreamHandler  # setup_logging's
+            if console and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
