@@ -42,7 +42,7 @@ $(PG_CLUSTER):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
 
-# The first run: the small profile (2,000 items), about 4.5 minutes on 2 idle cores.
+# The first run: the small profile (2,000 items), about 5.5 minutes on 2 idle cores.
 demo: install
 	$(BIN)/onevision retrain --profile small --replace-trained
 
