@@ -19,7 +19,7 @@ from tests.defaults import write_defaults
 # params.yaml and dvc.yaml as their defaults, not as the last retrain in this checkout left them (tests/defaults.py).
 PROJECT_FILES = ("prefect.yaml", ".dvcignore", ".gitignore")
 DEFAULT_FILES = ("params.yaml", "dvc.yaml")
-PROJECT_DIRS = ("onevision",)
+PROJECT_DIRS = ("onevision", "flows", "tasks")
 
 # The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
 TINY = [
