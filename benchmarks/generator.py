@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import time
@@ -122,11 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
     stages = {s: json.loads((root / "metrics" / f"{s}.json").read_text()) for s in ("pretrain", "sft") if (root / "metrics" / f"{s}.json").exists()}
-    profile = evaluation.get("_meta", {}).get("profile") or _profile(root)
+    profile = _profile(root)
     rows = ablation_table(evaluation)
     pers = personalisation(root, 100 if args.quick else None)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    result = {"profile": profile, "commit": commit, "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+    result = {"profile": profile, "commit": commit, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "ablations": rows, "weights": {s: {k: m.get(k) for k in ("learned_weight", "val_by_decoder_weight", "val_decoder_only_hr_at_10", "val_prior_only_hr_at_10")}
                                               for s, m in stages.items()},
               "personalisation": pers, "seconds": round(time.perf_counter() - t0, 1)}
