@@ -22,9 +22,12 @@ deployment run it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+import dask
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect_dask import DaskTaskRunner
@@ -36,6 +39,12 @@ from onevision.encoder.api import ITEM_EMBEDDINGS, load_item_embeddings
 from tasks.sharded import embed_shard, rank_shard
 
 REPORT = paths.REPORTS / "evaluate_sharded.json"
+NO_WORKERS_TIMEOUT = "120s"
+
+# Each shard carries the flow run's context, which refers to this flow. Prefect's loader names this module after the
+# file, or "__prefect_loader_<hash>__" when the file is loaded twice in one process; a Dask worker can import neither
+# (it died unpickling the shard and the flow waited forever), so objects of this module travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def dask_runner(workers: int = 2, address: str | None = None) -> DaskTaskRunner:
@@ -72,7 +81,9 @@ def evaluate_sharded(
     names = list(systems or cfg.evaluate.systems)
     shards_per_job = shards_per_job or workers
     out: dict[str, Any] = {"shards_per_job": shards_per_job, "threads_per_shard": threads, "systems": {}}
-    with dask_runner(workers, address) as runner:  # the shards go to Dask; the flow's own steps stay in this process
+    # a shard no worker can take (every local worker died, e.g. killed for memory) fails the run instead of waiting forever
+    with dask.config.set({"distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}), \
+            dask_runner(workers, address) as runner:  # the shards go to Dask; the flow's own steps stay in this process
         if embed:
             bounds = shards.shard_bounds(shards.n_views(root_path), shards_per_job, shards.EMBED_BATCH)
             parts = [runner.submit(embed_shard, {"root": str(root_path), "start": lo, "stop": hi, "threads": threads}) for lo, hi in bounds]

@@ -31,6 +31,9 @@ def test_shard_bounds_cover_the_rows_in_whole_batches(n, shards, align):
 def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
     from tests.flows import load
 
+    # loaded twice in one process, as the deployment checks and the command line do in one test session: the second
+    # load gets Prefect's "__prefect_loader_<hash>__" module, which the Dask workers cannot import (they died, it hung)
+    load("sharded.py:evaluate_sharded")
     evaluate_sharded = load("sharded.py:evaluate_sharded")
     project, _ = tiny_full_run
     cfg = load_config(project / PARAMS_FILE)
