@@ -170,7 +170,9 @@ class ModelRegistry:
                     description=f"Lock of '{self.name}': a promotion decision is in progress (deleted when it ends).")
                 break
             except self.mlflow_error as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                # RESOURCE_DOES_NOT_EXIST: MLflow's SQL store answers a name clash by reading the existing lock, and
+                # its holder released it in between (seen in CI in a four-way race): contended like a clash, try again
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                     raise
             held = self._lock_tags(name)
             if held is not None and time.time() - float(held.get("since") or 0) > LOCK_STALE_S:
