@@ -403,7 +403,7 @@ def logging_policy(
 
 def _typed(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Columns in the canonical order with the canonical dtypes."""
-    columns = TABLES[name].columns
+    columns = TABLES[name].dtypes
     out = frame[list(columns)].reset_index(drop=True)
     for col, dtype in columns.items():
         if dtype == "string":

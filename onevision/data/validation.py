@@ -3,7 +3,7 @@
 :func:`validate_tables` runs four layers over the canonical tables and adds
 every failure it finds to one quarantine table:
 
-1. **schema** (``schemas.py``), per table: required columns (a missing one
+1. **schema** (``coercion.py``, ``schemas.py``), per table: required columns (a missing one
    rejects the whole table), dtypes converted cell by cell, non-null, ranges,
    allowed values, unique keys, exactly one of ``image`` / ``image_path``;
 2. **images** (``check_images``): every view and query image decodes
@@ -36,18 +36,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from onevision import markdown
-from onevision.data.images import ImageError, decode_image, resolve_image_path
-from onevision.data.schemas import RULES as SCHEMA_RULES
-from onevision.data.schemas import (
+from onevision.data.coercion import (
     Coerced,
     coerce_table,
     failures_frame,
     has_image_bytes,
     has_image_path,
     missing_columns,
-    schema_failures,
     short_repr,
 )
+from onevision.data.images import ImageError, decode_image, resolve_image_path
+from onevision.data.schemas import RULES as SCHEMA_RULES
+from onevision.data.schemas import schema_failures
 from onevision.data.tables import REQUIRED_TABLES, TABLES, read_tables
 
 log = logging.getLogger(__name__)
