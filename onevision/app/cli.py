@@ -192,7 +192,7 @@ def stage_run(
         metrics = run_stage(name, cfg, root)
     except Exception as exc:
         # lazy: numpy ~0.1 s, pandas ~0.4 s, pandera ~0.6 s only when this command runs (`onevision --help` and the light commands start at once)
-        from onevision.data.validation import ValidationFailed
+        from onevision.data.quarantine import ValidationFailed
 
         if isinstance(exc, ValidationFailed):
             typer.echo(str(exc), err=True)
