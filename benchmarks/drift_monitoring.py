@@ -29,8 +29,8 @@ import numpy as np
 
 from onevision.config import load_config
 from onevision.markdown import table as markdown_table
+from onevision.monitoring.check import build_baseline, run_drift_check
 from onevision.monitoring.drills import SHIFT_KINDS, drill_window
-from onevision.monitoring.monitor import build_baseline, run_drift_check
 from onevision.monitoring.window import split_queries
 
 RESULTS = Path(__file__).parent / "results"

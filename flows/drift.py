@@ -32,7 +32,9 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from onevision.config import PARAMS_FILE, load_config
-from onevision.monitoring.monitor import STATUS_INSUFFICIENT, AlertError, describe_error, summary_markdown, webhook_url
+from onevision.monitoring.alert import AlertError, webhook_url
+from onevision.monitoring.publish import describe_error
+from onevision.monitoring.summary import STATUS_INSUFFICIENT, summary_markdown
 from tasks.drift import (
     check_champion,
     check_drift,

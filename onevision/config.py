@@ -1,3 +1,4 @@
+# Long on purpose: the one typed config of params.yaml, every section and field with its meaning in one place (STYLE.md).
 """Typed configuration, loaded from ``params.yaml``.
 
 ``params.yaml`` is the one source of parameters (DVC reads it for change

@@ -1,4 +1,4 @@
-"""Prefect tasks of the drift monitor: thin wrappers over onevision.monitoring.monitor.
+"""Prefect tasks of the drift monitor: thin wrappers over onevision.monitoring (check, publish, alert).
 
 The rules every run keeps, whether a schedule or `onevision drift` started it (both run flows/drift.py):
 the champion being monitored must be one the gates and a reviewer made (:func:`check_champion`), and a
@@ -15,7 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from onevision.config import PARAMS_FILE, Config, load_config
-from onevision.monitoring import monitor
+from onevision.monitoring import alert, publish
+from onevision.monitoring.check import current_traffic, run_drift_check
+from onevision.monitoring.summary import STATUS_INSUFFICIENT
 from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
 
 
@@ -52,8 +54,8 @@ def load_current_window(
 ) -> tuple[pd.DataFrame, str]:
     """The traffic to check: a log file, the held-out split, or a drill window."""
     cfg = _config(root, profile, overrides)
-    return monitor.current_traffic(cfg, Path(root), current_path=current, window=window, simulate_shift=simulate_shift,
-                                   drill_rows=drill_rows, drill_seed=drill_seed)
+    return current_traffic(cfg, Path(root), current_path=current, window=window, simulate_shift=simulate_shift,
+                           drill_rows=drill_rows, drill_seed=drill_seed)
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)
@@ -61,12 +63,12 @@ def check_drift(root: str, frame: pd.DataFrame, *, label: str, profile: str | No
                 out_dir: str | None = None) -> dict:
     """Features, Evidently report and verdict; writes reports/drift/<run_id>/ (or ``out_dir``)."""
     cfg = _config(root, profile, overrides)
-    return monitor.run_drift_check(cfg, Path(root), current=frame, current_label=label, out_dir=Path(out_dir) if out_dir else None)
+    return run_drift_check(cfg, Path(root), current=frame, current_label=label, out_dir=Path(out_dir) if out_dir else None)
 
 
 def has_verdict(summary: dict) -> bool:
     """False for a window too short for a verdict: nothing is published for it (the summary stays local)."""
-    return summary["status"] != monitor.STATUS_INSUFFICIENT
+    return summary["status"] != STATUS_INSUFFICIENT
 
 
 # Infrastructure steps retry with exponential backoff (2, 4, 8 s, jittered) before the flow reports an infrastructure error.
@@ -78,7 +80,7 @@ def log_drift_run(root: str, profile: str | None, overrides: list[str] | None, s
     """One MLflow run in the drift experiment with the report files as artifacts (none without a verdict)."""
     if not has_verdict(summary):
         return summary
-    monitor.log_to_mlflow(_config(root, profile, overrides), Path(root), summary, tags)
+    publish.log_to_mlflow(_config(root, profile, overrides), Path(root), summary, tags)
     return summary
 
 
@@ -87,11 +89,11 @@ def upload_drift_reports(root: str, profile: str | None, overrides: list[str] | 
     """Copy the report files to the configured object store (no-op without storage.bucket or without a verdict)."""
     if not has_verdict(summary):
         return summary
-    monitor.upload_reports(_config(root, profile, overrides), summary)
+    publish.upload_reports(_config(root, profile, overrides), summary)
     return summary
 
 
 @task(name="drift-alert", cache_policy=NO_CACHE, **BACKOFF)
 def send_drift_alert(url: str, summary: dict, timeout: float) -> int:
     """POST the alarm to the webhook; retried, then the task (not the verdict) fails."""
-    return monitor.send_alert(url, summary, timeout)
+    return alert.send_alert(url, summary, timeout)

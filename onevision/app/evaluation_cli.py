@@ -1,4 +1,5 @@
-"""`onevision evaluate`: the offline evaluation from the command line (the stage, with knobs)."""
+"""`onevision evaluate` and `onevision evaluate-sharded`: the offline evaluation from the command line (the stage,
+with knobs), and its quality pass sharded over Dask workers (the `evaluate-sharded` flow)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from typing import Annotated
 
 import typer
 
-from onevision.app.common import load_project, setup_logging
+from onevision import paths
+from onevision.app import entrypoints
+from onevision.app.common import fail, load_project, project_flow, setup_logging
 from onevision.app.options import ProfileOpt, RootOpt, SetOpt
+from onevision.config import PARAMS_FILE
+from onevision.pipeline import apply_local_state_env
 from onevision.stages import write_metrics
 
 
@@ -50,3 +55,50 @@ def evaluate_command(
     typer.echo(f"\nreport: {root / 'reports/evaluate.md'}   metrics: {root / 'metrics/evaluate.json'}")
     if not results:
         raise typer.Exit(1)
+
+
+def evaluate_sharded_command(
+    *,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Dask worker processes of the local cluster (one shard each).")] = 2,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Use a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
+    ] = None,
+    systems: Annotated[
+        str | None, typer.Option("--systems", help="Comma-separated system names (default: evaluate.systems).")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch/BLAS threads per shard.")] = 1,
+    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip re-embedding the catalog (rank and score only).")] = False,
+    embeddings_out: Annotated[
+        Path | None, typer.Option("--embeddings-out", help="Also write the fused item embeddings to this .npz.", dir_okay=False)
+    ] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Embed the catalog and evaluate quality with the work sharded over Dask workers (Prefect's Dask runner).
+
+    Same merged ranked lists and quality metrics as the serial `evaluate` stage (shards are whole batches
+    of it); no latency or memory measurement. Writes reports/evaluate_sharded.json.
+    """
+    setup_logging()
+    root = root.resolve()
+    if not (root / PARAMS_FILE).exists():
+        fail(f"{root / PARAMS_FILE} not found: run from the project root or pass --root")
+    cfg = load_project(root, None, None)
+    names = [s.strip() for s in systems.split(",")] if systems else list(cfg.evaluate.systems)
+
+    apply_local_state_env(root)
+    sharded = project_flow(entrypoints.EVALUATE_SHARDED)  # flows/sharded.py, the file the `evaluate-sharded` deployment runs
+    report = root / paths.REPORTS / "evaluate_sharded.json"
+    try:
+        out = sharded(str(root), workers=workers, address=address, systems=names, threads=threads, embed=not no_embed,
+                      embeddings_out=str(embeddings_out) if embeddings_out else None, report=str(report))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"evaluate-sharded: {exc}")
+    typer.echo(f"\n{'system':<16} {'HR@10':>7} {'MRR':>7} {'queries':>8}")
+    for name, m in out["systems"].items():
+        typer.echo(f"{name:<16} {m.get('hr@10', float('nan')):>7.3f} {m.get('mrr', float('nan')):>7.3f} {m['n_queries']:>8}")
+    if "embeddings" in out:
+        e = out["embeddings"]
+        diff = e.get("embeddings_max_abs_diff")
+        typer.echo(f"\nembedded {e['views']} views of {e['items']} items in {e['shards']} shards"
+                   + (f" (max |diff| vs data/embeddings/items.npz: {diff:.2e})" if diff is not None else ""))
+    typer.echo(f"report: {report}")

@@ -52,7 +52,7 @@ def drift_command(
     setup_logging()
     # lazy: numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
     from onevision.monitoring.drills import SHIFT_KINDS
-    from onevision.monitoring.monitor import STATUS_DRIFT, STATUS_INSUFFICIENT, STATUS_OK, summary_markdown
+    from onevision.monitoring.summary import STATUS_DRIFT, STATUS_INSUFFICIENT, STATUS_OK, summary_markdown
 
     if simulate_shift is not None and simulate_shift not in SHIFT_KINDS:
         fail(f"unknown --simulate-shift {simulate_shift!r}; kinds: {', '.join(SHIFT_KINDS)}")

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from onevision.data.coercion import coerce_table, is_null
 from onevision.data.images import ImageError, encode_png, normalize_photo, resolve_image_path
-from onevision.data.schemas import coerce_table, is_null
 from onevision.data.tables import TABLES
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _contract_dtypes(name: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _empty(name: str) -> pd.DataFrame:
     dtypes = {"string": "string", "object": object}
-    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(d, d)) for c, d in TABLES[name].columns.items()})
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(d, d)) for c, d in TABLES[name].dtypes.items()})
 
 
 class _Photos:

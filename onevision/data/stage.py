@@ -87,8 +87,9 @@ def prepare(cfg: Config, root: Path) -> dict[str, Any]:
 def validate(cfg: Config, root: Path) -> dict[str, Any]:
     """Validate every table; bad rows go to quarantine; fail past the bad-fraction threshold."""
     # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, pandera ~0.6 s only when the stage runs
+    from onevision.data.quarantine import ValidationFailed
     from onevision.data.tables import read_tables, write_tables
-    from onevision.data.validation import ValidationFailed, validate_tables
+    from onevision.data.validation import validate_tables
 
     t0 = time.perf_counter()
     tables = read_tables(root / paths.PREPARED)

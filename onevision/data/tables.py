@@ -1,9 +1,10 @@
-"""The canonical tables: names, files and columns.
+"""The canonical tables: names, files and columns, each column declared once.
 
 Demo data and imported catalogs produce exactly these tables (Parquet, one
-file per table under a dataset folder). The pandera schemas in
-``onevision.data.schemas`` enforce them; this module is the short list that
-every stage agrees on.
+file per table under a dataset folder). Every column is declared here, once:
+its dtype, the rule its values keep and whether it may be null;
+``onevision.data.schemas`` builds the pandera schemas from these declarations
+and ``onevision.data.coercion`` converts raw cells to the dtypes.
 
 Images are stored either as encoded bytes (PNG/JPEG) in the ``image`` column
 or as a path relative to the dataset's image root in ``image_path``; exactly
@@ -22,9 +23,23 @@ from onevision import atomic
 
 
 @dataclass(frozen=True)
+class Column:
+    """One column of the contract: its dtype as written to Parquet, the rule its values keep (a value rule of
+    ``onevision.data.schemas.RULES``; ``allowed``: the only values a text column may hold) and whether it may be null."""
+
+    dtype: str
+    rule: str | None = None
+    nullable: bool = False
+    allowed: tuple[str, ...] = ()
+
+
+ID = Column("int64", "non_negative")  # an identifier (or a reference to one)
+
+
+@dataclass(frozen=True)
 class Table:
     name: str
-    columns: dict[str, str]  # column -> pandas dtype as written to Parquet
+    columns: dict[str, Column]
     key: tuple[str, ...]
     doc: str
 
@@ -32,15 +47,20 @@ class Table:
     def filename(self) -> str:
         return f"{self.name}.parquet"
 
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Column -> pandas dtype as written to Parquet, in contract order."""
+        return {name: column.dtype for name, column in self.columns.items()}
+
 
 ITEMS = Table(
     "items",
     {
-        "item_id": "int64",
-        "category": "int64",  # 0..n_categories-1
-        "category_name": "string",
-        "brand": "string",
-        "price": "float64",  # > 0, finite
+        "item_id": ID,
+        "category": Column("int64", "non_negative"),  # 0..n_categories-1
+        "category_name": Column("string"),
+        "brand": Column("string"),
+        "price": Column("float64", "positive_finite"),
     },
     key=("item_id",),
     doc="One row per product.",
@@ -49,11 +69,11 @@ ITEMS = Table(
 VIEWS = Table(
     "views",
     {
-        "view_id": "int64",
-        "item_id": "int64",  # -> items.item_id
-        "view_idx": "int64",  # 0..views_per_item-1 within the item
-        "image": "object",  # encoded PNG/JPEG bytes, or None when image_path is set
-        "image_path": "object",  # str relative to the image root, or None
+        "view_id": ID,
+        "item_id": ID,  # -> items.item_id
+        "view_idx": Column("int64", "non_negative"),  # 0..views_per_item-1 within the item
+        "image": Column("object", nullable=True),  # encoded PNG/JPEG bytes, or None when image_path is set
+        "image_path": Column("object", nullable=True),  # str relative to the image root, or None
     },
     key=("view_id",),
     doc="Catalog photos; every item has at least one.",
@@ -62,9 +82,9 @@ VIEWS = Table(
 USERS = Table(
     "users",
     {
-        "user_id": "int64",
-        "signup_day": "int64",  # day of sign-up relative to the log start (negative: before it)
-        "region": "string",
+        "user_id": ID,
+        "signup_day": Column("int64"),  # day of sign-up relative to the log start (negative: before it)
+        "region": Column("string", nullable=True),  # unknown for imported catalogs
     },
     key=("user_id",),
     doc="Observable user features (the simulator's latent tastes live in user_tastes).",
@@ -73,11 +93,11 @@ USERS = Table(
 USER_TASTES = Table(
     "user_tastes",
     {
-        "user_id": "int64",
-        "category_affinity": "object",  # list[float], one per category, sums to 1
-        "favorite_brands": "object",  # list[str]
-        "brand_weight": "float64",  # >= 0: how much favourite brands lift the appeal
-        "price_sensitivity": "float64",  # >= 0: how much price above the category median hurts
+        "user_id": ID,
+        "category_affinity": Column("object", "affinity_distribution"),  # list[float], one per category, sums to 1
+        "favorite_brands": Column("object"),  # list[str]
+        "brand_weight": Column("float64", "non_negative_finite"),  # how much favourite brands lift the appeal
+        "price_sensitivity": Column("float64", "non_negative_finite"),  # how much price above the category median hurts
     },
     key=("user_id",),
     doc="Ground-truth tastes of simulated users: read by the simulator only, never by models.",
@@ -86,12 +106,12 @@ USER_TASTES = Table(
 QUERIES = Table(
     "queries",
     {
-        "query_id": "int64",
-        "user_id": "int64",  # -> users.user_id
-        "item_id": "int64",  # -> items.item_id: the product that was photographed
-        "ts": "datetime64[ns, UTC]",
-        "image": "object",
-        "image_path": "object",
+        "query_id": ID,
+        "user_id": ID,  # -> users.user_id
+        "item_id": ID,  # -> items.item_id: the product that was photographed
+        "ts": Column("datetime64[ns, UTC]"),
+        "image": Column("object", nullable=True),
+        "image_path": Column("object", nullable=True),
     },
     key=("query_id",),
     doc="Photo-search sessions: who searched, when, with which photo of which product.",
@@ -100,20 +120,22 @@ QUERIES = Table(
 IMPRESSIONS = Table(
     "impressions",
     {
-        "query_id": "int64",  # -> queries.query_id
-        "position": "int64",  # 0-based rank shown
-        "item_id": "int64",  # -> items.item_id
+        "query_id": ID,  # -> queries.query_id
+        "position": Column("int64", "non_negative"),  # 0-based rank shown
+        "item_id": ID,  # -> items.item_id
     },
     key=("query_id", "position"),
     doc="The ranked list the logging policy showed for each query.",
 )
 
+ACTIONS = ("click", "order")  # the values of interactions.action
+
 INTERACTIONS = Table(
     "interactions",
     {
-        "query_id": "int64",  # (query_id, item_id) -> impressions
-        "item_id": "int64",
-        "action": "string",  # 'click' | 'order'; an order always has its click
+        "query_id": ID,  # (query_id, item_id) -> impressions
+        "item_id": ID,
+        "action": Column("string", allowed=ACTIONS),  # an order always has its click
     },
     key=("query_id", "item_id", "action"),
     doc="Clicks and orders on shown items.",

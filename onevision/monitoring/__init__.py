@@ -6,6 +6,6 @@ the generated-SID distribution, product and user features and data quality;
 writes an Evidently HTML report and a JSON summary, and alerts. Entry points:
 the ``drift_monitor`` Prefect flow (``flows/drift.py``), which both the
 ``drift-daily`` deployment and ``onevision drift`` run, and
-:func:`onevision.monitoring.monitor.run_drift_check`.
+:func:`onevision.monitoring.check.run_drift_check` (publishing: ``publish.py``, alerts: ``alert.py``).
 On-call guide: ``docs/oncall.md``.
 """

@@ -7,6 +7,9 @@
   appended, so an unknown command or option (a rename the docs missed) fails here, naming the file and line.
   Nothing is executed: ``--help`` stops each command after its arguments are parsed.
 * JSON blocks: valid JSON (what a user pastes into ``curl -d`` must parse).
+* Where the docs point: every path they name under ``onevision/``, ``flows/`` or ``tasks/`` exists, every relative
+  link resolves, and the stage tables (README "How it fits", docs/architecture.md) list the pipeline's stages in
+  its order, so a moved file or a renamed stage cannot leave the map behind.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pytest_examples import CodeExample, EvalExample, find_examples
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
+from onevision.stages import stage_names
 from tests import REPO
 from tests.defaults import write_defaults
 
@@ -168,3 +172,57 @@ def test_json_blocks_are_valid_json(example: Block):
         json.loads(example.source)
     except json.JSONDecodeError as err:
         raise AssertionError(f"{_where(example, err.lineno - 1)}: not valid JSON: {err.msg}") from None
+
+
+# --------------------------------------------------------------------------- where the docs point
+
+# A path in the code's packages: `onevision/data/tables.py`, `flows/drift.py:drift_monitor` (the path part), `onevision/app/*_cli.py`.
+CODE_PATH = re.compile(r"(?<![\w./-])((?:onevision|flows|tasks)/[\w./*-]*)")
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def named_paths(text: str) -> list[str]:
+    """The code paths ``text`` names; placeholders (``onevision/<package>/stage.py``) are left out."""
+    return [m[1].rstrip(".") for m in CODE_PATH.finditer(text) if text[m.end():m.end() + 1] not in ("<", "{")]
+
+
+def missing_paths(text: str, root: Path = REPO) -> list[str]:
+    return [p for p in named_paths(text) if not (any(root.glob(p)) if "*" in p else (root / p).exists())]
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_code_path_the_docs_name_exists(path: Path):
+    missing = missing_paths(path.read_text())
+    assert not missing, f"{path.relative_to(REPO)} names paths that do not exist: {', '.join(sorted(set(missing)))}"
+
+
+def test_the_architecture_page_and_the_readme_name_code_paths():
+    """The check above has something to check where the map is drawn."""
+    for name in ("README.md", "docs/architecture.md"):
+        assert len(named_paths((REPO / name).read_text())) >= 10, name
+
+
+def test_a_moved_file_fails_the_path_check():
+    text = "see `onevision/data/tables.py`, `flows/drift.py:drift_monitor` and `onevision/app/*_cli.py`; not `onevision/<package>/stage.py`"
+    assert missing_paths(text) == []
+    assert missing_paths("the check lives in `onevision/monitoring/monitor.py`.") == ["onevision/monitoring/monitor.py"]
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(path: Path):
+    targets = [t for t in LINK.findall(path.read_text()) if "://" not in t and not t.startswith("mailto:")]
+    dead = [t for t in targets if not (path.parent / t).exists()]
+    assert not dead, f"{path.relative_to(REPO)} links to files that do not exist: {', '.join(dead)}"
+
+
+def _stage_column(text: str) -> list[str]:
+    """The stage names in the first column of a markdown table, in order (a cell may hold several: `pretrain`, `sft`, `dpo`)."""
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    return [name for cell in rows for name in re.findall(r"`(\w+)`", cell)]
+
+
+@pytest.mark.parametrize("where", ["README.md:## How it fits", "docs/architecture.md:## The stage graph"])
+def test_the_stage_tables_follow_the_pipeline(where: str):
+    name, heading = where.split(":", 1)
+    section = (REPO / name).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    assert _stage_column(section) == list(stage_names()), f"{name}, {heading}: the stage table is not `onevision stage list`"

@@ -13,10 +13,11 @@ import pytest
 from onevision.config import StorageConfig
 from onevision.data import augment
 from onevision.data.images import encode_png
+from onevision.monitoring.alert import AlertError, alert_payload, send_alert
 from onevision.monitoring.features import Catalog, PixelEmbedder, Projection, image_statistics, window_features
-from onevision.monitoring.monitor import AlertError, alert_payload, send_alert, summary_markdown
 from onevision.monitoring.report import OTHER, pool_rare_categories
 from onevision.monitoring.sids import KnnSids, SidTable, prefix_strings
+from onevision.monitoring.summary import summary_markdown
 from onevision.monitoring.window import latest, parse_window
 from onevision.storage.s3 import ENDPOINT_ENV, ObjectStore
 from tests.drift_project import render

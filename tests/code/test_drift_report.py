@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from onevision.config import load_config
+from onevision.monitoring.check import build_baseline, run_drift_check
 from onevision.monitoring.drills import simulate_shift
-from onevision.monitoring.monitor import build_baseline, run_drift_check
 from tests.drift_project import build_synthetic_project, synthetic_window
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_too_few_queries_give_no_verdict(cfg, project, baseline, tmp_path):
 def test_mlflow_run_holds_scores_and_report(cfg, project, baseline, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from onevision.monitoring.monitor import log_to_mlflow
+    from onevision.monitoring.publish import log_to_mlflow
 
     cfg = cfg.model_copy(deep=True)
     cfg.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -123,7 +123,8 @@ def test_any_catalog_csv_imports_to_validation_or_a_named_error(tmp_path_factory
 
     from onevision.data.images import encode_png
     from onevision.data.importer import CatalogImportError, import_catalog
-    from onevision.data.validation import RULES, validate_tables
+    from onevision.data.quarantine import RULES
+    from onevision.data.validation import validate_tables
 
     root = tmp_path_factory.mktemp("fuzz")
     (root / "photos").mkdir()
@@ -168,7 +169,8 @@ def test_any_photo_path_or_photo_file_imports_or_names_the_row(tmp_path_factory,
     import hashlib
 
     from onevision.data.importer import CatalogImportError, import_catalog
-    from onevision.data.validation import RULES, validate_tables
+    from onevision.data.quarantine import RULES
+    from onevision.data.validation import validate_tables
 
     count("fuzz.catalog_photos")
     root = tmp_path_factory.mktemp("photos")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from onevision import redact
-from onevision.monitoring.monitor import AlertError, send_alert, shown_url
+from onevision.monitoring.alert import AlertError, send_alert, shown_url
 from tests.code.test_drift_monitoring import SUMMARY
 
 CANARY = {

@@ -38,7 +38,7 @@ def test_other_seed_gives_other_data(tables):
 def test_columns_and_dtypes_match_the_canonical_tables(tables):
     assert set(tables) == set(TABLES)
     for name, frame in tables.items():
-        expected = TABLES[name].columns
+        expected = TABLES[name].dtypes
         assert list(frame.columns) == list(expected), name
         for col, dtype in expected.items():
             if dtype == "string":

@@ -12,14 +12,10 @@ import pandas as pd
 import pytest
 
 from onevision.data.images import encode_png
+from onevision.data.quarantine import QUARANTINE_COLUMNS, ValidationFailed
 from onevision.data.schemas import TableSchemaError, conform
 from onevision.data.tables import TABLES, write_tables
-from onevision.data.validation import (
-    QUARANTINE_COLUMNS,
-    ValidationFailed,
-    validate_folder,
-    validate_tables,
-)
+from onevision.data.validation import validate_folder, validate_tables
 from tests.markdown_tables import has_row
 
 SIZE = 8  # image side of the synthetic shop

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from onevision.monitoring.monitor import describe_error
+from onevision.monitoring.publish import describe_error
 from onevision.storage.s3 import ObjectStore
 from tests.drill import count
 from tests.integration.conftest import moto_s3

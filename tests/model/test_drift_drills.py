@@ -21,15 +21,15 @@ pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 @pytest.fixture(scope="module")
 def project(demo_project):
-    from onevision.monitoring.monitor import build_baseline
+    from onevision.monitoring.check import build_baseline
 
     root, cfg, _ = demo_project("drift_project", TINY, ["align_encoder", "vrq"])
     return root, cfg, build_baseline(cfg, root)
 
 
 def run(project, kind, seed, tmp_path):
+    from onevision.monitoring.check import run_drift_check
     from onevision.monitoring.drills import drill_window
-    from onevision.monitoring.monitor import run_drift_check
 
     root, cfg, baseline = project
     window = drill_window(cfg, root, kind, ROWS, seed)

@@ -1,35 +1,30 @@
-"""One drift run: reference vs current window -> Evidently HTML, JSON summary, MLflow, S3, alert.
+"""One drift check: the current window against the reference window -> Evidently report, verdict, summary files.
 
-The steps are separate functions so the Prefect flow can run each as a task
-and the CLI can call them in a row:
+The steps the ``drift_monitor`` flow runs as tasks, callable from a test without Prefect:
 
-* :func:`current_traffic` — the window to check (a log file, or the project's held-out split);
-* :func:`run_drift_check` — features, Evidently report, verdict; writes
-  ``report.html``, ``summary.json``, ``summary.md`` and ``evidently.json`` to
-  ``reports/drift/<run_id>/``;
-* :func:`log_to_mlflow`, :func:`upload_reports` — store the run's files;
-* :func:`send_alert` — POST the verdict to a webhook.
+* :func:`current_traffic` — the window to check (a log file, the project's held-out split, or a drill);
+* :func:`build_baseline` — what the reference window gives once (features, PCA, SID source);
+* :func:`run_drift_check` — features, Evidently report, verdict; writes ``report.html``,
+  ``summary.json``, ``summary.md`` and ``evidently.json`` to ``reports/drift/<run_id>/``.
+
+Publishing the files is ``publish.py``, alerting ``alert.py``, the summary's statuses and on-call view ``summary.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
-from onevision import markdown, paths
+from onevision import paths
 from onevision.config import Config
 from onevision.monitoring.drills import drill_window
 from onevision.monitoring.features import (
@@ -41,12 +36,11 @@ from onevision.monitoring.features import (
     pc_columns,
     window_features,
 )
-from onevision.monitoring.page import drifted_columns, ordered_checks, with_verdict_first
+from onevision.monitoring.page import with_verdict_first
 from onevision.monitoring.report import build_report, check_specs
 from onevision.monitoring.sids import SidAssigner, default_sid_assigner
+from onevision.monitoring.summary import STATUS_DRIFT, STATUS_INSUFFICIENT, STATUS_OK, summary_markdown
 from onevision.monitoring.window import latest, read_window, reference_window, split_queries
-from onevision.storage.s3 import ObjectStore, describe_store_error
-from onevision.tracking import Tracker, describe_tracking_error, git_revision, retry_environment
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +48,6 @@ DRIFT_REPORTS = paths.REPORTS / "drift"
 # Every drift run's Evidently snapshot also goes into this local workspace: `evidently ui --workspace
 # .onevision/evidently` shows the history of the daily runs (one project per profile).
 EVIDENTLY_WORKSPACE = Path(".onevision") / "evidently"
-STATUS_OK, STATUS_DRIFT, STATUS_INSUFFICIENT = "ok", "drift", "insufficient_data"
 
 
 def new_run_id() -> str:
@@ -272,169 +265,3 @@ def add_to_workspace(root: Path, summary: dict[str, Any], snapshot) -> str | Non
     except Exception as exc:  # noqa: BLE001 - history is a convenience; the verdict and report files stand
         log.warning("drift run %s: not added to the Evidently workspace: %s", summary["run_id"], exc)
         return None
-
-
-def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """The on-call view of a run: verdict, per-check score vs threshold, where the report is."""
-    verdict = {STATUS_DRIFT: "🚨 DRIFT", STATUS_OK: "✅ no drift", STATUS_INSUFFICIENT: "⚠️ insufficient data"}[summary["status"]]
-    cur, ref = summary["current"], summary["reference"]
-    lines = [
-        f"# Drift run {summary['run_id']}: {verdict}",
-        "",
-        f"- current: {cur['label']} — {cur['rows']} queries ({cur.get('ts_min')} → {cur.get('ts_max')})",
-        f"- reference: split `{ref['split']}` — {ref.get('rows') or '—'} queries",
-    ]
-    if summary["status"] == STATUS_INSUFFICIENT:
-        lines += ["", summary.get("message", "")]
-    else:
-        lines += [
-            f"- embedding: {summary.get('embedding_source')}",
-            f"- generated SIDs: {summary.get('sid_source')}",
-            f"- alarms: {', '.join(summary['alarms']) or 'none'}",
-            "",
-        ]
-        rows = []
-        for name, check in ordered_checks(summary):  # the worst first
-            worst = ""
-            drifted = drifted_columns(check, limit=5)
-            if drifted and len(check["columns"]) > 1:
-                worst = f" ({', '.join(f'{c} {s:.3f}' for c, s in drifted)})"
-            rows.append([name, f"{check['status']}{worst}", _fmt(check["score"]), _fmt(check["threshold"]), check["meaning"]])
-        lines.append(markdown.table(rows, ["check", "status", "score", "threshold", "what an alarm means"], align="llrrl"))
-        issues = summary["checks"].get("data_quality", {}).get("details", {}).get("issues")
-        if issues:
-            lines += ["", "Data-quality issues: " + ", ".join(f"{k}={v}" for k, v in issues.items())]
-    arts = summary.get("artifacts", {})
-    lines += ["", f"Report: `{arts.get('report_html', '—')}`  JSON: `{arts.get('summary_json', '—')}`"]
-    if arts.get("s3"):
-        lines.append("S3: " + ", ".join(f"`{u}`" for u in arts["s3"]))
-    if arts.get("mlflow_run_id"):
-        lines.append(f"MLflow run: `{arts['mlflow_run_id']}` (experiment `{arts.get('mlflow_experiment')}`)")
-    lines += ["", "What to do: docs/oncall.md"]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- storing and alerting
-
-
-def _report_files(summary: dict[str, Any]) -> list[Path]:
-    arts = summary.get("artifacts", {})
-    keys = ("report_html", "summary_json", "summary_md", "evidently_json")
-    return [Path(arts[k]) for k in keys if arts.get(k) and Path(arts[k]).exists()]
-
-
-def _rewrite_summary(summary: dict[str, Any]) -> None:
-    arts = summary.get("artifacts", {})
-    if arts.get("summary_json"):
-        Path(arts["summary_json"]).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        Path(arts["summary_md"]).write_text(summary_markdown(summary))
-
-
-def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[str, str] | None = None) -> str:
-    """One MLflow run in ``drift.experiment``: thresholds as params, scores as metrics, report files as artifacts."""
-
-    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
-    run_tags = {
-        "status": summary["status"],
-        "drift_detected": str(summary["drift_detected"]).lower(),
-        "alarms": ",".join(summary["alarms"]),
-        "current": summary["current"]["label"][:500],
-        "git_revision": git_revision(Path(root)),
-        **(tags or {}),
-    }
-    run_id = tracker.start_parent(f"drift-{summary['run_id']}", run_tags, {"drift": cfg.section("drift"), "profile": cfg.profile})
-    metrics: dict[str, Any] = {"drift_detected": float(summary["drift_detected"]), "current_rows": summary["current"]["rows"]}
-    for name, check in summary.get("checks", {}).items():
-        if check["score"] is not None:
-            metrics[f"{name}.score"] = check["score"]
-            metrics[f"{name}.alarm"] = float(check["status"] == STATUS_DRIFT)
-    metrics.update({f"timing.{k}": v for k, v in summary.get("timing", {}).items()})
-    tracker.log_metrics(run_id, metrics)
-    summary.setdefault("artifacts", {}).update(mlflow_run_id=run_id, mlflow_experiment=cfg.drift.experiment)
-    _rewrite_summary(summary)
-    for path in _report_files(summary):
-        tracker.log_artifact(run_id, path, "drift")
-    tracker.finish(run_id)
-    return run_id
-
-
-def upload_reports(cfg: Config, summary: dict[str, Any]) -> list[str]:
-    """Upload the run's files to ``storage`` (``<prefix>/drift/<run_id>/``); [] when no bucket is configured."""
-
-    store = ObjectStore.from_config(cfg.storage)
-    if store is None:
-        return []
-    files = _report_files(summary)
-    summary.setdefault("artifacts", {})["s3"] = [store.uri(f"drift/{summary['run_id']}/{p.name}") for p in files]
-    _rewrite_summary(summary)  # the stored summary names where it is stored
-    client = store.client()
-    return [store.upload_file(p, f"drift/{summary['run_id']}/{p.name}", client) for p in _report_files(summary)]
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for an infrastructure failure: what happened, in the library's words, and its kind."""
-    clear = describe_store_error(exc) or describe_tracking_error(exc)
-    text = clear or " ".join(str(exc).split()) or "no message"
-    return f"{text} ({type(exc).__name__})"
-
-
-class AlertError(RuntimeError):
-    """The webhook did not accept the alert."""
-
-
-def alert_payload(summary: dict[str, Any]) -> dict[str, Any]:
-    """A compact, chat-friendly JSON body (``text`` for Slack-style hooks, the rest for machines)."""
-    alarms = [
-        {"check": name, "score": c["score"], "threshold": c["threshold"], "meaning": c["meaning"]}
-        for name, c in summary.get("checks", {}).items()
-        if c["status"] == STATUS_DRIFT
-    ]
-    arts = summary.get("artifacts", {})
-    names = ", ".join(a["check"] for a in alarms) or "none"
-    return {
-        "text": f"OneVision drift alarm ({summary['run_id']}): {names} — current {summary['current']['label']}",
-        "run_id": summary["run_id"],
-        "status": summary["status"],
-        "drift_detected": summary["drift_detected"],
-        "alarms": alarms,
-        "current_rows": summary["current"]["rows"],
-        "report": (arts.get("s3") or [arts.get("report_html")])[0],
-        "mlflow_run_id": arts.get("mlflow_run_id"),
-        "runbook": "docs/oncall.md",
-    }
-
-
-WEBHOOK_ENV = "ONEVISION_DRIFT_WEBHOOK_URL"
-
-
-def webhook_url(cfg) -> str | None:
-    """Where alarms go: ``$ONEVISION_DRIFT_WEBHOOK_URL`` (a URL with a token is a credential: keep it in the
-    environment or a secret store), else ``drift.webhook_url`` (a token-less URL may live in params.yaml)."""
-    return os.environ.get(WEBHOOK_ENV) or cfg.drift.webhook_url
-
-
-def shown_url(url: str) -> str:
-    """``url`` as messages show it: scheme, host and port only (a webhook's path and query carry its token)."""
-
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…" if parts.scheme else "(webhook)"
-
-
-def send_alert(url: str, summary: dict[str, Any], timeout: float = 5.0) -> int:
-    """POST :func:`alert_payload` as JSON to ``url``; returns the HTTP status, raises :class:`AlertError` otherwise."""
-
-    body = json.dumps(alert_payload(summary), default=str).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL comes from config
-            status = int(response.status)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise AlertError(f"webhook {shown_url(url)} failed: {exc}") from exc
-    if not 200 <= status < 300:
-        raise AlertError(f"webhook {shown_url(url)} answered HTTP {status}")
-    return status
