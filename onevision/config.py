@@ -305,8 +305,8 @@ class MCAConfig(Section):
                     "(best catalog-view cosine, the user's order share of the category); position goes to LightGBM's bias model instead.",
     )
     ltr_candidates: int = Field(30, ge=1, description="Pre-ranked candidates per query in a LambdaMART group (with the query's logged impressions).")
-    ltr_max_rows: int = Field(120_000, ge=1000, description="Cap on LambdaMART training rows (whole query groups, seeded): keeps the search's cost flat in the log size.")
-    ltr_exact_grade: int = Field(2, ge=0, le=3, description="Relevance grade of the photographed product (ordered 2 > clicked 1 > shown 0).")
+    ltr_max_rows: int = Field(300_000, ge=1000, description="Cap on LambdaMART training rows (whole query groups, seeded): keeps the search's cost flat in the log size.")
+    ltr_exact_grade: int = Field(3, ge=0, le=3, description="Relevance grade of the photographed product (ordered 2 > clicked 1 > shown 0); 3 ranks it above an order, as NDCG@10 scores it.")
     ltr_label_gain: list[float] = Field([0.0, 1.0, 3.0, 7.0], min_length=4, max_length=4, description="NDCG gain of grades 0..3 (LightGBM label_gain).")
     ltr_position_debias: bool = Field(
         True, description="Model the logging policy's position bias (LightGBM lambdarank with the Dataset's `position`: shown slots 0..S-1, candidates never shown slot S).",
@@ -314,7 +314,7 @@ class MCAConfig(Section):
     ltr_num_leaves: list[int] = Field([15, 31, 63], min_length=1, description="Search grid: LambdaMART tree size.")
     ltr_learning_rate: list[float] = Field([0.05, 0.1], min_length=1, description="Search grid: shrinkage.")
     ltr_feature_fraction: list[float] = Field([0.7, 1.0], min_length=1, description="Search grid: features sampled per tree.")
-    ltr_trials: int = Field(3, ge=1, description="Seeded sample of the grid tried (each early-stopped on VAL NDCG@10); the best on VAL is kept.")
+    ltr_trials: int = Field(6, ge=1, description="Seeded sample of the grid tried (each early-stopped on VAL NDCG@10); the best on VAL is kept.")
     ltr_max_rounds: int = Field(200, ge=1, description="Boosting rounds at most (early stopping on VAL NDCG@10 picks the number).")
     ltr_early_stopping: int = Field(20, ge=1, description="Rounds without a VAL NDCG@10 gain before a trial stops.")
     ltr_min_data_in_leaf: int = Field(40, ge=1, description="LambdaMART leaf minimum.")

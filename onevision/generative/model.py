@@ -1,3 +1,4 @@
+# Long on purpose: the whole network in one file (nanoGPT style), so its shapes read top to bottom.
 """The OneVision generative retriever: query image (+ user) -> semantic ID, one level per step.
 
 OneVision (arXiv 2510.05759) replaces recall, pre-ranking and ranking with one

@@ -1,3 +1,4 @@
+# Long on purpose: the three alignment stages share their inputs and their VAL probe; split next by stage (issue 32).
 """Stages ``pretrain -> sft -> dpo``: the generative retriever, aligned stage by stage.
 
 Each stage is ``fn(cfg, root) -> metrics`` (onevision.stages) and writes its own

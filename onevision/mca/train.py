@@ -1,3 +1,4 @@
+# Long on purpose: stage mca trains recall, pre-ranker and both rankers on one set of TRAIN features.
 """Training the MCA cascade on the TRAIN split (stage ``mca``).
 
 The recall index holds the aligned encoder's catalog item embeddings. Both

@@ -79,3 +79,13 @@ def _private_imports(root: Path) -> list[str]:
 
 def test_no_module_imports_another_modules_private_names():
     assert [found for package in ("onevision", "flows", "tasks") for found in _private_imports(REPO / package)] == []
+
+
+MAX_LINES = 450
+
+
+def test_library_files_stay_short_or_say_why():
+    """One idea per file: a file of onevision/ over MAX_LINES lines opens with a one-line "# Long on purpose: ..." reason."""
+    long = {str(p.relative_to(REPO)): n for p in sorted((REPO / "onevision").rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES and not p.read_text().startswith("# Long on purpose: ")}
+    assert not long, f"split these by idea, or give a one-line '# Long on purpose: <why>' at the top: {long}"
