@@ -42,13 +42,13 @@ $(PG_CLUSTER):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
 
-# The first run: the small profile (2,000 items), about 5.5 minutes on 2 idle cores.
+# The first run: the small profile (2,000 items), about 5.5 minutes on 2 idle cores (5 min 22 s on 2026-12-07).
 demo: install
 	$(BIN)/onevision retrain --profile small --replace-trained
 
 demo-small: demo
 
-# The full demo: the default profile (20,000 items), about 32 minutes on 2 cores.
+# The full demo: the default profile (20,000 items), about 24 minutes on 2 idle cores.
 demo-full: install
 	$(BIN)/onevision retrain --profile default --replace-trained
 
