@@ -89,6 +89,16 @@ def test_benchmarks_on_a_trained_project(tiny_full_run, tmp_path: Path):
     assert drift["false_alarms"]["windows"] == 2 and 0.0 <= drift["false_alarms"]["rate"] <= 1.0
     assert drift["detection"] and all(d["windows"] == 1 for d in drift["detection"].values())
 
+    bench("generator.py", "--root", project, "--quick", "--out", tmp_path / "generator")
+    generator = (tmp_path / "generator" / "generator_small_quick.md").read_text()
+    assert has_row(generator, "onevision_learned_only") and has_row(generator, "onevision_no_decoder"), generator[:2000]
+    assert set(json.loads((tmp_path / "generator" / "generator_small_quick.json").read_text())) >= {"ablations", "weights", "personalisation"}
+
+    bench("mca_ranker.py", "--root", project, "--out", tmp_path / "mca")  # retrains stage mca in a copy: the project is untouched
+    ranker = json.loads((tmp_path / "mca" / "mca_ranker_small.json").read_text())
+    assert {"mca", "mca_pointwise", "mca_no_ranker"} <= set(ranker["systems"])
+    assert "mca - mca_pointwise: NDCG@10" in ranker["paired"] and ranker["ltr"]["trials"], ranker["paired"]
+
 
 def test_vrq_ablation_quick(tmp_path: Path):
     """Builds its own TINY dataset, trains the aligned and the category encoder, then VRQ vs RQ-KMeans."""
