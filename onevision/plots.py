@@ -7,9 +7,9 @@ from types import ModuleType
 
 def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg backend (selected before pyplot loads)."""
-    import matplotlib  # lazy: matplotlib ~0.4 s, only when something is plotted
+    import matplotlib  # lazy: matplotlib only when something is plotted
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: matplotlib ~0.4 s, only when something is plotted
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when something is plotted
 
     return plt

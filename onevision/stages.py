@@ -145,7 +145,7 @@ def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return write_metrics(Path(root), name, stage_function(name)(cfg, Path(root)))
-    from onevision import distributed  # lazy: torch ~1.3 s, only a torchrun process pays for it here
+    from onevision import distributed  # lazy: torch, only a torchrun process pays for it here
 
     world = distributed.init_from_env()
     metrics = {**stage_function(name)(cfg, Path(root)), "processes": world.size}

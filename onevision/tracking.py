@@ -240,7 +240,7 @@ class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
     def __init__(self, root: Path, experiment: str, uri: str | None = None, retries: Mapping[str, str] | None = None):
-        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
+        # lazy: mlflow on the first tracking call; the command line imports this module at start
         from mlflow.tracking import MlflowClient
 
         # MLflow's HTTP client and the boto3 client it builds for s3:// artifact roots read their retry policy
@@ -269,7 +269,7 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=stage, tags=tags).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
+        # lazy: mlflow on the first tracking call; the command line imports this module at start
         from mlflow.entities import Param
 
         flat, values = flatten("", params), secret_values()
@@ -278,7 +278,7 @@ class Tracker:
             self.client.log_batch(run_id, params=batch[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-        # lazy: mlflow ~1.3 s on the first tracking call; the command line imports this module at start
+        # lazy: mlflow on the first tracking call; the command line imports this module at start
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -25,7 +25,7 @@ def data_build_demo(
     """Build the Fashion-MNIST demo shop (items, views, users, queries, impressions, interactions)."""
     setup_logging()
     cfg = load_project(root, profile, overrides)
-    # lazy: numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy, pandas only when this command runs
     from onevision.data.demo import build_demo
     from onevision.data.tables import write_tables
 
@@ -50,7 +50,7 @@ def data_example_catalog(
     from the Fashion-MNIST folder of params.yaml (data.fashion_mnist_dir), so nothing is downloaded.
     """
     setup_logging()
-    # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy only when this command runs
     from onevision.data.example_catalog import ExampleSpec, write_example_catalog
 
     cfg = project_config(root)
@@ -78,7 +78,7 @@ def data_import(
     Sizes default to the project's params.yaml (as `onevision data validate` does), so the two agree.
     """
     setup_logging()
-    # lazy: numpy ~0.1 s, pandas ~0.4 s, pandera ~0.6 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy, pandas, pandera only when this command runs
     from onevision.data.importer import import_catalog
     from onevision.data.tables import write_tables
 
@@ -110,7 +110,7 @@ def data_validate(
     """Validate a dataset folder. Exit 0 when clean, 1 with the report otherwise. Never modifies the input."""
     setup_logging()
     cfg = project_config(root, profile)
-    # lazy: numpy ~0.1 s, pandas ~0.4 s, pandera ~0.6 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy, pandas, pandera only when this command runs
     from onevision.data.validation import validate_folder
 
     try:

@@ -52,7 +52,7 @@ def load_flow(entrypoint: str) -> Any:
     repo = str(repository())
     if repo not in sys.path:
         sys.path.insert(0, repo)
-    # lazy: Prefect ~1 s only when a command runs a flow (`onevision --help` and the light commands start at once)
+    # lazy: Prefect only when a command runs a flow
     from prefect.exceptions import ScriptError
     from prefect.flows import load_flow_from_entrypoint
 

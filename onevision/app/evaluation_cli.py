@@ -41,7 +41,7 @@ def evaluate_command(
     if max_queries:
         extra.append(f"evaluate.max_queries={max_queries}")
     cfg = load_project(root, profile, extra)
-    # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy only when this command runs
     from onevision.comparison.stage import run_evaluation
     from onevision.evaluation.metrics import ORDERS, resolve_metric
 

@@ -50,7 +50,7 @@ def drift_command(
     The report lands in reports/drift/<run_id>/ (report.html, summary.json, summary.md); see docs/oncall.md.
     """
     setup_logging()
-    # lazy: numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy, pandas only when this command runs
     from onevision.monitoring.drills import SHIFT_KINDS
     from onevision.monitoring.summary import STATUS_DRIFT, STATUS_INSUFFICIENT, STATUS_OK, summary_markdown
 

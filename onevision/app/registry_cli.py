@@ -40,7 +40,7 @@ def _echo_record(record: dict) -> None:
 
 def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import open_registry
 
     mv = open_registry(cfg, root).version(version)
@@ -48,7 +48,7 @@ def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decisio
     if mv.tags.get("approval_channel") != "prefect-pause" or not flow_run_id:
         return
 
-    # lazy: Prefect ~1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: Prefect only when this command runs
     from prefect.flow_runs import resume_flow_run
     from prefect.settings import get_current_settings
 
@@ -65,7 +65,7 @@ def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decisio
 
 def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str]:
     """For a version whose gates failed: which gates, where its gate report is, what to do instead."""
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.report import where_to_read
     from onevision.promotion.workflow import GATE_REPORT, open_registry
 
@@ -84,7 +84,7 @@ def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str
 
 
 def _decide(decision: str, version: str, reviewer: str | None, reason: str, root: Path) -> None:
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import ReviewerNotAllowed, decide, reviewer_identity
 
     cfg = _cfg(root)
@@ -123,7 +123,7 @@ def rollback(
     root: RootOpt = Path("."),
 ) -> None:
     """Restore `previous-champion` as `champion` in one step (audited, under your own name)."""
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import reviewer_identity
     from onevision.promotion.workflow import rollback as do_rollback
 
@@ -138,7 +138,7 @@ def rollback(
 @commands.command()
 def models(root: RootOpt = Path(".")) -> None:
     """List the registered model's versions: aliases, status, gates, who decided."""
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import open_registry, summary
 
     cfg = _cfg(root)
@@ -150,7 +150,7 @@ def models(root: RootOpt = Path(".")) -> None:
         typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
     if not rows:
         typer.echo("(no versions yet: run `onevision promote`)")
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import verify_champion
 
     check = verify_champion(registry)
@@ -165,7 +165,7 @@ def audit(
     root: RootOpt = Path("."),
 ) -> None:
     """Print the promotion audit log: approvals, rejections, rollbacks (who, when, why, gate values)."""
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import open_registry
 
     records = open_registry(_cfg(root), root).audit_log()

@@ -82,7 +82,7 @@ def retrain_command(
         elif key != "overrides":
             typer.echo(f"params.yaml: {key} {change[0]!r} -> {change[1]!r}")
     apply_local_state_env(root)
-    # lazy: Prefect ~1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: Prefect only when this command runs
     from prefect.exceptions import TerminationSignal
 
     retrain_flow = project_flow(entrypoints.RETRAIN)  # flows/retrain.py, the file the `retrain` deployment runs
@@ -114,7 +114,7 @@ def retrain_command(
 
 def retrain_summary(root: Path) -> list[str]:
     """What a retrain produced, in a few lines: OneVision vs MCA on TEST, the gates, where to look."""
-    # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy only when this command runs
     from onevision.evaluation.metrics import ORDERS, ORDERS_LABELS, resolve_metric
 
     path = root / "metrics" / "evaluate.json"

@@ -31,19 +31,19 @@ def registry_uri(cfg, root: Path) -> str:
 def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | None):
     """A pyfunc-like object with predict(frame, params): a local project's artifacts, or a registry/model URI."""
     if project is not None:
-        # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+        # lazy: mlflow, numpy, pandas only when this command runs
         from onevision.serving.bundle import manifest_for
         from onevision.serving.pyfunc import OneVisionModel
 
         project_cfg = load_config(project / PARAMS_FILE) if (project / PARAMS_FILE).exists() else cfg
         model = OneVisionModel.from_directory(project, manifest_for(project_cfg))
         return model, str(project)
-    # lazy: mlflow ~1.3 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow only when this command runs
     import mlflow
 
     uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
     if uri.endswith("@champion"):  # only what the gates and a reviewer approved is served as champion
-        # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+        # lazy: mlflow, numpy, pandas only when this command runs
         from onevision.promotion.workflow import enforce_champion
 
         enforce_champion(cfg, ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)), "onevision search")
@@ -106,10 +106,10 @@ def no_champion_message(cfg, root: Path, image: Path | None = None) -> str:
 
 def write_search_sheet(path: Path, image: Path, *, item_ids: list[int], source: str, user: int, catalog_root: Path, cfg) -> Path:
     """One query as an HTML page (the evaluation report's layout): the photo and the results' thumbnails."""
-    # lazy: pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: pandas only when this command runs
     import pandas as pd
 
-    # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: numpy only when this command runs
     from onevision.data.images import normalize_photo
     from onevision.evaluation.visual import Page, Row, catalog_lookups, write_page
 
@@ -144,11 +144,11 @@ def search(
     """Search the catalog with a photo: top-k item ids with scores."""
 
     cfg = load_project(root, None, None)
-    # lazy: mlflow ~1.3 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, pandas only when this command runs
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import UnapprovedChampion
     from onevision.serving.queries import InvalidQuery
 
@@ -166,7 +166,7 @@ def search(
     frame = pd.DataFrame({"image": [image.read_bytes()], "user_id": [user]})
     try:
         if hasattr(predictor, "search"):  # a local project: the same checks, without MLflow
-            # lazy: numpy ~0.1 s only when this command runs (`onevision --help` and the light commands start at once)
+            # lazy: numpy only when this command runs
             from onevision.serving.queries import parse_k
 
             result = predictor.search(frame, parse_k({"k": k}, predictor.spec))
@@ -200,7 +200,7 @@ def serve(
     """Serve the champion over REST (`mlflow models serve` on its registered version), after checking that it exists
     and was approved; without a champion, say how to get one and what to serve meanwhile."""
 
-    # lazy: mlflow ~1.3 s, numpy ~0.1 s, pandas ~0.4 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import UnapprovedChampion, enforce_champion
 
     cfg = load_project(root, None, None)

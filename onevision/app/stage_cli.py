@@ -39,7 +39,7 @@ def stage_run(
     try:
         metrics = run_stage(name, cfg, root)
     except Exception as exc:
-        # lazy: numpy ~0.1 s, pandas ~0.4 s, pandera ~0.6 s only when this command runs (`onevision --help` and the light commands start at once)
+        # lazy: numpy, pandas, pandera only when this command runs
         from onevision.data.quarantine import ValidationFailed
 
         if isinstance(exc, ValidationFailed):
@@ -52,7 +52,7 @@ def stage_run(
 
 def _relaunched_data_parallel(name: str, cfg: Config, root: Path) -> bool:
     """Rerun the stage in ``distributed.nproc_per_node`` processes under torchrun when configured; True when it ran."""
-    # lazy: torch ~1.3 s only when this command runs (`onevision --help` and the light commands start at once)
+    # lazy: torch only when this command runs
     from onevision import distributed
 
     d = cfg.distributed

@@ -58,7 +58,7 @@ def run_evaluation(cfg: Config, root: Path, systems=None, measure_cost: bool = T
 
     ``encoder`` replaces the saved one for the registry's systems (tests inject a fake).
     """
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, torch ~1.3 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas, torch only when the stage runs
     from onevision.comparison.report import markdown_report, plot_results
     from onevision.comparison.systems import build_systems
     from onevision.evaluation.harness import evaluate_systems, load_test_set
@@ -118,7 +118,7 @@ def dpo_note(root: Path) -> str | None:
 
 def write_visual_report(cfg: Config, root: Path, *, test, runs, systems, results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
     """``reports/evaluate.html``: query photos with OneVision's and MCA's top 10, personalisation, the table and plots."""
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas only when the stage runs
     import pandas as pd
 
     items = pd.read_parquet(root / paths.VALIDATED / "items.parquet")

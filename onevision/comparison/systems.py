@@ -59,14 +59,14 @@ class SystemContext:
 
     @cached_property
     def encoder(self):
-        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
+        # lazy: the system registry loads a system's package (torch) only when that system is built
         from onevision.encoder.api import ENCODER_DIR, ImageEncoder
 
         return ImageEncoder.load(self.root / ENCODER_DIR)
 
     @cached_property
     def item_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
+        # lazy: the system registry loads a system's package (torch) only when that system is built
         from onevision.encoder.api import load_item_embeddings
 
         return load_item_embeddings(self.root)
@@ -77,7 +77,7 @@ class SystemContext:
 
     @property
     def has_encoder(self) -> bool:
-        # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
+        # lazy: the system registry loads a system's package (torch) only when that system is built
         from onevision.encoder.api import ENCODER_DIR
 
         return "encoder" in self.__dict__ or self.has(ENCODER_DIR)
@@ -150,7 +150,7 @@ def build_mca(ctx: SystemContext) -> list[Retriever] | None:
 
 @register_system("knn")
 def build_knn(ctx: SystemContext) -> Retriever | None:
-    # lazy: the system registry loads a system's package (faiss, torch ~1.3 s) only when that system is built
+    # lazy: the system registry loads a system's package (faiss, torch) only when that system is built
     from onevision.comparison.references import KNNRetriever
     from onevision.encoder.api import ITEM_EMBEDDINGS
 
@@ -181,7 +181,7 @@ def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
     """OneVision (final stage, dpo); beside it ``onevision_pruned``, the same checkpoint decoding with the
     calibrated pruning config (when stage calibrate_pruning has written one); as ablation rows, the
     pretrain and sft checkpoints: those that exist."""
-    # lazy: the system registry loads a system's package (torch ~1.3 s) only when that system is built
+    # lazy: the system registry loads a system's package (torch) only when that system is built
     from onevision.generative.checkpoint import STAGE_NAMES, checkpoint_dir
     from onevision.generative.pruning import load_pruning
     from onevision.generative.retriever import OneVisionRetriever

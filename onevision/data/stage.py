@@ -51,17 +51,17 @@ def missing_input_deps(root: Path, cfg: Config) -> list[str]:
 
 def prepare(cfg: Config, root: Path) -> dict[str, Any]:
     """Build the canonical dataset (demo shop or a user's catalog import) under data/prepared."""
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas only when the stage runs
     from onevision.data.tables import write_tables
 
     t0 = time.perf_counter()
     if cfg.data.source == "demo":
-        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
+        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas only when the stage runs
         from onevision.data.demo import build_demo
 
         tables = build_demo(cfg)
     else:
-        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, pandera ~0.6 s only when the stage runs
+        # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas, pandera only when the stage runs
         from onevision.data.importer import import_catalog
         missing = missing_input_deps(root, cfg)
         if missing:
@@ -86,7 +86,7 @@ def prepare(cfg: Config, root: Path) -> dict[str, Any]:
 
 def validate(cfg: Config, root: Path) -> dict[str, Any]:
     """Validate every table; bad rows go to quarantine; fail past the bad-fraction threshold."""
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s, pandera ~0.6 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas, pandera only when the stage runs
     from onevision.data.quarantine import ValidationFailed
     from onevision.data.tables import read_tables, write_tables
     from onevision.data.validation import validate_tables
@@ -119,10 +119,10 @@ def validate(cfg: Config, root: Path) -> dict[str, Any]:
 
 def split(cfg: Config, root: Path) -> dict[str, Any]:
     """Assign every validated query to train / val / test without leakage."""
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas only when the stage runs
     import pandas as pd
 
-    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas ~0.4 s only when the stage runs
+    # lazy: a stage module is imported for its declaration (stage list, dvc-yaml); pandas only when the stage runs
     from onevision.data.split import ASSIGNMENT_FILE, SPLITS, check_no_leakage, split_queries
 
     queries = pd.read_parquet(root / paths.VALIDATED / "queries.parquet", columns=["query_id", "user_id", "ts"])

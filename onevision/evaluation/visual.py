@@ -161,7 +161,7 @@ def write_page(page: Page, path: Path) -> Path:
 
 def catalog_lookups(root: Path, items) -> tuple[Callable[[int], bytes | None], Callable[[int], str], Callable[[int], Any]]:
     """(item photo, item label, item category) from the validated tables of ``root``."""
-    # lazy: pandas ~0.4 s only to read the catalog tables; the page writer itself needs none
+    # lazy: pandas only to read the catalog tables; the page writer itself needs none
     import pandas as pd
 
     views = pd.read_parquet(root / paths.VALIDATED / "views.parquet", columns=["item_id", "image"])
@@ -175,7 +175,7 @@ def catalog_lookups(root: Path, items) -> tuple[Callable[[int], bytes | None], C
 def favourite_brands(root: Path, items) -> dict[int, str]:
     """Each shopper's favourite brand: the simulator's first favourite (demo), else the most ordered then
     clicked brand of the search log (an imported catalog)."""
-    # lazy: pandas ~0.4 s only to read the catalog tables; the page writer itself needs none
+    # lazy: pandas only to read the catalog tables; the page writer itself needs none
     import pandas as pd
 
     tastes = root / paths.VALIDATED / "user_tastes.parquet"

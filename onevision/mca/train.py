@@ -220,7 +220,7 @@ def ranking_groups(tq: TrainingQueries, logged: pd.DataFrame, *, stats: LogStats
 
 
 def fit_prerank(x: np.ndarray, clicked: np.ndarray, names: tuple[str, ...], seed: int) -> LinearScorer:
-    # lazy: scikit-learn ~1.2 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
+    # lazy: scikit-learn only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -231,7 +231,7 @@ def fit_prerank(x: np.ndarray, clicked: np.ndarray, names: tuple[str, ...], seed
 
 
 def fit_ranker(x: np.ndarray, y: np.ndarray, *, ordered: np.ndarray, names: tuple[str, ...], cfg: MCAConfig, seed: int):
-    # lazy: scikit-learn ~1.2 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
+    # lazy: scikit-learn only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(
@@ -263,7 +263,7 @@ def load_split_logs(root: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame,
 def training_queries(cfg: Config, root: Path, *, encoder, index: ItemIndex, catalog: Catalog, stats: LogStats, split: str = "train"
                      ) -> tuple[TrainingQueries, pd.DataFrame]:
     """Embed and recall the queries of ``split``; returns them and their impression log."""
-    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
+    # lazy: torch only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import decode_image_column
 
     queries, impressions, interactions = load_split_logs(root, split)
@@ -290,7 +290,7 @@ def capped_sizes(recall_k: int, prerank_k: int, neighbours: int, n_items: int) -
 
 def train_cascade(cfg: Config, root: Path, encoder=None) -> tuple[MCACascade, dict[str, Any]]:
     """Build the index, fit the pre-ranker and the ranker on the TRAIN split; return the cascade and facts."""
-    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
+    # lazy: torch only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import (
         CATALOG,
         ENCODER_DIR,
@@ -420,7 +420,7 @@ def depth_sweep(cfg: Config, root: Path, cascade: MCACascade, val_tq: TrainingQu
     out["prerank"] = {f"@{d}": {k: round(float((r < d).mean()), 4) if len(r) else None for k, r in pre_rank.items()}
                       for d in PRERANK_DEPTHS if d <= R}
     # the cascade at each pre-rank depth: what a longer short list buys the ranker
-    # lazy: torch ~1.3 s only where this step needs it
+    # lazy: torch only where this step needs it
     from onevision.encoder.api import decode_image_column
 
     queries, _, _ = load_split_logs(root, "val")
@@ -441,7 +441,7 @@ def depth_sweep(cfg: Config, root: Path, cascade: MCACascade, val_tq: TrainingQu
 
 def validation_check(cfg: Config, root: Path, cascade: MCACascade, k: int = 10) -> dict[str, float]:
     """HR@k and simulated orders per 1k on the VAL split: the cascade, without its ranker, and recall order alone."""
-    # lazy: torch ~1.3 s only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
+    # lazy: torch only where this step needs it; importing the module (for MCA_DIR or the data helpers) does not load it
     from onevision.encoder.api import decode_image_column
 
     queries, _, _ = load_split_logs(root, "val")

@@ -252,7 +252,7 @@ def add_to_workspace(root: Path, summary: dict[str, Any], snapshot) -> str | Non
     """Add the run's snapshot to the project's local Evidently workspace (project ``onevision-drift-<profile>``);
     returns the workspace path, None (with a warning) if Evidently refuses: the run's own files are complete."""
     try:
-        # lazy: Evidently ~4 s: its workspace only when the report is published to one
+        # lazy: Evidently: its workspace only when the report is published to one
         from evidently.ui.workspace import Workspace
 
         path = root / EVIDENTLY_WORKSPACE

@@ -144,7 +144,7 @@ class EncoderEmbedder:
     """The aligned encoder from ``models/encoder/``: the embedding space the models search in."""
 
     def __init__(self, directory: Path):
-        # lazy: torch ~1.3 s only when the monitor embeds photos with the aligned encoder
+        # lazy: torch only when the monitor embeds photos with the aligned encoder
         from onevision.encoder.api import ImageEncoder
 
         self.encoder = ImageEncoder.load(directory)

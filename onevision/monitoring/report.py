@@ -150,7 +150,7 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, cfg: DriftConfi
 
     ``skipped`` maps check name -> reason for checks that cannot run (e.g. no SID source).
     """
-    # lazy: Evidently ~4 s only when the HTML report is built; the JSON verdict needs none of it
+    # lazy: Evidently only when the HTML report is built; the JSON verdict needs none of it
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MissingValueCount, OutListValueCount, UniqueValueCount, ValueDrift
 

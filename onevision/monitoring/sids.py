@@ -133,7 +133,7 @@ def default_sid_assigner(root: Path, levels: int, embedder_is_encoder: bool) -> 
     table = load_sid_table(root)
     if table is None:
         return None, "skipped: no model (no generative model, and no SID table: run stage vrq)"
-    # lazy: torch ~1.3 s only for the kNN stand-in of generated SIDs
+    # lazy: torch only for the kNN stand-in of generated SIDs
     from onevision.encoder.api import load_item_embeddings
 
     try:

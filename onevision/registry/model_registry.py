@@ -64,7 +64,7 @@ def scoped_tracking_uri(uri: str | None = None) -> Iterator[None]:
     prefers: without this, one project's registry would leak into the next
     command or test in the same process.
     """
-    # lazy: mlflow ~1.3 s on the first registry call; the command line imports this module for its constants
+    # lazy: mlflow on the first registry call; the command line imports this module for its constants
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
@@ -94,7 +94,7 @@ class ModelRegistry:
     """One registered model (``registry.model_name``) through an MlflowClient."""
 
     def __init__(self, name: str, tracking_uri: str):
-        # lazy: mlflow ~1.3 s when a registry is opened; the command line imports this module for its constants
+        # lazy: mlflow when a registry is opened; the command line imports this module for its constants
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 

@@ -145,7 +145,7 @@ def load_retriever(directory: str | Path, manifest: dict[str, Any] | None = None
 
 def _bundled_pruning(directory: Path) -> dict[str, Any] | None:
     """The calibrated pruning config under ``directory`` as a dict (None: decode without pruning)."""
-    # lazy: a bundle loads its retriever's libraries (pandas ~0.4 s, torch ~1.3 s) when loaded; the gates read its manifest and SID table without them
+    # lazy: a bundle loads its retriever's libraries (pandas, torch) when loaded; the gates read its manifest and SID table without them
     from onevision.generative.pruning import load_pruning
 
     pruning = load_pruning(directory)
@@ -154,7 +154,7 @@ def _bundled_pruning(directory: Path) -> dict[str, Any] | None:
 
 def load_onevision(directory: Path, manifest: dict[str, Any]):
     """The generative retriever from a bundle or a project root, decoding with the bundled pruning config if any."""
-    # lazy: a bundle loads its retriever's libraries (pandas ~0.4 s, torch ~1.3 s) when loaded; the gates read its manifest and SID table without them
+    # lazy: a bundle loads its retriever's libraries (pandas, torch) when loaded; the gates read its manifest and SID table without them
     from onevision.generative.pruning import load_pruning
     from onevision.generative.retriever import OneVisionRetriever
 
@@ -166,7 +166,7 @@ def load_onevision(directory: Path, manifest: dict[str, Any]):
 
 
 def load_knn(directory: Path, manifest: dict[str, Any]):
-    # lazy: a bundle loads its retriever's libraries (pandas ~0.4 s, torch ~1.3 s) when loaded; the gates read its manifest and SID table without them
+    # lazy: a bundle loads its retriever's libraries (pandas, torch) when loaded; the gates read its manifest and SID table without them
     from onevision.encoder.api import ImageEncoder
 
     with np.load(directory / ITEM_EMBEDDINGS) as data:
