@@ -37,7 +37,7 @@ $(CHROMEDRIVER):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver
 
-# PostgreSQL server binaries: the stack tests start a throwaway cluster on loopback (tests/stack.py).
+# PostgreSQL server binaries: the stack tests start a throwaway cluster on loopback (tests/support/stack.py).
 $(PG_CLUSTER):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
@@ -53,7 +53,7 @@ demo-full: install
 	$(BIN)/onevision retrain --profile default --replace-trained
 
 # CI (.ci/run) runs `make demo` and then this in the same clone: the tests never read the run state a retrain
-# records in params.yaml and dvc.yaml (tests/defaults.py).
+# records in params.yaml and dvc.yaml (tests/support/defaults.py).
 test: install
 	$(BIN)/python -m pytest
 

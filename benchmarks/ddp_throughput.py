@@ -1,7 +1,7 @@
 """Data-parallel training throughput: one generative stage with 1 process vs N processes under torchrun (gloo).
 
 Builds a stand-in project (the generative stages' inputs: the demo shop, a saved random encoder, random
-unique SIDs; tests/model/stand_in.py), then runs ``onevision stage run pretrain`` (and ``sft``) once with
+unique SIDs; tests/support/stand_in.py), then runs ``onevision stage run pretrain`` (and ``sft``) once with
 ``distributed.nproc_per_node=1`` and ``generative.threads=T`` and once with N processes of T/N threads each,
 the same global batch and seed. Reports each stage's wall time (process start to exit, torchrun included),
 its training time and examples per second, and the N-process speed-up.
@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from onevision.markdown import table as markdown_table  # noqa: E402
-from tests.model.stand_in import TINY, stand_in_project  # noqa: E402
+from tests.support.stand_in import TINY, stand_in_project  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 FULL = [

@@ -1,7 +1,7 @@
 """The reliability drill: inject faults, hostile input and bypass attempts, and count what survived.
 
 Runs the drill's tests (each injects one kind of fault into the real code: processes, servers, stores) with
-``$ONEVISION_DRILL_LOG`` set, so they report how many faults and inputs they tried (tests/drill.py), and prints
+``$ONEVISION_DRILL_LOG`` set, so they report how many faults and inputs they tried (tests/support/drill.py), and prints
 one table: per scenario what was injected or tried, what was handled, and the outcomes that must stay at zero
 (crashes, data lost, unauthorised promotions, false drift pages, secrets leaked). A failing test adds to its
 scenario's zero-column: the scenario did not hold.
@@ -38,7 +38,7 @@ class Scenario:
     name: str
     bad: str  # which zero-column a failure of its tests counts in
     tests: tuple[str, ...]  # node ids or prefixes
-    counter: str | None = None  # tests/drill.py counter of faults/inputs injected; else one per test
+    counter: str | None = None  # tests/support/drill.py counter of faults/inputs injected; else one per test
 
 
 SCENARIOS = (

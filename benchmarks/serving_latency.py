@@ -66,8 +66,8 @@ def query_images(root: Path, cfg, n: int) -> list[bytes]:
             frame = pd.read_parquet(path, columns=["image"]).dropna()
             if len(frame):
                 return [bytes(b) for b in frame["image"].iloc[:n]]
-    sys.path.insert(0, str(REPO / "tests" / "integration"))
-    from promotion_project import item_images
+    sys.path.insert(0, str(REPO))
+    from tests.support.tiny_trained import item_images
 
     images = item_images()
     return [encode_png(images[i % len(images)]) for i in range(n)]
@@ -143,8 +143,8 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         torch.set_num_threads(args.threads)
     root = args.root
     if root is None:
-        sys.path.insert(0, str(REPO / "tests" / "integration"))
-        from promotion_project import make_tiny_project
+        sys.path.insert(0, str(REPO))
+        from tests.support.tiny_trained import make_tiny_project
 
         root = make_tiny_project(work / "project")
     root = root.resolve()

@@ -1,4 +1,4 @@
-"""Session-wide hooks: the drill log (tests/drill.py), and no logging handler left on a closed stream."""
+"""Session-wide hooks: the drill log (tests/support/drill.py), and no logging handler left on a closed stream."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import drill
+from tests.support import drill
 
 _OUTCOMES: dict[str, str] = {}
 

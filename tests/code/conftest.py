@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.defaults import write_defaults
+from tests.support.defaults import write_defaults
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """An empty project root holding the default params.yaml (tests/defaults.py; nothing built)."""
+    """An empty project root holding the default params.yaml (tests/support/defaults.py; nothing built)."""
     return write_defaults(tmp_path)

@@ -1,4 +1,4 @@
-"""The tests build their projects from the default params.yaml and dvc.yaml (tests/defaults.py), never from the
+"""The tests build their projects from the default params.yaml and dvc.yaml (tests/support/defaults.py), never from the
 experiment state that `onevision retrain` records in the checkout (`make demo` leaves a small-profile one)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from onevision.config import load_config
 from onevision.pipeline import write_run_params
 from onevision.stagegraph import sync_dvc_yaml
 from tests import REPO
-from tests.defaults import default_dvc_yaml_text, default_params_text, without_run_state
+from tests.support.defaults import default_dvc_yaml_text, default_params_text, without_run_state
 
 # A retrain that records all three kinds of run state: a profile, a recorded --set, a seed.
 RETRAIN = ("small", ["data.n_users=50", "seed=3"])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from onevision.config import ConfigError, describe_fields, load_config, overrides_to_tree, parse_override
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 DEFAULT_PARAMS = default_params_file()
 

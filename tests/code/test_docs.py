@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from onevision.app.cli import app
 from onevision.stages import stage_names
 from tests import REPO
-from tests.defaults import write_defaults
+from tests.support.defaults import write_defaults
 
 DOCS = [REPO / "README.md", REPO / "docs", REPO / "infra" / "README.md"]
 PYTHON = {"py", "python"}

@@ -20,8 +20,8 @@ from onevision.monitoring.sids import KnnSids, SidTable, prefix_strings
 from onevision.monitoring.summary import summary_markdown
 from onevision.monitoring.window import latest, parse_window
 from onevision.storage.s3 import ENDPOINT_ENV, ObjectStore
-from tests.drift_project import render
-from tests.markdown_tables import has_row
+from tests.support.markdown_tables import has_row
+from tests.support.synthetic_shop import render
 
 # --------------------------------------------------------------------------- windows
 

@@ -1,7 +1,7 @@
 """The drift check end to end on a synthetic project: both directions, the report files (the CLI's exit codes,
 which need the flow, are in tests/integration/test_drift_flow.py).
 
-The synthetic project (tests/drift_project.py) has no encoder, so the
+The synthetic project (tests/support/synthetic_shop.py) has no encoder, so the
 monitor runs on its documented pixel fallback. Evidently's import (~4 s) and
 one report per test (~1-3 s) make this module slow.
 """
@@ -17,7 +17,7 @@ import pytest
 from onevision.config import load_config
 from onevision.monitoring.check import build_baseline, run_drift_check
 from onevision.monitoring.drills import simulate_shift
-from tests.drift_project import build_synthetic_project, synthetic_window
+from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_mlflow_run_holds_scores_and_report(cfg, project, baseline, tmp_path):
 
 
 def test_drift_page_opens_on_the_verdict_in_a_real_browser(cfg, project, baseline, items, tmp_path):
-    from tests.browser import open_page
+    from tests.support.browser import open_page
 
     base = synthetic_window(project, 400, seed=21)
     summary = check(cfg, project, baseline, simulate_shift("lighting", base, items, seed=3), tmp_path)

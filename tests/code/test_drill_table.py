@@ -6,7 +6,7 @@ import importlib.util
 import sys
 
 from tests import REPO
-from tests.markdown_tables import has_row
+from tests.support.markdown_tables import has_row
 
 spec = importlib.util.spec_from_file_location("drill_bench", REPO / "benchmarks" / "drill.py")
 drill = importlib.util.module_from_spec(spec)

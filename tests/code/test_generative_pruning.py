@@ -24,7 +24,7 @@ from onevision.generative.pruning import (
 )
 from onevision.generative.trie import SIDTrie
 from tests.code.test_generative_decode import SIZES, catalog, random_context, tiny_model
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 DEFAULT_PARAMS = default_params_file()
 NO_OP = {

@@ -14,7 +14,7 @@ from onevision.data.images import decode_image
 from onevision.data.importer import CatalogImportError, import_catalog
 from onevision.data.tables import TABLES
 from onevision.data.validation import validate_tables
-from tests.defaults import write_defaults
+from tests.support.defaults import write_defaults
 
 SIZE = 16
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from onevision.serving.queries import InvalidQuery, QuerySpec, parse_k, parse_queries, user_ids_of
-from tests.defaults import write_defaults
-from tests.drill import count
+from tests.support.defaults import write_defaults
+from tests.support.drill import count
 
 SPEC = QuerySpec(image_size=28, image_channels=1, max_image_bytes=200_000)
 # Examples per property: 300 here and in CI; the full drill (benchmarks/drill.py --full) asks for more.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onevision.markdown import table
-from tests.markdown_tables import has_row, table_rows
+from tests.support.markdown_tables import has_row, table_rows
 
 
 def test_cells_are_written_as_given_and_read_back():

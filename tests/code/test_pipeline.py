@@ -9,7 +9,7 @@ from onevision.config import ConfigError, load_config, section_names
 from onevision.pipeline import stages_until, write_run_params
 from onevision.stages import declaration, declarations, stage_names
 from onevision.tracking import Tracker, dvc_lock_hashes, flatten, metric_key
-from tests.defaults import default_dvc_yaml_text, default_params, default_params_file
+from tests.support.defaults import default_dvc_yaml_text, default_params, default_params_file
 
 
 def test_profile_and_overrides_are_written_keeping_comments(project):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests import REPO
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 
 @pytest.fixture(scope="module")

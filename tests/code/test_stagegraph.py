@@ -21,7 +21,7 @@ from onevision.stagegraph import (
 )
 from onevision.stages import Stage, declaration, declarations, stage_names
 from tests import REPO
-from tests.defaults import default_dvc_yaml_text, write_defaults
+from tests.support.defaults import default_dvc_yaml_text, write_defaults
 
 ROOT = REPO
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -146,7 +146,7 @@ def _fake_outputs(root: Path) -> None:
 @pytest.fixture
 def committed_project(tmp_path) -> Path:
     """A project whose dvc.lock records every stage as current: the default params.yaml and dvc.yaml
-    (tests/defaults.py), a copy of the package, placeholder outputs, `dvc commit` (no stage runs)."""
+    (tests/support/defaults.py), a copy of the package, placeholder outputs, `dvc commit` (no stage runs)."""
     root = tmp_path / "proj"
     root.mkdir()
     shutil.copytree(ROOT / "onevision", root / "onevision", ignore=shutil.ignore_patterns("__pycache__"))

@@ -8,7 +8,7 @@ import pytest
 from onevision.data.images import encode_png
 from onevision.evaluation.visual import Page, Row, headline_table, personalisation_rows, render_page, write_page
 from onevision.retrieval import RetrievalResult
-from tests.browser import open_page
+from tests.support.browser import open_page
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 
 from onevision.config import Config, load_config
 from onevision.data.demo import build_demo
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 # Smaller than the `small` profile so a build takes a second or two.
 TINY = ["data.n_items=400", "data.n_users=60", "data.n_queries=1500", "data.n_brands=8"]

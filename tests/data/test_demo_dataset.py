@@ -15,7 +15,7 @@ from onevision.data.fashion_mnist import CLASS_NAMES, FashionMNISTMissing, check
 from onevision.data.images import decode_image
 from onevision.data.tables import TABLES, read_tables, write_tables
 from tests.data.conftest import tiny_config
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 
 def _file_hashes(tables: dict[str, pd.DataFrame], folder: Path) -> dict[str, str]:

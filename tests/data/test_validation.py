@@ -16,7 +16,7 @@ from onevision.data.quarantine import QUARANTINE_COLUMNS, ValidationFailed
 from onevision.data.schemas import TableSchemaError, conform
 from onevision.data.tables import TABLES, write_tables
 from onevision.data.validation import validate_folder, validate_tables
-from tests.markdown_tables import has_row
+from tests.support.markdown_tables import has_row
 
 SIZE = 8  # image side of the synthetic shop
 N_ITEMS, VIEWS_PER_ITEM, N_USERS, N_QUERIES, SHOWN = 20, 2, 5, 10, 4

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests import REPO
-from tests.defaults import write_defaults
+from tests.support.defaults import write_defaults
 
 # What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config;
-# params.yaml and dvc.yaml as their defaults, not as the last retrain in this checkout left them (tests/defaults.py).
+# params.yaml and dvc.yaml as their defaults, not as the last retrain in this checkout left them (tests/support/defaults.py).
 PROJECT_FILES = ("prefect.yaml", ".dvcignore", ".gitignore")
 DEFAULT_FILES = ("params.yaml", "dvc.yaml")
 PROJECT_DIRS = ("onevision", "flows", "tasks")
@@ -139,7 +139,7 @@ def moto_s3(bucket: str):
 def tiny_full_run(tmp_path_factory, isolated_state, prefect_server):
     """The whole retrain flow on the shrunk small profile (TINY), once per session: what the pipeline tests check
     and what the crash tests compare a crashed-and-resumed run with."""
-    from tests.flows import load
+    from tests.support.flows import load
 
     retrain = load("retrain.py:retrain")
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests import REPO
 from tests.integration.conftest import TINY
-from tests.markdown_tables import has_row
+from tests.support.markdown_tables import has_row
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.drill import count
-from tests.integration import crash
 from tests.integration.conftest import make_project
+from tests.support import crash
+from tests.support.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 
-from tests.integration import crash
 from tests.integration.conftest import make_project
-from tests.integration.promotion_project import make_tiny_project
+from tests.support import crash
+from tests.support.tiny_trained import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def canary_run(tmp_path_factory, api_env):
 
 def test_no_canary_secret_reaches_any_output(canary_run, api_env, isolated_state, tmp_path):
     from onevision.monitoring.drills import simulate_shift
-    from tests.drift_project import build_synthetic_project, synthetic_window
+    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
 
     # The promotion flow on a trained project (the tiny knn one: seconds), decided by a reviewer.
     tiny = make_tiny_project(tmp_path / "tiny")
@@ -172,7 +172,7 @@ def test_no_canary_secret_reaches_any_output(canary_run, api_env, isolated_state
 
     texts = {"promote console": promote.stdout + promote.stderr + approve.stdout + approve.stderr, "drift console": drift.stdout + drift.stderr, **prefect_texts()}
     leaks = scan([canary_run, tiny, drift_project, isolated_state], texts)
-    from tests.drill import count
+    from tests.support.drill import count
 
     count("canary.outputs", len(CANARIES) * (len(texts) + 3))  # each canary looked for in each output
     assert leaks == [], "\n".join(leaks[:20])

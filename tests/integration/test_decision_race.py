@@ -14,8 +14,8 @@ import yaml
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry, verify_champion
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
-from tests.defaults import default_params
-from tests.drill import count
+from tests.support.defaults import default_params
+from tests.support.drill import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from onevision.monitoring.drills import simulate_shift
-from tests.drift_project import build_synthetic_project, synthetic_window
-from tests.flows import load
 from tests.integration.conftest import moto_s3
+from tests.support.flows import load
+from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-reports"

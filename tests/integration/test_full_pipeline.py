@@ -91,7 +91,7 @@ def test_mlflow_records_a_nested_run_per_stage_with_curves(full_run):
 
 
 def test_rerun_with_nothing_changed_skips_every_stage(full_run):
-    from tests.flows import load
+    from tests.support.flows import load
 
     retrain = load("retrain.py:retrain")
 

@@ -97,7 +97,7 @@ def test_promotion_gates_on_logged_orders(catalog_project):
 
 
 def test_the_visual_report_shows_photos_and_numbers_in_a_browser(catalog_project):
-    from tests.browser import open_page
+    from tests.support.browser import open_page
 
     project, outputs = catalog_project
     sheet = project / "reports/evaluate.html"
@@ -121,7 +121,7 @@ def test_search_takes_a_phone_sized_photo(catalog_project):
     found = json.loads(sh(project, f"onevision search --project . --image {big} --user 3 --json --sheet sheet.html").stdout)
     ids = [r["item_id"] for r in found["results"]]
     assert len(ids) == 10 and target in ids
-    from tests.browser import open_page
+    from tests.support.browser import open_page
 
     seen = open_page(project / "sheet.html")  # the query photo and the 10 results as thumbnails
     assert seen.images == 11 and seen.images_rendered == 11 and all(f"#{i}" in seen.text for i in ids)

@@ -9,8 +9,7 @@ import pytest
 
 from onevision.config import load_config
 from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
-
-from .promotion_project import make_tiny_project
+from tests.support.tiny_trained import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

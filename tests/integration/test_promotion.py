@@ -34,8 +34,7 @@ from onevision.registry.model_registry import (
     ROLLED_BACK,
     PromotionError,
 )
-
-from .promotion_project import GOOD_METRICS, item_images, make_tiny_project, write_metrics
+from tests.support.tiny_trained import GOOD_METRICS, item_images, make_tiny_project, write_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -319,7 +318,7 @@ def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp
 def test_the_candidate_page_shows_candidate_champion_and_mca_in_a_browser(project, first_champion):
     import base64
 
-    from tests.browser import open_page
+    from tests.support.browser import open_page
 
     images = item_images()
     b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731

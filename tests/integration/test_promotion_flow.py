@@ -15,9 +15,9 @@ from onevision.app.cli import app
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
+from tests.support.tiny_trained import make_tiny_project
 
 from .conftest import wait_for
-from .promotion_project import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ def flow_state(flow_run_id: UUID):
 
 def start_promotion(project: Path) -> tuple[threading.Thread, dict]:
     """Run the promotion flow (approval=pause) in a thread, as a long-running flow process would."""
-    from tests.flows import load
+    from tests.support.flows import load
 
     promotion = load("promote.py:promotion")
 
@@ -131,7 +131,7 @@ def test_cli_decision_resumes_the_paused_flow(project, prefect_server):
 
 
 def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
-    from tests.flows import load
+    from tests.support.flows import load
 
     promotion = load("promote.py:promotion")
 
@@ -141,11 +141,11 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
 
 
 def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):
-    from tests.flows import load
+    from tests.support.flows import load
 
     promotion = load("promote.py:promotion")
 
-    from .promotion_project import GOOD_METRICS, write_metrics
+    from tests.support.tiny_trained import GOOD_METRICS, write_metrics
 
     write_metrics(project, evaluate={"knn": {**GOOD_METRICS["knn"], "hr@10": 0.30}, "mca": GOOD_METRICS["mca"]})
     state = promotion(root=str(project), approval="registry", return_state=True)

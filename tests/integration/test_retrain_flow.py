@@ -36,7 +36,7 @@ def mlflow_runs(project: Path):
 
 @pytest.fixture(scope="module")
 def first_run(small_project, prefect_server):
-    from tests.flows import load
+    from tests.support.flows import load
 
     retrain = load("retrain.py:retrain")
 
@@ -74,7 +74,7 @@ def test_mlflow_has_parent_with_nested_stage_runs(first_run):
 
 
 def test_rerun_with_no_change_skips_every_stage(first_run, prefect_server):
-    from tests.flows import load
+    from tests.support.flows import load
 
     retrain = load("retrain.py:retrain")
 
@@ -87,7 +87,7 @@ def test_rerun_with_no_change_skips_every_stage(first_run, prefect_server):
 
 
 def test_param_change_reruns_only_the_dependent_stage(first_run, prefect_server):
-    from tests.flows import load
+    from tests.support.flows import load
 
     retrain = load("retrain.py:retrain")
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.integration import crash
 from tests.integration.conftest import make_project
+from tests.support import crash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

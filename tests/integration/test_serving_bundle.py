@@ -14,8 +14,7 @@ from onevision.config import load_config
 from onevision.data.images import encode_png
 from onevision.serving.bundle import build_bundle, read_manifest
 from onevision.serving.pyfunc import save_bundle_model
-
-from .promotion_project import add_generative_checkpoint, item_images, make_tiny_project
+from tests.support.tiny_trained import add_generative_checkpoint, item_images, make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

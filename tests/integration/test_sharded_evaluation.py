@@ -29,7 +29,7 @@ def test_shard_bounds_cover_the_rows_in_whole_batches(n, shards, align):
 
 
 def test_dask_sharded_evaluation_equals_serial(tiny_full_run, tmp_path):
-    from tests.flows import load
+    from tests.support.flows import load
 
     # loaded twice in one process, as the deployment checks and the command line do in one test session: the second
     # load gets Prefect's "__prefect_loader_<hash>__" module, which the Dask workers cannot import (they died, it hung)

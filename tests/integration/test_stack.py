@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import AWS_ENV, DVC_BUCKET, MLFLOW_BUCKET, client_env, create_work_pool, running_stack, worker
+from tests.support.stack import AWS_ENV, DVC_BUCKET, MLFLOW_BUCKET, client_env, create_work_pool, running_stack, worker
 
 from .conftest import TINY, make_project, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 from onevision.storage.s3 import ObjectStore, StoreError, retry_environment
 from onevision.tracking import ArtifactStoreError, Tracker
 from tests.integration.conftest import moto_s3
-from tests.stack import BIN, free_port, server_process
+from tests.support.stack import BIN, free_port, server_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-errors"

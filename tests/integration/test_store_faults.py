@@ -8,9 +8,9 @@ import pytest
 
 from onevision.monitoring.publish import describe_error
 from onevision.storage.s3 import ObjectStore
-from tests.drill import count
 from tests.integration.conftest import moto_s3
-from tests.integration.proxy import FaultProxy
+from tests.support.drill import count
+from tests.support.proxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-faults"
@@ -75,7 +75,7 @@ def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an
     from typer.testing import CliRunner
 
     from onevision.app.cli import app
-    from tests.drift_project import build_synthetic_project, synthetic_window
+    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
 
     root = build_synthetic_project(tmp_path / "proj")
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
@@ -96,8 +96,8 @@ def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, 
     import boto3
 
     import tasks.drift
-    from tests.drift_project import build_synthetic_project, synthetic_window
-    from tests.flows import load
+    from tests.support.flows import load
+    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
 
     drift_monitor = load("drift.py:drift_monitor")
     monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])

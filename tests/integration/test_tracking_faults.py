@@ -22,11 +22,10 @@ import pytest
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import CHALLENGER
-from tests.drill import count
-from tests.integration.proxy import FaultProxy
-from tests.stack import free_port, server_process
-
-from .promotion_project import make_tiny_project
+from tests.support.drill import count
+from tests.support.proxy import FaultProxy
+from tests.support.stack import free_port, server_process
+from tests.support.tiny_trained import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent

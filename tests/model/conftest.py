@@ -17,7 +17,7 @@ import pytest
 
 from onevision import paths
 from onevision.config import Config, load_config
-from tests.defaults import default_params_file
+from tests.support.defaults import default_params_file
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from onevision import paths
-from tests.model.stand_in import TINY, stand_in_project
+from tests.support.stand_in import TINY, stand_in_project
 
 STAGES = ("pretrain", "sft", "dpo")
 # Measured 1- vs 2-process gaps on an AMD EPYC (2 cores) with ATEN_CPU_CAPABILITY forced to default / avx2 / avx512:
@@ -178,7 +178,7 @@ def test_global_batch_gradients_equal_one_process(tmp_path):
     over the whole batch (AdamW would hide a wrong scale of it: this compares the gradients themselves)."""
     import torch.multiprocessing as mp
 
-    from tests.stack import free_port
+    from tests.support.stack import free_port
 
     _grads(0, 1, 0, str(tmp_path / "one.pt"))
     mp.spawn(_grads, args=(2, free_port(), str(tmp_path / "two.pt")), nprocs=2, join=True)

@@ -1,6 +1,6 @@
 """Stages pretrain -> sft -> dpo on a tiny demo project: files in, checkpoints and metrics out, servable.
 
-The upstream artifacts are stand-ins (tests/model/stand_in.py) so this test checks *this* package's wiring only.
+The upstream artifacts are stand-ins (tests/support/stand_in.py) so this test checks *this* package's wiring only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from onevision import paths
 from onevision.config import load_config
 from onevision.retrieval import Retriever
-from tests.defaults import default_params_file
-from tests.model.stand_in import TINY, stand_in_project
+from tests.support.defaults import default_params_file
+from tests.support.stand_in import TINY, stand_in_project
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import pytest
 
 from onevision import paths
 from onevision.config import Config
-from tests.markdown_tables import table_rows
 from tests.model.conftest import DEMO_SHOP, needs_fashion_mnist, write_demo_project
+from tests.support.markdown_tables import table_rows
 
 pytestmark = needs_fashion_mnist  # every test uses the tiny demo shop
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tests.defaults import default_params
+from tests.support.defaults import default_params
 
 N_ITEMS = 40
 SIDE = 28

@@ -17,7 +17,7 @@ import yaml
 
 from onevision import paths
 from onevision.config import Config, load_config, overrides_to_tree
-from tests.defaults import default_params
+from tests.support.defaults import default_params
 
 TINY = [
     "data.n_items=120", "data.n_users=20", "data.n_queries=600", "data.n_brands=6",
