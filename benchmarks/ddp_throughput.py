@@ -1,7 +1,7 @@
 """Data-parallel training throughput: one generative stage with 1 process vs N processes under torchrun (gloo).
 
 Builds a stand-in project (the generative stages' inputs: the demo shop, a saved random encoder, random
-unique SIDs; tests/support/stand_in.py), then runs ``onevision stage run pretrain`` (and ``sft``) once with
+unique SIDs; `build_project(root, "stand-in")` of tests/support/projects.py), then runs ``onevision stage run pretrain`` (and ``sft``) once with
 ``distributed.nproc_per_node=1`` and ``generative.threads=T`` and once with N processes of T/N threads each,
 the same global batch and seed. Reports each stage's wall time (process start to exit, torchrun included),
 its training time and examples per second, and the N-process speed-up.
@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from onevision.markdown import table as markdown_table  # noqa: E402
-from tests.support.stand_in import TINY, stand_in_project  # noqa: E402
+from tests.support.projects import TINY_STAND_IN, build_project  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 FULL = [
@@ -72,11 +72,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in total (split across processes)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     args = parser.parse_args()
-    overrides = [*TINY, *(FULL if not args.quick else []), "generative.model.dropout=0.0"]
+    overrides = [*TINY_STAND_IN, *(FULL if not args.quick else []), "generative.model.dropout=0.0"]
     with tempfile.TemporaryDirectory(prefix="onevision-ddp-") as tmp:
         one = Path(tmp) / "one"
         one.mkdir()
-        stand_in_project(one, overrides)
+        build_project(one, "stand-in", profile="small", overrides=overrides)
         many = Path(tmp) / "many"
         shutil.copytree(one, many)
         _set(one, 1, args.threads)

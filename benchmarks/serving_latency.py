@@ -144,9 +144,9 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     root = args.root
     if root is None:
         sys.path.insert(0, str(REPO))
-        from tests.support.tiny_trained import make_tiny_project
+        from tests.support.projects import build_project
 
-        root = make_tiny_project(work / "project")
+        root = build_project(work / "project", "tiny-trained").root
     root = root.resolve()
     cfg = load_config(root / PARAMS_FILE, overrides=[f"serving.retriever={args.retriever}"] if args.retriever else [])
     bundle = build_bundle(cfg, root, work / "bundle")

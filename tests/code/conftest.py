@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.defaults import write_defaults
+from tests.support.projects import build_project
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """An empty project root holding the default params.yaml (tests/support/defaults.py; nothing built)."""
-    return write_defaults(tmp_path)
+    """An empty project root holding the default params.yaml (nothing built): ``build_project``'s "defaults"."""
+    return build_project(tmp_path).root

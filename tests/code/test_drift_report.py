@@ -17,14 +17,15 @@ import pytest
 from onevision.config import load_config
 from onevision.monitoring.check import build_baseline, run_drift_check
 from onevision.monitoring.drills import simulate_shift
-from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
+from tests.support.projects import build_project
+from tests.support.synthetic_shop import synthetic_window
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    return build_synthetic_project(tmp_path_factory.mktemp("drift") / "proj")
+    return build_project(tmp_path_factory.mktemp("drift") / "proj", "synthetic").root
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -12,40 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import REPO
-from tests.support.defaults import write_defaults
+from tests.support.projects import TINY_FLOW, build_project
 
-# What a project checkout needs for the pipeline: code (dvc.yaml hashes it), params, stage graph, DVC config;
-# params.yaml and dvc.yaml as their defaults, not as the last retrain in this checkout left them (tests/support/defaults.py).
-PROJECT_FILES = ("prefect.yaml", ".dvcignore", ".gitignore")
-DEFAULT_FILES = ("params.yaml", "dvc.yaml")
-PROJECT_DIRS = ("onevision", "flows", "tasks")
-
-# The small profile, shrunk so that the whole flow takes a few minutes on 2 cores.
-TINY = [
-    "data.n_items=800",
-    "data.n_users=150",
-    "data.n_queries=2500",
-    "encoder.epochs=3",
-    "vrq.codebook_sizes=[64, 32, 16]",
-    "vrq.epochs=5",
-    "mca.recall_k=200",
-    "mca.prerank_k=50",
-    "generative.pretrain.epochs=2",
-    "generative.sft.epochs=1",
-    "generative.dpo.epochs=1",
-    "generative.decode.beam_width=100",
-    "evaluate.latency_queries=20",
-    "evaluate.warmup=5",
-    "evaluate.bootstrap=50",
-    "pruning.visual_keep_mass=[1.0]",
-    "pruning.beam_margin=[null, 2.0]",
-    "pruning.level_beam_widths=[null]",
-    "pruning.val_queries=100",
-    "pruning.test_queries=100",
-    "pruning.latency_queries=10",
-    "pruning.warmup=2",
-]
+TINY = TINY_FLOW  # the small profile shrunk for the whole flow (test_stack.py imports it from here)
 
 
 def wait_for(predicate, what: str, timeout: float = 180.0, interval: float = 0.3,
@@ -60,25 +26,10 @@ def wait_for(predicate, what: str, timeout: float = 180.0, interval: float = 0.3
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
-
-
 def make_project(dest: Path) -> Path:
-    """Copy the project into ``dest`` as a fresh git + DVC repository with a local remote."""
-    dest.mkdir(parents=True, exist_ok=True)
-    write_defaults(dest, DEFAULT_FILES)
-    for name in PROJECT_FILES:
-        shutil.copy2(REPO / name, dest / name)
-    for name in PROJECT_DIRS:
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    bin_dir = Path(sys.executable).parent
-    _run(["git", "init", "-q", "-b", "main"], dest)
-    _run([str(bin_dir / "dvc"), "init", "-q"], dest)
-    shutil.copy2(REPO / ".dvc" / "config", dest / ".dvc" / "config")
-    _run(["git", "add", "-A"], dest)
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "init"], dest)
-    return dest
+    """A project checkout in ``dest``: a fresh git + DVC repository with a local remote (``build_project``'s
+    "checkout")."""
+    return build_project(dest, "checkout").root
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests import REPO
-from tests.integration.conftest import TINY
 from tests.support.markdown_tables import has_row
+from tests.support.projects import TINY_FLOW as TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

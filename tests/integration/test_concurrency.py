@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import make_project
 from tests.support import crash
 from tests.support.drill import count
+from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def api_env(prefect_server):
 @pytest.mark.drill  # a minute of two flows at once: in the full drill, not in CI's time budget
 def test_two_retrains_at_once_in_two_checkouts_keep_their_own_outputs_and_runs(tmp_path, api_env):
     """Same machine, same DVC site cache, same Prefect server; different seeds, so any mix-up shows."""
-    a, b = make_project(tmp_path / "team-a"), make_project(tmp_path / "team-b")
+    a, b = build_project(tmp_path / "team-a", "checkout").root, build_project(tmp_path / "team-b", "checkout").root
     argv = crash.retrain_argv("validate")
     procs = [subprocess.Popen(argv + extra, cwd=p, env=crash.env(**api_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p, extra in ((a, []), (b, ["--set", "seed=1"]))]

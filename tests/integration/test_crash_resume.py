@@ -16,9 +16,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import make_project
 from tests.support import crash
-from tests.support.tiny_trained import make_tiny_project
+from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,7 +70,7 @@ def crash_and_resume(project, kills: list[str], until: str | None, api_env: dict
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory, api_env):
     """A run SIGKILLed in the VRQ tokenizer's training (canaries in its environment), then resumed up to it."""
-    project = make_project(tmp_path_factory.mktemp("crashed") / "shop")
+    project = build_project(tmp_path_factory.mktemp("crashed") / "shop", "checkout").root
     crashes = crash_and_resume(project, ["vrq"], "vrq", api_env)
     (project / "console.log").write_text("".join(c.output for c in crashes))  # scanned for canaries with the rest
     return project
@@ -91,7 +90,7 @@ def test_sigkill_in_a_training_stage_then_resume_gives_the_same_models(crashed, 
 def test_sigkill_in_every_training_stage_then_resume_gives_the_same_evaluation(tmp_path, api_env, tiny_full_run):
     """The full drill: one crash in each training stage, one after another, then the same TEST metrics."""
     reference, _ = tiny_full_run
-    project = make_project(tmp_path / "crashed")
+    project = build_project(tmp_path / "crashed", "checkout").root
     crash_and_resume(project, ["align_encoder", "vrq", "mca", "pretrain", "sft", "dpo", "calibrate_pruning"], None, api_env)
     assert crash.result_differences(project, reference) == []  # every stage's metrics, evaluate's TEST quality too
     assert dvc_changed(project) == set()
@@ -139,7 +138,7 @@ def prefect_texts() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def canary_run(tmp_path_factory, api_env):
     """The retrain flow through the data stages with canary credentials in its environment."""
-    project = make_project(tmp_path_factory.mktemp("canary") / "shop")
+    project = build_project(tmp_path_factory.mktemp("canary") / "shop", "checkout").root
     proc = crash.run_to_end(project, until="validate", extra_env=api_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (project / "console.log").write_text(proc.stdout + proc.stderr)  # scanned with the rest
@@ -148,10 +147,10 @@ def canary_run(tmp_path_factory, api_env):
 
 def test_no_canary_secret_reaches_any_output(canary_run, api_env, isolated_state, tmp_path):
     from onevision.monitoring.drills import simulate_shift
-    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
+    from tests.support.synthetic_shop import synthetic_window
 
     # The promotion flow on a trained project (the tiny knn one: seconds), decided by a reviewer.
-    tiny = make_tiny_project(tmp_path / "tiny")
+    tiny = build_project(tmp_path / "tiny", "tiny-trained").root
     promote = subprocess.run([str(crash.BIN / "onevision"), "promote", "--approval", "registry", "--root", str(tiny)],
                              env=crash.env(**api_env), capture_output=True, text=True, timeout=600)
     assert promote.returncode == 0, promote.stdout[-2000:] + promote.stderr[-2000:]
@@ -160,7 +159,7 @@ def test_no_canary_secret_reaches_any_output(canary_run, api_env, isolated_state
     assert approve.returncode == 0, approve.stdout[-2000:] + approve.stderr[-2000:]
 
     # Drift with shifted traffic: an alarm whose webhook (a token URL in the environment) is down.
-    drift_project = build_synthetic_project(tmp_path / "drift")
+    drift_project = build_project(tmp_path / "drift", "synthetic").root
     import pandas as pd
 
     items = pd.read_parquet(drift_project / "data/validated/items.parquet")

@@ -13,7 +13,8 @@ import pytest
 from onevision.monitoring.drills import simulate_shift
 from tests.integration.conftest import moto_s3
 from tests.support.flows import load
-from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
+from tests.support.projects import build_project
+from tests.support.synthetic_shop import synthetic_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "onevision-reports"
@@ -53,7 +54,7 @@ def s3_endpoint():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, isolated_state):
-    root = build_synthetic_project(tmp_path_factory.mktemp("drift-flow") / "proj")
+    root = build_project(tmp_path_factory.mktemp("drift-flow") / "proj", "synthetic").root
     items = pd.read_parquet(root / "data/validated/items.parquet")
     clean = synthetic_window(root, 300, seed=5)
     clean.to_parquet(root / "clean.parquet")

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.integration.conftest import REPO, make_project
+from tests import REPO
+from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +53,7 @@ def dvc_changed(project: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def catalog_project(tmp_path_factory, isolated_state, prefect_server):
-    project = make_project(tmp_path_factory.mktemp("own-catalog") / "shop")
+    project = build_project(tmp_path_factory.mktemp("own-catalog") / "shop", "checkout").root
     outputs = {}
     for command in readme_commands():
         verb = command.split()[1]

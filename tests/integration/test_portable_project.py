@@ -9,7 +9,7 @@ import pytest
 
 from onevision.config import load_config
 from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
-from tests.support.tiny_trained import make_tiny_project
+from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def promote_and_approve(project: Path) -> str:
 
 def test_a_copied_project_writes_only_into_itself(tmp_path, isolated_state, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    original = make_tiny_project(tmp_path / "original")
+    original = build_project(tmp_path / "original", "tiny-trained").root
     first = promote_and_approve(original)  # the original has runs, a model version and artifacts
     copy = tmp_path / "moved" / "copy"
     shutil.copytree(original, copy)

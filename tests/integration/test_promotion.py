@@ -34,7 +34,8 @@ from onevision.registry.model_registry import (
     ROLLED_BACK,
     PromotionError,
 )
-from tests.support.tiny_trained import GOOD_METRICS, item_images, make_tiny_project, write_metrics
+from tests.support.projects import build_project
+from tests.support.tiny_trained import GOOD_METRICS, item_images, write_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +45,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, isolated_state) -> Path:
-    return make_tiny_project(tmp_path_factory.mktemp("promotion") / "project")
+    return build_project(tmp_path_factory.mktemp("promotion") / "project", "tiny-trained").root
 
 
 def registry(project: Path):

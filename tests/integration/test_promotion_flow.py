@@ -15,7 +15,7 @@ from onevision.app.cli import app
 from onevision.config import load_config
 from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
-from tests.support.tiny_trained import make_tiny_project
+from tests.support.projects import build_project
 
 from .conftest import wait_for
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def project(tmp_path, isolated_state) -> Path:
-    return make_tiny_project(tmp_path / "project")
+    return build_project(tmp_path / "project", "tiny-trained").root
 
 
 def allow_form_decisions(project: Path) -> Path:

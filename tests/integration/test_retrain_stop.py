@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import make_project
 from tests.support import crash
+from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,7 +20,7 @@ def test_sigterm_stops_the_running_stage_and_the_rerun_resumes(tmp_path, prefect
     from prefect.settings import PREFECT_API_URL
 
     env = crash.env(PREFECT_API_URL=PREFECT_API_URL.value())
-    project = make_project(tmp_path / "shop")
+    project = build_project(tmp_path / "shop", "checkout").root
     # 40 encoder epochs: the stage runs for minutes, so the signal surely lands inside it, however loaded the machine
     running = crash.start_until_stage(project, "align_encoder", extra_env={"PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300,
                                       extra=("encoder.epochs=40",), flags=("--promote",))

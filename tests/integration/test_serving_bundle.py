@@ -14,13 +14,14 @@ from onevision.config import load_config
 from onevision.data.images import encode_png
 from onevision.serving.bundle import build_bundle, read_manifest
 from onevision.serving.pyfunc import save_bundle_model
-from tests.support.tiny_trained import add_generative_checkpoint, item_images, make_tiny_project
+from tests.support.projects import build_project
+from tests.support.tiny_trained import add_generative_checkpoint, item_images
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_generative_bundle_serves_through_pyfunc(tmp_path):
-    root = make_tiny_project(tmp_path / "project", serving={"retriever": "onevision", "stage": "dpo"})
+    root = build_project(tmp_path / "project", "tiny-trained", overrides=["serving.retriever=onevision", "serving.stage=dpo"]).root
     add_generative_checkpoint(root)
     bundle = build_bundle(load_config(root / "params.yaml"), root, tmp_path / "bundle")
     manifest = read_manifest(bundle)
@@ -44,6 +45,6 @@ def test_generative_bundle_serves_through_pyfunc(tmp_path):
 
 
 def test_bundle_refuses_a_project_without_the_checkpoint(tmp_path):
-    root = make_tiny_project(tmp_path / "project", serving={"retriever": "onevision"})
+    root = build_project(tmp_path / "project", "tiny-trained", overrides=["serving.retriever=onevision"]).root
     with pytest.raises(FileNotFoundError, match="missing models/generative/dpo"):
         build_bundle(load_config(root / "params.yaml"), root, tmp_path / "bundle")

@@ -75,9 +75,10 @@ def test_a_drift_run_whose_store_keeps_failing_is_an_infrastructure_error_not_an
     from typer.testing import CliRunner
 
     from onevision.app.cli import app
-    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
+    from tests.support.projects import build_project
+    from tests.support.synthetic_shop import synthetic_window
 
-    root = build_synthetic_project(tmp_path / "proj")
+    root = build_project(tmp_path / "proj", "synthetic").root
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
     proxy.faults = 10_000
     try:
@@ -97,11 +98,12 @@ def test_a_prefect_task_that_fails_once_is_retried_and_the_run_completes(proxy, 
 
     import tasks.drift
     from tests.support.flows import load
-    from tests.support.synthetic_shop import build_synthetic_project, synthetic_window
+    from tests.support.projects import build_project
+    from tests.support.synthetic_shop import synthetic_window
 
     drift_monitor = load("drift.py:drift_monitor")
     monkeypatch.setattr(tasks.drift.upload_drift_reports, "retry_delay_seconds", [0.2, 0.2, 0.2])
-    root = build_synthetic_project(tmp_path / "proj")
+    root = build_project(tmp_path / "proj", "synthetic").root
     synthetic_window(root, 300, seed=5).to_parquet(root / "clean.parquet")
     proxy.faults, proxy.injected = 1, 0
     state = drift_monitor(root=str(root), current=str(root / "clean.parquet"), return_state=True,

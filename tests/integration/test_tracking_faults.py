@@ -23,9 +23,9 @@ from onevision.config import load_config
 from onevision.promotion.workflow import open_registry
 from onevision.registry.model_registry import CHALLENGER
 from tests.support.drill import count
+from tests.support.projects import build_project
 from tests.support.proxy import FaultProxy
 from tests.support.stack import free_port, server_process
-from tests.support.tiny_trained import make_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -86,7 +86,8 @@ def tracking(tmp_path_factory, isolated_state):
 
 @pytest.fixture
 def project(tmp_path, tracking) -> Path:
-    return make_tiny_project(tmp_path / "project", tracking={"tracking_uri": tracking.url, "max_attempts": 4, "backoff_factor": 1})
+    return build_project(tmp_path / "project", "tiny-trained", overrides=[
+        f"tracking.tracking_uri={tracking.url}", "tracking.max_attempts=4", "tracking.backoff_factor=1"]).root
 
 
 def promote(project: Path, prefect_api: str) -> subprocess.CompletedProcess:
@@ -159,7 +160,8 @@ def test_a_tracking_server_that_stays_down_fails_clearly_and_registers_nothing(a
 def test_a_tracking_server_that_is_gone_is_named_with_exit_4(tmp_path, isolated_state):
     """Nothing listens at the tracking URI (connection refused): `onevision models` ends with exit 4 and the cause."""
     gone = f"http://127.0.0.1:{free_port()}"
-    project = make_tiny_project(tmp_path / "project", tracking={"tracking_uri": gone, "max_attempts": 2, "backoff_factor": 0})
+    project = build_project(tmp_path / "project", "tiny-trained", overrides=[
+        f"tracking.tracking_uri={gone}", "tracking.max_attempts=2", "tracking.backoff_factor=0"]).root
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
     result = subprocess.run([str(BIN / "onevision"), "models", "--root", str(project)], env=env, capture_output=True,
                             text=True, timeout=120)

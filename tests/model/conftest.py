@@ -1,9 +1,10 @@
 """Fixtures shared by the model tier: tiny demo shops built by the real demo builder.
 
-``demo_project`` writes the demo builder's tables as the validated ones (what
-stage ``validate`` passes on; these tests are about the models), splits them
-and runs the stages a module asks for. Each module keeps its own sizes: the
-shared part is the shop and how it is built.
+``demo_project`` builds a ``demo`` project (tests/support/projects.py: the demo
+builder's tables as the validated ones, what stage ``validate`` passes on;
+these tests are about the models), split, and runs the stages a module asks
+for. Each module keeps its own sizes: the shared part is the shop and how it
+is built.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from onevision import paths
-from onevision.config import Config, load_config
-from tests.support.defaults import default_params_file
+from onevision.config import Config
+from tests.support.projects import build_project
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
@@ -30,15 +30,8 @@ NARROW_ENCODER = ["encoder.width=16", "encoder.hidden_dim=128", "encoder.embed_d
 
 def write_demo_project(root: Path, overrides: Sequence[str]) -> tuple[Config, dict[str, pd.DataFrame]]:
     """The small profile with ``overrides``; its demo tables written as validated under ``root`` and split."""
-    from onevision.data.demo import build_demo
-    from onevision.data.stage import split
-    from onevision.data.tables import write_tables
-
-    cfg = load_config(default_params_file(), profile="small", overrides=list(overrides))
-    tables = build_demo(cfg, progress=False)
-    write_tables(tables, root / paths.VALIDATED)
-    split(cfg, root)
-    return cfg, tables
+    project = build_project(root, "demo", profile="small", overrides=overrides)
+    return project.cfg, project.tables
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from onevision import paths
-from tests.support.stand_in import TINY, stand_in_project
+from tests.support.projects import TINY_STAND_IN, build_project
 
 STAGES = ("pretrain", "sft", "dpo")
 # Measured 1- vs 2-process gaps on an AMD EPYC (2 cores) with ATEN_CPU_CAPABILITY forced to default / avx2 / avx512:
@@ -55,7 +55,7 @@ def _run_stages(root: Path, stages: tuple[str, ...] = STAGES) -> list[str]:
 def test_two_process_ddp_matches_one_process(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
-    stand_in_project(one, [*TINY, "generative.model.dropout=0.0", "generative.threads=2"])
+    build_project(one, "stand-in", profile="small", overrides=[*TINY_STAND_IN, "generative.model.dropout=0.0", "generative.threads=2"])
     two = tmp_path / "two"
     shutil.copytree(one, two)
     _set_processes(two, 2)
@@ -108,7 +108,7 @@ def test_two_process_align_encoder_matches_one_process(tmp_path):
     statistics, augmentations drawn once for the global batch; odd batches (45 pairs) split 23/22."""
     one = tmp_path / "one"
     one.mkdir()
-    stand_in_project(one, [*TINY, *ENCODER])
+    build_project(one, "stand-in", profile="small", overrides=[*TINY_STAND_IN, *ENCODER])
     two = tmp_path / "two"
     shutil.copytree(one, two)
     _set_processes(two, 2)

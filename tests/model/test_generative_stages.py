@@ -1,6 +1,6 @@
 """Stages pretrain -> sft -> dpo on a tiny demo project: files in, checkpoints and metrics out, servable.
 
-The upstream artifacts are stand-ins (tests/support/stand_in.py) so this test checks *this* package's wiring only.
+The upstream artifacts are stand-ins (a "stand-in" project, tests/support/projects.py) so this test checks *this* package's wiring only.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from onevision import paths
 from onevision.config import load_config
 from onevision.retrieval import Retriever
 from tests.support.defaults import default_params_file
-from tests.support.stand_in import TINY, stand_in_project
+from tests.support.projects import TINY_STAND_IN, build_project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("generative")
-    return root, stand_in_project(root)
+    return root, build_project(root, "stand-in", profile="small", overrides=TINY_STAND_IN).cfg
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_calibrate_pruning_writes_its_files_and_feeds_evaluate_and_serving(proje
     assert order.index("dpo") < order.index("calibrate_pruning") < order.index("evaluate")
     assert "pruning" in declaration("calibrate_pruning").sections
     cfg = load_config(default_params_file(), profile="small", overrides=[
-        *TINY, "pruning.visual_keep_mass=[1.0,0.5]", "pruning.beam_margin=[null,1.0]", "pruning.level_beam_widths=[null]",
+        *TINY_STAND_IN, "pruning.visual_keep_mass=[1.0,0.5]", "pruning.beam_margin=[null,1.0]", "pruning.level_beam_widths=[null]",
         "pruning.early_exit=[false,true]", "pruning.val_queries=30", "pruning.test_queries=20", "pruning.latency_queries=4",
         "pruning.warmup=1", "pruning.batch_size=16", "pruning.k=20", "pruning.max_relative_loss=0.05",
     ])

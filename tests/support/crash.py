@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.conftest import TINY  # the shrunk small profile of the pipeline tests
 from tests.support.drill import count
+from tests.support.projects import TINY_FLOW as TINY  # the shrunk small profile of the pipeline tests
 
 BIN = Path(sys.executable).parent
 # Outputs whose bytes carry wall times (metrics, reports, plots): compared by their quality figures, not their hashes.

@@ -1,4 +1,4 @@
-"""A tiny synthetic project for the drift monitor's tests (test code: not installed with the library).
+"""A tiny synthetic shop for the drift monitor's tests: the data of ``build_project(root, "synthetic")``.
 
 No Fashion-MNIST, encoder or DVC needed: five product categories drawn as
 simple shapes (square, disc, stripes, bar, ring) on 28x28 grey photos, a few
@@ -6,7 +6,7 @@ brands, users and a query log, written as the tables a project root holds
 after prepare -> validate -> split. The monitor then runs with its pixel
 fallback embedding::
 
-    root = build_synthetic_project(tmp_path / "proj")
+    root = build_project(tmp_path / "proj", "synthetic").root  # tests/support/projects.py
     cfg = load_config(root / "params.yaml")
     summary = run_drift_check(cfg, root, current=synthetic_window(root, 400, seed=7))
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from onevision import paths
 from onevision.data.images import encode_png
@@ -26,6 +25,7 @@ N_CATEGORIES, N_ITEMS, N_BRANDS, N_USERS = 5, 60, 6, 50
 SIDE = 28
 REGIONS = ("north", "south", "east")
 START = pd.Timestamp("2026-01-01T00:00:00Z")
+# its params.yaml: the Config fields' defaults (not the repository's params.yaml) but for these
 PARAMS = {
     "profile": "default",
     "seed": 0,
@@ -107,12 +107,12 @@ def queries(items: pd.DataFrame, n: int, seed: int, first_id: int = 0, days: int
     )
 
 
-def build_synthetic_project(root: Path, n_queries: int = 1200, seed: int = 0, params: dict | None = None) -> Path:
-    """Write params.yaml, data/validated/{items,users,queries}.parquet and data/splits/assignment.parquet."""
+def write_shop(root: Path, n_queries: int = 1200, seed: int = 0) -> None:
+    """Write data/validated/{items,users,queries}.parquet and data/splits/assignment.parquet under ``root``
+    (its params.yaml, :data:`PARAMS`, is the project builder's to write)."""
     root = Path(root)
     (root / paths.VALIDATED).mkdir(parents=True, exist_ok=True)
     (root / paths.SPLITS).mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({**PARAMS, **(params or {})}, sort_keys=False))
     items = _items(seed)
     log = queries(items, n_queries, seed)
     items.to_parquet(root / paths.VALIDATED / "items.parquet", index=False)
@@ -123,7 +123,6 @@ def build_synthetic_project(root: Path, n_queries: int = 1200, seed: int = 0, pa
     pd.DataFrame({"query_id": log["query_id"], "user_id": log["user_id"], "ts": log["ts"], "split": pd.array(split, dtype="string")}).to_parquet(
         root / paths.SPLITS / "assignment.parquet", index=False
     )
-    return root
 
 
 def synthetic_window(root: Path, n: int, seed: int) -> pd.DataFrame:
