@@ -28,7 +28,7 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 
 
 def test_committed_dvc_yaml_is_the_generated_one():
-    # the checkout's own pair, which a retrain rewrites together (tests/code/test_checkout_state.py checks the commit)
+    # the checkout's own pair, which a retrain rewrites together (tests/policy/test_checkout_state.py checks the commit)
     cfg = load_config(ROOT / "params.yaml")
     assert render_dvc_yaml(cfg, read_params(ROOT)) == (ROOT / "dvc.yaml").read_text(), (
         "dvc.yaml is stale: run `onevision stage dvc-yaml` and commit it")

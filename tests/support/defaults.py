@@ -7,7 +7,7 @@ small-profile checkout behind, and a test that copied the repository's params.ya
 whatever the last retrain left there. Tests build their projects from these helpers instead: the checkout's
 params.yaml with that run state put back to the package's defaults (the sections and profiles are kept, a
 developer's uncommitted edits of them included; no git needed), and the dvc.yaml generated for it.
-tests/code/test_checkout_state.py runs the configuration and stage-graph tests in a retrained copy.
+tests/policy/test_checkout_state.py runs the configuration and stage-graph tests in a retrained copy.
 """
 
 from __future__ import annotations

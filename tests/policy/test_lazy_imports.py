@@ -152,6 +152,6 @@ def test_the_scan_catches_a_light_lazy_import_and_an_unexplained_one():
     assert "say why" in problems[0] and all("import it at the top" in p for p in problems[1:])
 
 
-if __name__ == "__main__":  # python tests/code/test_lazy_imports.py: the list, for fixing
+if __name__ == "__main__":  # python tests/policy/test_lazy_imports.py: the list, for fixing
     print("\n".join(package(REPO).violations()) or "no violations")
     sys.exit(0)
