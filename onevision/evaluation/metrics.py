@@ -187,7 +187,7 @@ def bootstrap_ci(
     if n == 1:  # one query: nothing to resample (scipy asks for two)
         point = float(arrays[0][0]) if statistic is None else float(statistic(*arrays))
         return (point, point)
-    from scipy import stats  # lazy: scipy.stats (~0.7 s) only for the intervals; the metrics themselves are numpy
+    from scipy import stats  # lazy: scipy.stats only for the intervals; the metrics themselves are numpy
 
     res = stats.bootstrap(
         tuple(arrays), np.mean if statistic is None else statistic, n_resamples=n_resamples, confidence_level=level,
