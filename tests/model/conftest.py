@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from onevision.config import Config
@@ -28,20 +27,14 @@ DEMO_SHOP = ["data.n_items=300", "data.n_users=60", "data.n_brands=10"]
 NARROW_ENCODER = ["encoder.width=16", "encoder.hidden_dim=128", "encoder.embed_dim=64", "encoder.batch_size=128"]
 
 
-def write_demo_project(root: Path, overrides: Sequence[str]) -> tuple[Config, dict[str, pd.DataFrame]]:
-    """The small profile with ``overrides``; its demo tables written as validated under ``root`` and split."""
-    project = build_project(root, "demo", profile="small", overrides=overrides)
-    return project.cfg, project.tables
-
-
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory) -> Callable[..., tuple[Path, Config, dict[str, Any]]]:
-    """``demo_project(name, overrides, stages)`` -> (root, cfg, {stage: its metrics}) for a fresh tiny demo project."""
+    """``demo_project(name, overrides, stages)`` -> (root, cfg, {stage: its metrics}): a fresh ``demo`` project
+    on the small profile with ``overrides``, and the ``stages`` run in it."""
     from onevision.stages import run_stage
 
     def build(name: str, overrides: Sequence[str], stages: Sequence[str] = ()) -> tuple[Path, Config, dict[str, Any]]:
-        root = tmp_path_factory.mktemp(name)
-        cfg, _ = write_demo_project(root, overrides)
-        return root, cfg, {stage: run_stage(stage, cfg, root) for stage in stages}
+        project = build_project(tmp_path_factory.mktemp(name), "demo", profile="small", overrides=overrides)
+        return project.root, project.cfg, {stage: run_stage(stage, project.cfg, project.root) for stage in stages}
 
     return build

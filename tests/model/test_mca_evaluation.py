@@ -18,8 +18,9 @@ import pytest
 
 from onevision import paths
 from onevision.config import Config
-from tests.model.conftest import DEMO_SHOP, needs_fashion_mnist, write_demo_project
+from tests.model.conftest import DEMO_SHOP, needs_fashion_mnist
 from tests.support.markdown_tables import table_rows
+from tests.support.projects import build_project
 
 pytestmark = needs_fashion_mnist  # every test uses the tiny demo shop
 
@@ -64,7 +65,8 @@ def build_tiny_project(root: Path, overrides: list[str] | None = None) -> tuple[
     """Demo tables (written as validated), the split, fake item embeddings; returns the config and the fake encoder."""
     from onevision.encoder.api import decode_image_column, save_item_embeddings
 
-    cfg, tables = write_demo_project(root, TINY + list(overrides or []))
+    project = build_project(root, "demo", profile="small", overrides=TINY + list(overrides or []))
+    cfg, tables = project.cfg, project.tables
     item_ids, item_emb, query_emb = fake_embeddings(tables["items"], tables["queries"], seed=cfg.seed)
     save_item_embeddings(root, item_ids, item_emb)
     images = decode_image_column(tables["queries"], channels=cfg.data.image_channels)
