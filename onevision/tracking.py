@@ -240,6 +240,7 @@ class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
     def __init__(self, root: Path, experiment: str, uri: str | None = None, retries: Mapping[str, str] | None = None):
+        """``uri``: the resolved tracking URI (``Project.tracking_uri``); None resolves it here (:func:`tracking_uri`)."""
         # lazy: mlflow on the first tracking call; the command line imports this module at start
         from mlflow.tracking import MlflowClient
 
@@ -247,7 +248,7 @@ class Tracker:
         # from the environment (:func:`retry_environment`; an operator's explicit values win).
         apply_retry_environment(retries or {})
         self.root = Path(root)
-        self.uri = tracking_uri(self.root, uri)
+        self.uri = uri or tracking_uri(self.root)
         # An explicit client, not mlflow.set_tracking_uri: that would export the URI process-wide.
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(experiment)
