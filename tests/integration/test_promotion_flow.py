@@ -12,8 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
-from onevision.config import load_config
-from onevision.promotion.workflow import open_registry
+from onevision.project import Project
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
 
 from .conftest import wait_for
@@ -36,7 +35,7 @@ def allow_form_decisions(project: Path) -> Path:
 
 
 def registry(project: Path):
-    return open_registry(load_config(project / "params.yaml"), project)
+    return Project.open(project).registry()
 
 
 def flow_state(flow_run_id: UUID):
