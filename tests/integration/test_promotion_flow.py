@@ -139,6 +139,18 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
     assert registry(project).aliases() == {CHALLENGER: outcome["version"]}
 
 
+def test_promote_opens_the_project_once_per_entry_point(project, prefect_server, monkeypatch):
+    """`onevision promote`: params.yaml read by the command (its check before Prefect starts) and by the flow,
+    the tracking URI resolved and the registry opened once, by the flow (were 4, 3 and 2)."""
+    from tests.resolutions import count_resolutions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.resolve() / 'mlflow.db'}")  # what the command sets; put back after
+    counted = count_resolutions(monkeypatch)
+    result = CliRunner().invoke(app, ["promote", "--approval", "registry", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert counted == {"load_config": 2, "tracking_uri": 1, "ModelRegistry": 1}
+
+
 def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):
     from tests.flows import load
 
