@@ -155,20 +155,23 @@ def relocate_local_store(root: Path, uri: str) -> bool:
     drift reports would be written there (or fail when it is gone). The store's last root is kept in
     ``.onevision/mlflow-root``; when it differs from the current root, every location under the old root is
     rewritten to the same path under the new one, in one transaction. Stores outside the project (a
-    tracking server, another database) are never touched.
+    tracking server, another database) are never touched. A store not created yet is marked too: a project
+    opens its URI once (:class:`onevision.project.Project`), before its first run may create the store.
     """
 
     if not uri.startswith("sqlite:///"):
         return False
     db = Path(uri[len("sqlite:///"):])
     root = Path(root).resolve()
-    if not db.is_file() or db.resolve().parent != root:
+    if db.resolve().parent != root:
         return False
     marker = root / STORE_MARKER
     here = root.as_uri()
     old = marker.read_text().strip() if marker.is_file() else None
     if old == here:
         return False
+    if not db.is_file():  # nothing to rewrite; the store created from now on belongs to this root
+        old = None
     rewritten = 0
     if old:
         with sqlite3.connect(db) as con:
