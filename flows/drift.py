@@ -24,17 +24,15 @@ Each outcome has its own final state, so a state means one thing (docs/oncall.md
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from onevision.config import PARAMS_FILE, load_config
 from onevision.monitoring.alert import AlertError, webhook_url
 from onevision.monitoring.publish import describe_error
 from onevision.monitoring.summary import STATUS_INSUFFICIENT, summary_markdown
+from onevision.project import Project
 from tasks.drift import (
     check_champion,
     check_drift,
@@ -69,17 +67,17 @@ def drift_monitor(
     publish: log to MLflow, upload to the object store and send the webhook alert.
     """
     logger = get_run_logger()
-    root_path = str(Path(root).resolve())
-    cfg = load_config(Path(root_path) / PARAMS_FILE, profile=profile, overrides=overrides or [])
-    champion = check_champion(root_path, profile, overrides)
+    project = Project.open(root, profile, overrides or [])
+    cfg = project.cfg
+    champion = check_champion(project)
     if champion["refused"]:
         return Failed(name="UnapprovedChampion", message=champion["message"])
     if champion["message"]:
         logger.warning("%s", champion["message"])
     try:
-        frame, label = load_current_window(root_path, profile=profile, overrides=overrides, current=current, window=window,
-                                           simulate_shift=simulate_shift, drill_rows=drill_rows, drill_seed=drill_seed)
-        summary = check_drift(root_path, frame, label=label, profile=profile, overrides=overrides, out_dir=out)
+        frame, label = load_current_window(project, current=current, window=window, simulate_shift=simulate_shift,
+                                           drill_rows=drill_rows, drill_seed=drill_seed)
+        summary = check_drift(project, frame, label=label, out_dir=out)
     except (FileNotFoundError, ValueError) as exc:  # the input, not the platform: say what to fix
         return Failed(name="BadInput", message=f"{exc} (fix the query log or window and rerun)")
     infra_errors: list[str] = []
@@ -87,7 +85,7 @@ def drift_monitor(
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "drill": simulate_shift or ""}
         for what, step, args in (("MLflow", log_drift_run, (tags,)), ("object store", upload_drift_reports, ())):
             try:
-                summary = step(root_path, profile, overrides, summary, *args)
+                summary = step(project, summary, *args)
             except Exception as exc:  # noqa: BLE001 - after the task's retries: an infrastructure error, not a verdict
                 infra_errors.append(f"{what}: {describe_error(exc)}")
                 logger.error("drift run %s: %s unavailable after retries: %s", summary["run_id"], what, describe_error(exc))

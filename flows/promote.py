@@ -24,7 +24,6 @@ also resumes a paused run, which then finds the decision made and ends.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -36,8 +35,8 @@ from prefect.settings import get_current_settings
 from prefect.states import Completed
 from pydantic import Field
 
-from onevision.config import PARAMS_FILE, load_config
-from onevision.promotion.workflow import authorize_reviewer, open_registry
+from onevision.project import Project
+from onevision.promotion.workflow import authorize_reviewer
 from onevision.registry.model_registry import AWAITING, PromotionError
 from tasks.promote import apply_decision, check_gates, register_candidate
 
@@ -62,15 +61,14 @@ def approval_mode(configured: str) -> str:
 def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | None = None, parent_run_id: str | None = None) -> dict:
     """Register the project's model as `challenger`, check the gates and wait for a reviewer's decision."""
     logger = get_run_logger()
-    root = str(Path(root).resolve())
-    cfg = load_config(Path(root) / PARAMS_FILE)
-    mode = approval_mode(approval or cfg.registry.approval)
+    project = Project.open(root)
+    mode = approval_mode(approval or project.cfg.registry.approval)
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     channel = "prefect-pause" if mode == "pause" else "registry"
-    candidate = register_candidate(root, parent_run_id, flow_run_id, channel)
+    candidate = register_candidate(project, parent_run_id, flow_run_id, channel)
     version = candidate["version"]
-    report = check_gates(root, version)
+    report = check_gates(project, version)
     outcome = {"version": version, "gates_passed": report["passed"], "run_id": candidate["run_id"]}
     if not report["passed"]:
         failed = [g["name"] for g in report["gates"] if not g["passed"]]
@@ -81,15 +79,15 @@ def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | 
     if mode == "registry":
         logger.info("version %s passed every gate and waits as challenger: onevision approve %s --reason TEXT", version, version)
         return {**outcome, "status": AWAITING}
-    return {**outcome, **wait_for_review(root, version, cfg)}
+    return {**outcome, **wait_for_review(project, version)}
 
 
-def wait_for_review(root: str, version: str, cfg) -> dict:
+def wait_for_review(project: Project, version: str) -> dict:
     """Pause until a listed reviewer decides (form or CLI); refused reviewers pause the run again."""
     logger = get_run_logger()
-    registry = open_registry(cfg, root)
+    cfg, registry = project.cfg, project.registry()
     description = (
-        f"Gate report of {cfg.registry.model_name} version {version}: reports/gate_report.md in {root}, "
+        f"Gate report of {cfg.registry.model_name} version {version}: reports/gate_report.md in {project.root}, "
         f"or the version's description in the MLflow UI. Reviewers: {', '.join(cfg.registry.reviewers) or '(none configured)'}."
     )
     timeout = int(cfg.registry.approval_timeout_hours * 3600)
@@ -117,6 +115,6 @@ def wait_for_review(root: str, version: str, cfg) -> dict:
         except PromotionError as exc:
             logger.warning("input refused, still waiting: %s", exc)
             continue
-        record = apply_decision(root, version, review.reviewer, review.decision, review.reason)
+        record = apply_decision(project, version, review.reviewer, review.decision, review.reason)
         logger.info("version %s: %s by %s", version, record["action"], record["by"])
         return {"status": registry.status(registry.version(version)), "decision": record["action"], "reviewer": record["by"]}

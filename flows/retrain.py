@@ -14,10 +14,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.promote import promotion
-from onevision.config import PARAMS_FILE, load_config
 from onevision.pipeline import stages_until, write_run_params
+from onevision.project import Project
 from onevision.stagegraph import sync_dvc_yaml
-from onevision.tracking import Tracker, dvc_lock_hashes, git_revision, retry_environment
+from onevision.tracking import dvc_lock_hashes, git_revision
 from tasks.stages import push_outputs, run_stage
 
 
@@ -47,11 +47,12 @@ def retrain(
     changes = write_run_params(root_path, profile, overrides or [], reset=reset, replace_trained=replace_trained)
     for key, (old, new) in changes.items():
         logger.info("params.yaml: %s %r -> %r", key, old, new)
-    cfg = load_config(root_path / PARAMS_FILE)
+    project = Project.open(root_path)  # after params.yaml holds this run's profile and overrides
+    cfg = project.cfg
     if sync_dvc_yaml(root_path, cfg):  # e.g. a catalog import: its CSVs and photos become deps of prepare
         logger.info("dvc.yaml: generated deps rewritten for this configuration")
     stages = stages_until(until)
-    tracker = Tracker(root_path, cfg.tracking.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
+    tracker = project.tracker()
     tags = {
         "git_revision": git_revision(root_path),
         "profile": cfg.profile,

@@ -34,7 +34,6 @@ from prefect_dask import DaskTaskRunner
 
 from onevision import atomic, paths
 from onevision.comparison import shards
-from onevision.config import PARAMS_FILE, load_config
 from onevision.encoder.api import ITEM_EMBEDDINGS, load_item_embeddings
 from tasks.sharded import embed_shard, rank_shard
 
@@ -77,7 +76,7 @@ def evaluate_sharded(
     """
     logger = get_run_logger()
     root_path = Path(root).resolve()
-    cfg = load_config(root_path / PARAMS_FILE)
+    cfg = shards.config(str(root_path))  # read once in this process, shared with the shard functions run here
     names = list(systems or cfg.evaluate.systems)
     shards_per_job = shards_per_job or workers
     out: dict[str, Any] = {"shards_per_job": shards_per_job, "threads_per_shard": threads, "systems": {}}

@@ -155,20 +155,23 @@ def relocate_local_store(root: Path, uri: str) -> bool:
     drift reports would be written there (or fail when it is gone). The store's last root is kept in
     ``.onevision/mlflow-root``; when it differs from the current root, every location under the old root is
     rewritten to the same path under the new one, in one transaction. Stores outside the project (a
-    tracking server, another database) are never touched.
+    tracking server, another database) are never touched. A store not created yet is marked too: a project
+    opens its URI once (:class:`onevision.project.Project`), before its first run may create the store.
     """
 
     if not uri.startswith("sqlite:///"):
         return False
     db = Path(uri[len("sqlite:///"):])
     root = Path(root).resolve()
-    if not db.is_file() or db.resolve().parent != root:
+    if db.resolve().parent != root:
         return False
     marker = root / STORE_MARKER
     here = root.as_uri()
     old = marker.read_text().strip() if marker.is_file() else None
     if old == here:
         return False
+    if not db.is_file():  # nothing to rewrite; the store created from now on belongs to this root
+        old = None
     rewritten = 0
     if old:
         with sqlite3.connect(db) as con:
@@ -240,6 +243,7 @@ class Tracker:
     """Thin wrapper over MlflowClient for the retrain flow's run tree."""
 
     def __init__(self, root: Path, experiment: str, uri: str | None = None, retries: Mapping[str, str] | None = None):
+        """``uri``: the resolved tracking URI (``Project.tracking_uri``); None resolves it here (:func:`tracking_uri`)."""
         # lazy: mlflow on the first tracking call; the command line imports this module at start
         from mlflow.tracking import MlflowClient
 
@@ -247,7 +251,7 @@ class Tracker:
         # from the environment (:func:`retry_environment`; an operator's explicit values win).
         apply_retry_environment(retries or {})
         self.root = Path(root)
-        self.uri = tracking_uri(self.root, uri)
+        self.uri = uri or tracking_uri(self.root)
         # An explicit client, not mlflow.set_tracking_uri: that would export the URI process-wide.
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(experiment)

@@ -3,6 +3,8 @@
 The rules every run keeps, whether a schedule or `onevision drift` started it (both run flows/drift.py):
 the champion being monitored must be one the gates and a reviewer made (:func:`check_champion`), and a
 window too short for a verdict is reported, not published (:func:`log_drift_run`, :func:`upload_drift_reports`).
+They take the flow's :class:`~onevision.project.Project` (opened once by the flow); no task caches its result
+(``NO_CACHE``), so the project is never hashed.
 """
 
 from __future__ import annotations
@@ -14,25 +16,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from onevision.config import PARAMS_FILE, Config, load_config
 from onevision.monitoring import alert, publish
 from onevision.monitoring.check import current_traffic, run_drift_check
 from onevision.monitoring.summary import STATUS_INSUFFICIENT
+from onevision.project import Project
 from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
 
 
-def _config(root: str, profile: str | None, overrides: list[str] | None) -> Config:
-    return load_config(Path(root) / PARAMS_FILE, profile=profile, overrides=overrides or [])
-
-
 @task(name="drift-champion-check", cache_policy=NO_CACHE)
-def check_champion(root: str, profile: str | None, overrides: list[str] | None) -> dict:
+def check_champion(project: Project) -> dict:
     """Is the registry's champion one that the gates and a reviewer made? ``registry.unapproved_champion``:
     ``refuse`` -> ``refused`` (the run stops), ``warn`` -> ``warning`` (the run goes on); no registry or no
     registered model yet: nothing to check."""
-    cfg = _config(root, profile, overrides)
     try:
-        check = check_registry_champion(cfg, root, "drift monitor")
+        check = check_registry_champion(project, "drift monitor")
     except UnapprovedChampion as exc:
         return {"refused": True, "message": str(exc)}
     if check is None or check.approved:
@@ -42,10 +39,8 @@ def check_champion(root: str, profile: str | None, overrides: list[str] | None) 
 
 @task(name="drift-current-window", cache_policy=NO_CACHE)
 def load_current_window(
-    root: str,
+    project: Project,
     *,
-    profile: str | None,
-    overrides: list[str] | None,
     current: str | None,
     window: str | None,
     simulate_shift: str | None,
@@ -53,17 +48,14 @@ def load_current_window(
     drill_seed: int | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """The traffic to check: a log file, the held-out split, or a drill window."""
-    cfg = _config(root, profile, overrides)
-    return current_traffic(cfg, Path(root), current_path=current, window=window, simulate_shift=simulate_shift,
+    return current_traffic(project.cfg, project.root, current_path=current, window=window, simulate_shift=simulate_shift,
                            drill_rows=drill_rows, drill_seed=drill_seed)
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)
-def check_drift(root: str, frame: pd.DataFrame, *, label: str, profile: str | None, overrides: list[str] | None,
-                out_dir: str | None = None) -> dict:
+def check_drift(project: Project, frame: pd.DataFrame, *, label: str, out_dir: str | None = None) -> dict:
     """Features, Evidently report and verdict; writes reports/drift/<run_id>/ (or ``out_dir``)."""
-    cfg = _config(root, profile, overrides)
-    return run_drift_check(cfg, Path(root), current=frame, current_label=label, out_dir=Path(out_dir) if out_dir else None)
+    return run_drift_check(project.cfg, project.root, current=frame, current_label=label, out_dir=Path(out_dir) if out_dir else None)
 
 
 def has_verdict(summary: dict) -> bool:
@@ -76,20 +68,20 @@ BACKOFF = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_fact
 
 
 @task(name="drift-mlflow", cache_policy=NO_CACHE, **BACKOFF)
-def log_drift_run(root: str, profile: str | None, overrides: list[str] | None, summary: dict, tags: dict[str, str]) -> dict:
+def log_drift_run(project: Project, summary: dict, tags: dict[str, str]) -> dict:
     """One MLflow run in the drift experiment with the report files as artifacts (none without a verdict)."""
     if not has_verdict(summary):
         return summary
-    publish.log_to_mlflow(_config(root, profile, overrides), Path(root), summary, tags)
+    publish.log_to_mlflow(project, summary, tags)
     return summary
 
 
 @task(name="drift-upload", cache_policy=NO_CACHE, **BACKOFF)
-def upload_drift_reports(root: str, profile: str | None, overrides: list[str] | None, summary: dict) -> dict:
+def upload_drift_reports(project: Project, summary: dict) -> dict:
     """Copy the report files to the configured object store (no-op without storage.bucket or without a verdict)."""
     if not has_verdict(summary):
         return summary
-    publish.upload_reports(_config(root, profile, overrides), summary)
+    publish.upload_reports(project.cfg, summary)
     return summary
 
 

@@ -1,5 +1,5 @@
 """What every command of the ``onevision`` CLI shares: logging, failing with a clear line and an exit code,
-loading the project's configuration."""
+opening the project (:class:`~onevision.project.Project`, once per command) or reading only its configuration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 
 from onevision import redact
 from onevision.app.entrypoints import FlowUnavailable, load_flow
-from onevision.config import PARAMS_FILE, Config, ConfigError, load_config
+from onevision.config import PARAMS_FILE, Config, ConfigError
+from onevision.project import Project, read_config
 from onevision.storage.s3 import StoreError, describe_store_error
 from onevision.tracking import describe_tracking_error
 
@@ -59,9 +60,18 @@ def project_config(root: Path, profile: str | None = None):
     return load_project(root, profile, None) if (root / PARAMS_FILE).exists() else Config()
 
 
-def load_project(root: Path, profile: str | None, overrides: list[str] | None):
+def load_project(root: Path, profile: str | None, overrides: list[str] | None) -> Config:
+    """The project's config alone (commands that never reach MLflow, and the checks before a flow starts)."""
     try:
-        return load_config(root / PARAMS_FILE, profile=profile, overrides=overrides or [])
+        return read_config(root, profile, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def open_project(root: Path, profile: str | None = None, overrides: list[str] | None = None) -> Project:
+    """The project at ``root``, opened once for the command and handed down; a config error ends it (exit 2)."""
+    try:
+        return Project.open(root, profile, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
 

@@ -15,9 +15,10 @@ from uuid import UUID
 import typer
 
 from onevision.app import entrypoints
-from onevision.app.common import fail, fail_run, load_project, project_flow, setup_logging
+from onevision.app.common import fail, fail_run, load_project, open_project, project_flow, setup_logging
 from onevision.app.options import JsonOpt, RootOpt
 from onevision.pipeline import apply_local_state_env
+from onevision.project import Project
 from onevision.registry.model_registry import GATES_FAILED, PromotionError
 
 commands = typer.Typer()
@@ -29,21 +30,13 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit
 VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onevision models`).")]
 
 
-def _cfg(root: Path):
-
-    return load_project(root, None, None)
-
-
 def _echo_record(record: dict) -> None:
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
-def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decision: str, reason: str) -> None:
+def _resume_paused_flow(project: Project, *, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
-    # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import open_registry
-
-    mv = open_registry(cfg, root).version(version)
+    mv = project.registry().version(version)
     flow_run_id = mv.tags.get("prefect.flow_run_id")
     if mv.tags.get("approval_channel") != "prefect-pause" or not flow_run_id:
         return
@@ -63,20 +56,20 @@ def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decisio
         typer.echo(f"note: could not resume flow run {flow_run_id} ({exc}); the decision is recorded in the registry")
 
 
-def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str]:
+def _gates_failed_hint(project: Project, version: str, decision: str) -> list[str]:
     """For a version whose gates failed: which gates, where its gate report is, what to do instead."""
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.report import where_to_read
-    from onevision.promotion.workflow import GATE_REPORT, open_registry
+    from onevision.promotion.workflow import GATE_REPORT
 
     try:
-        registry = open_registry(cfg, root)
+        registry = project.registry()
         mv = registry.version(version)
     except Exception:  # noqa: BLE001 - no such version, registry down: the refusal stands without the hint
         return []
     if registry.status(mv) != GATES_FAILED:
         return []
-    lines = where_to_read(root.resolve() / GATE_REPORT, registry.name, str(mv.version), mv.tags, registry.tracking_uri)
+    lines = where_to_read(project.path(GATE_REPORT), registry.name, str(mv.version), mv.tags, registry.tracking_uri)
     if decision == "approve":
         lines.append("a version whose gates failed cannot be approved: fix what failed (retrain), then `onevision promote` "
                      "registers a new candidate")
@@ -87,17 +80,17 @@ def _decide(decision: str, version: str, reviewer: str | None, reason: str, root
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import ReviewerNotAllowed, decide, reviewer_identity
 
-    cfg = _cfg(root)
+    project = open_project(root)
     try:
         name, source = reviewer_identity(reviewer)
-        record = decide(cfg, root, version=version, reviewer=name, decision=decision, reason=reason, identity=source)
+        record = decide(project, version=version, reviewer=name, decision=decision, reason=reason, identity=source)
     except ReviewerNotAllowed as exc:
         fail(str(exc))
     except PromotionError as exc:
-        hint = _gates_failed_hint(cfg, root, version, decision) if reason.strip() else []  # no reason: refused before the registry
+        hint = _gates_failed_hint(project, version, decision) if reason.strip() else []  # no reason: refused before the registry
         fail("\n".join([str(exc), *hint]))
     _echo_record(record)
-    _resume_paused_flow(cfg, root, version=record["version"], reviewer=record["by"], decision=decision, reason=reason)
+    _resume_paused_flow(project, version=record["version"], reviewer=record["by"], decision=decision, reason=reason)
 
 
 @commands.command()
@@ -129,7 +122,7 @@ def rollback(
 
     try:
         name, _source = reviewer_identity(by)
-        record = do_rollback(_cfg(root), root, reason, name)
+        record = do_rollback(open_project(root), reason, name)
     except PromotionError as exc:
         fail(str(exc))
     _echo_record(record)
@@ -139,10 +132,9 @@ def rollback(
 def models(root: RootOpt = Path(".")) -> None:
     """List the registered model's versions: aliases, status, gates, who decided."""
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import open_registry, summary
+    from onevision.promotion.workflow import summary
 
-    cfg = _cfg(root)
-    registry = open_registry(cfg, root)
+    registry = open_project(root).registry()
     rows = summary(registry)
     typer.echo(f"{registry.name} ({registry.tracking_uri})")
     typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
@@ -165,10 +157,7 @@ def audit(
     root: RootOpt = Path("."),
 ) -> None:
     """Print the promotion audit log: approvals, rejections, rollbacks (who, when, why, gate values)."""
-    # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import open_registry
-
-    records = open_registry(_cfg(root), root).audit_log()
+    records = open_project(root).registry().audit_log()
     if as_json:
         typer.echo(json.dumps(records, indent=2, sort_keys=True, default=str))
         return
@@ -191,7 +180,7 @@ def promote(
 
     setup_logging()
     root = root.resolve()
-    _cfg(root)  # config errors before Prefect starts
+    load_project(root, None, None)  # config errors before Prefect starts (the flow opens the project itself)
     if approval not in (None, "auto", "pause", "registry"):
         fail(f"--approval must be pause, registry or auto, got {approval!r}")
 

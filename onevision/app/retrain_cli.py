@@ -16,9 +16,9 @@ import typer
 from onevision.app import entrypoints
 from onevision.app.common import fail, fail_run, project_flow, setup_logging
 from onevision.app.options import ProfileOpt, RootOpt, SetOpt
-from onevision.config import PARAMS_FILE, ConfigError, load_config
+from onevision.config import PARAMS_FILE, ConfigError
 from onevision.pipeline import apply_local_state_env, stages_until, write_run_params
-from onevision.tracking import tracking_uri
+from onevision.project import Project
 
 
 class RetrainStopped(BaseException):
@@ -107,7 +107,7 @@ def retrain_command(
     for line in retrain_summary(root):
         typer.echo(line)
 
-    uri = tracking_uri(root, load_config(root / PARAMS_FILE).tracking.tracking_uri)
+    uri = Project.open(root).tracking_uri
     mlflow_hint = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"MLflow server {uri}"
     typer.echo(f"\nMLflow: {mlflow_hint}   DVC: dvc metrics show")
 

@@ -15,29 +15,27 @@ from typing import Annotated
 import typer
 
 from onevision import paths
-from onevision.app.common import fail, load_project
+from onevision.app.common import fail, open_project
 from onevision.app.options import JsonOpt, RootOpt
-from onevision.config import PARAMS_FILE, load_config
-from onevision.registry.model_registry import CHAMPION, ModelRegistry, scoped_tracking_uri, version_id
-from onevision.tracking import tracking_uri
+from onevision.config import PARAMS_FILE
+from onevision.project import Project, read_config
+from onevision.registry.model_registry import CHAMPION, scoped_tracking_uri, version_id
 
 commands = typer.Typer()
 
 
-def registry_uri(cfg, root: Path) -> str:
-    return tracking_uri(root.resolve(), cfg.tracking.tracking_uri)
-
-
-def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | None):
-    """A pyfunc-like object with predict(frame, params): a local project's artifacts, or a registry/model URI."""
-    if project is not None:
+def load_search_model(project: Project, model_uri: str | None, local: Path | None):
+    """A pyfunc-like object with predict(frame, params): a local project's artifacts (``local``), or a registry/model
+    URI in ``project``'s registry."""
+    cfg = project.cfg
+    if local is not None:
         # lazy: mlflow, numpy, pandas only when this command runs
         from onevision.serving.bundle import manifest_for
         from onevision.serving.pyfunc import OneVisionModel
 
-        project_cfg = load_config(project / PARAMS_FILE) if (project / PARAMS_FILE).exists() else cfg
-        model = OneVisionModel.from_directory(project, manifest_for(project_cfg))
-        return model, str(project)
+        local_cfg = read_config(local) if (local / PARAMS_FILE).exists() else cfg
+        model = OneVisionModel.from_directory(local, manifest_for(local_cfg))
+        return model, str(local)
     # lazy: mlflow only when this command runs
     import mlflow
 
@@ -46,12 +44,12 @@ def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | No
         # lazy: mlflow, numpy, pandas only when this command runs
         from onevision.promotion.workflow import enforce_champion
 
-        enforce_champion(cfg, ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)), "onevision search")
+        enforce_champion(cfg, project.registry(), "onevision search")
 
     policy = os.environ.get("ONEVISION_UNAPPROVED_CHAMPION")
     os.environ["ONEVISION_UNAPPROVED_CHAMPION"] = cfg.registry.unapproved_champion  # the model's own load check agrees
     try:
-        with scoped_tracking_uri(registry_uri(cfg, root)):
+        with scoped_tracking_uri(project.tracking_uri):
             return mlflow.pyfunc.load_model(uri), uri
     finally:
         if policy is None:
@@ -60,33 +58,33 @@ def load_search_model(cfg, root: Path, model_uri: str | None, project: Path | No
             os.environ["ONEVISION_UNAPPROVED_CHAMPION"] = policy
 
 
-def registered_versions(cfg, root: Path) -> list[tuple[str, str]] | None:
+def registered_versions(project: Project) -> list[tuple[str, str]] | None:
     """(version, status) of the registered model, newest first; None when the registry does not answer."""
 
     try:
-        registry = ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root))
+        registry = project.registry()
         return [(str(mv.version), registry.status(mv)) for mv in registry.versions()]
     except Exception:  # noqa: BLE001 - the listing only decorates an error message
         return None
 
 
-def has_champion(cfg, root: Path) -> bool | None:
+def has_champion(project: Project) -> bool | None:
     """Whether the champion alias is set; None when the registry does not answer."""
 
     try:
-        return ModelRegistry(cfg.registry.model_name, registry_uri(cfg, root)).by_alias(CHAMPION) is not None
+        return project.registry().by_alias(CHAMPION) is not None
     except Exception:  # noqa: BLE001
         return None
 
 
-def no_champion_message(cfg, root: Path, image: Path | None = None) -> str:
+def no_champion_message(project: Project, image: Path | None = None) -> str:
     """What to do when ``models:/<name>@champion`` does not exist: how to make one, and what works meanwhile
     (for `onevision search --image IMAGE`, or for `onevision serve` when ``image`` is None)."""
-    name = cfg.registry.model_name
-    versions = registered_versions(cfg, root)
+    name = project.cfg.registry.model_name
+    versions = registered_versions(project)
     run = f"onevision search --image {image}" if image is not None else "onevision serve"
     lines = [
-        f"no champion yet: model '{name}' has no 'champion' alias in {registry_uri(cfg, root)}.",
+        f"no champion yet: model '{name}' has no 'champion' alias in {project.tracking_uri}.",
         "To make one:",
         "  onevision promote                                        # register this project's model, check its gates",
         "  onevision approve VERSION --reason TEXT  # a reviewer in registry.reviewers, as themselves, makes it champion",
@@ -143,7 +141,8 @@ def search(
 ) -> None:
     """Search the catalog with a photo: top-k item ids with scores."""
 
-    cfg = load_project(root, None, None)
+    here = open_project(root)
+    cfg = here.cfg
     # lazy: mlflow, pandas only when this command runs
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -153,12 +152,12 @@ def search(
     from onevision.serving.queries import InvalidQuery
 
     try:
-        predictor, source = load_search_model(cfg, root, model, project)
+        predictor, source = load_search_model(here, model, project)
     except UnapprovedChampion as exc:
         fail(str(exc))
     except (MlflowException, OSError, ValueError, ImportError) as exc:
-        if model is None and project is None and has_champion(cfg, root) is False:
-            fail(no_champion_message(cfg, root, image))
+        if model is None and project is None and has_champion(here) is False:
+            fail(no_champion_message(here, image))
         if project is not None:
             fail(f"cannot load the project {project}: {exc}\n--project needs a trained project root (`onevision retrain` writes its artifacts)")
         fail(f"cannot load the model {model or 'champion'}: {exc}\n`onevision models` lists the registered versions "
@@ -203,16 +202,16 @@ def serve(
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import UnapprovedChampion, enforce_champion
 
-    cfg = load_project(root, None, None)
-    uri = registry_uri(cfg, root)
+    here = open_project(root)
+    cfg, uri = here.cfg, here.tracking_uri
     if model is None:
         try:
-            registry = ModelRegistry(cfg.registry.model_name, uri)
+            registry = here.registry()
             champion = registry.by_alias(CHAMPION)
         except Exception as exc:  # noqa: BLE001 - the registry does not answer: say where it looked
             fail(f"the model registry at {uri} does not answer ({exc}); set tracking.tracking_uri or MLFLOW_TRACKING_URI")
         if champion is None:
-            fail(no_champion_message(cfg, root))
+            fail(no_champion_message(here))
         try:
             enforce_champion(cfg, registry, "onevision serve")
         except UnapprovedChampion as exc:

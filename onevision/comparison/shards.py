@@ -22,11 +22,12 @@ import pandas as pd
 
 from onevision import paths
 from onevision.comparison.systems import build_systems
-from onevision.config import PARAMS_FILE, Config, load_config
+from onevision.config import Config
 from onevision.encoder.api import ENCODER_DIR, ImageEncoder, decode_image_column, fuse_views
 from onevision.evaluation.cost import limit_threads, time_batches
 from onevision.evaluation.harness import TestSet, load_test_set, quality_metrics
 from onevision.evaluation.metrics import json_safe
+from onevision.project import read_config
 from onevision.retrieval import Retriever
 
 EMBED_BATCH = 512  # ImageEncoder.embed's default batch: the serial pass's batches
@@ -43,18 +44,19 @@ def shard_bounds(n: int, n_shards: int, align: int = 1) -> list[tuple[int, int]]
 
 
 @functools.lru_cache(maxsize=4)
-def _config(root: str) -> Config:
-    return load_config(Path(root) / PARAMS_FILE)
+def config(root: str) -> Config:
+    """The config of project ``root`` (an absolute path), read once per process: the flow's and each worker's."""
+    return read_config(root)
 
 
 @functools.lru_cache(maxsize=2)
 def _test_set(root: str) -> TestSet:
-    return load_test_set(_config(root), Path(root))
+    return load_test_set(config(root), Path(root))
 
 
 @functools.lru_cache(maxsize=8)
 def _system(root: str, name: str) -> Retriever:
-    built = [s for s in build_systems(_config(root), Path(root), names=[name]) if s.name == name]
+    built = [s for s in build_systems(config(root), Path(root), names=[name]) if s.name == name]
     if not built:
         raise ValueError(f"system {name!r} cannot be built under {root} (unknown, or its stages have not run)")
     return built[0]
@@ -88,7 +90,7 @@ def n_test_queries(root: str | Path) -> int:
 def embed_views(root: str | Path, start: int, stop: int, threads: int = 1) -> np.ndarray:
     """float32 (stop - start, dim): the saved encoder's embeddings of catalog views [start, stop)."""
     root = str(Path(root).resolve())
-    cfg = _config(root)
+    cfg = config(root)
     frame = _views(root).iloc[start:stop]
     images = decode_image_column(frame, cfg.data.import_dir, cfg.data.image_channels)
     with limit_threads(threads):
@@ -98,7 +100,7 @@ def embed_views(root: str | Path, start: int, stop: int, threads: int = 1) -> np
 def fuse_item_embeddings(root: str | Path, view_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(item ids, fused item embeddings) from every catalog view's embedding, as stage align_encoder fuses them."""
     root = str(Path(root).resolve())
-    cfg = _config(root)
+    cfg = config(root)
     item_ids = _item_ids(root)
     row_of = pd.Series(np.arange(len(item_ids)), index=item_ids)
     views = _views(root, ["item_id", "view_id"])
@@ -112,7 +114,7 @@ def rank_queries(root: str | Path, system: str, start: int, stop: int, threads: 
     """int64 (stop - start, k): ``system``'s ranked item ids for TEST queries [start, stop), in the
     evaluation's batches and at its depth (max of ``evaluate.ks`` and the result page)."""
     root = str(Path(root).resolve())
-    cfg = _config(root)
+    cfg = config(root)
     test, retriever = _test_set(root), _system(root, system)
     k = max(max(cfg.evaluate.ks), cfg.evaluate.shown or cfg.data.impressions_per_query)
     with limit_threads(threads):
@@ -125,7 +127,7 @@ def score_ranked(root: str | Path, ranked: np.ndarray) -> dict:
     fingerprint (``ranked_sha256`` of the int64 (Q, k) array: equal fingerprints, identical rankings)."""
 
     root = str(Path(root).resolve())
-    cfg = _config(root)
+    cfg = config(root)
     shown = cfg.evaluate.shown or cfg.data.impressions_per_query
     metrics, _ = quality_metrics(ranked, _test_set(root), cfg.evaluate, shown, cfg.seed)
     digest = hashlib.sha256(np.ascontiguousarray(ranked, dtype=np.int64).tobytes()).hexdigest()

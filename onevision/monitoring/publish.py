@@ -11,8 +11,9 @@ from typing import Any
 
 from onevision.config import Config
 from onevision.monitoring.summary import STATUS_DRIFT, summary_markdown
+from onevision.project import Project
 from onevision.storage.s3 import ObjectStore, describe_store_error
-from onevision.tracking import Tracker, describe_tracking_error, git_revision, retry_environment
+from onevision.tracking import describe_tracking_error, git_revision
 
 
 def _report_files(summary: dict[str, Any]) -> list[Path]:
@@ -28,16 +29,17 @@ def _rewrite_summary(summary: dict[str, Any]) -> None:
         Path(arts["summary_md"]).write_text(summary_markdown(summary))
 
 
-def log_to_mlflow(cfg: Config, root: Path, summary: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+def log_to_mlflow(project: Project, summary: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """One MLflow run in ``drift.experiment``: thresholds as params, scores as metrics, report files as artifacts."""
 
-    tracker = Tracker(Path(root), cfg.drift.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
+    cfg = project.cfg
+    tracker = project.tracker(cfg.drift.experiment)
     run_tags = {
         "status": summary["status"],
         "drift_detected": str(summary["drift_detected"]).lower(),
         "alarms": ",".join(summary["alarms"]),
         "current": summary["current"]["label"][:500],
-        "git_revision": git_revision(Path(root)),
+        "git_revision": git_revision(project.root),
         **(tags or {}),
     }
     run_id = tracker.start_parent(f"drift-{summary['run_id']}", run_tags, {"drift": cfg.section("drift"), "profile": cfg.profile})

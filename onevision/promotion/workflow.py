@@ -31,6 +31,7 @@ import mlflow
 
 from onevision import atomic, paths
 from onevision.config import Config
+from onevision.project import Project
 from onevision.promotion.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
 from onevision.promotion.report import markdown_report, plot_report
 from onevision.promotion.sheet import candidate_sheet
@@ -59,15 +60,7 @@ from onevision.registry.model_registry import (
 )
 from onevision.serving.bundle import build_bundle
 from onevision.serving.pyfunc import log_bundle_model
-from onevision.tracking import (
-    Tracker,
-    apply_retry_environment,
-    artifact_errors,
-    git_revision,
-    metric_key,
-    retry_environment,
-    tracking_uri,
-)
+from onevision.tracking import artifact_errors, git_revision, metric_key
 
 log = logging.getLogger(__name__)
 
@@ -111,27 +104,22 @@ class Candidate:
     model_uri: str
 
 
-def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
-    apply_retry_environment(retry_environment(cfg))
-    return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
-
-
 # --------------------------------------------------------------------------- register
 
 
 def register_candidate(
-    cfg: Config, root: str | Path, *, parent_run_id: str | None = None, flow_run_id: str | None = None, approval_channel: str = "registry"
+    project: Project, *, parent_run_id: str | None = None, flow_run_id: str | None = None, approval_channel: str = "registry"
 ) -> Candidate:
-    """Bundle project ``root``, log it as a pyfunc model and register it as a new version with alias ``challenger``.
+    """Bundle the project, log it as a pyfunc model and register it as a new version with alias ``challenger``.
 
     A still-undecided older challenger is marked ``superseded`` (it can no longer be approved).
     """
 
-    root = Path(root).resolve()
+    cfg, root = project.cfg, project.root
     # log_model/register_model are fluent APIs: point them at this project's store.
-    with scoped_tracking_uri(tracking_uri(root, cfg.tracking.tracking_uri)):
-        tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
-        registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
+    with scoped_tracking_uri(project.tracking_uri):
+        tracker = project.tracker()
+        registry = project.registry()
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -168,10 +156,10 @@ def register_candidate(
 # --------------------------------------------------------------------------- gates
 
 
-def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
+def check_gates(project: Project, version: str) -> GateReport:
     """Evaluate the gates for ``version``, record values as version tags, attach the report; failing -> gates-failed."""
-    root = Path(root).resolve()
-    registry = open_registry(cfg, root)
+    cfg, root = project.cfg, project.root
+    registry = project.registry()
     mv = registry.version(version)
     if registry.status(mv) != REGISTERED:
         raise PromotionError(f"version {version} was already gated (status: {registry.status(mv)})")
@@ -273,15 +261,15 @@ def enforce_champion(cfg: Config, registry: ModelRegistry, what: str) -> Champio
     return check
 
 
-def check_registry_champion(cfg: Config, root: str | Path, what: str) -> ChampionCheck | None:
+def check_registry_champion(project: Project, what: str) -> ChampionCheck | None:
     """:func:`enforce_champion` on the project's registry; None when there is no registry or model to check."""
 
     try:
-        registry = ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
+        registry = project.registry()
         registry.client.get_registered_model(registry.name)
     except Exception:  # noqa: BLE001 - no registry, or no model registered yet: nothing to check
         return None
-    return enforce_champion(cfg, registry, what)
+    return enforce_champion(project.cfg, registry, what)
 
 
 def _move_champion(registry: ModelRegistry, version: str) -> str | None:
@@ -298,16 +286,16 @@ def _move_champion(registry: ModelRegistry, version: str) -> str | None:
     return old
 
 
-def approve(cfg: Config, root: str | Path, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
+def approve(project: Project, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record.
 
     ``identity`` says how the reviewer's name was established (``$ONEVISION_REVIEWER``, ``login``, ``prefect-form``).
     Two decisions never interleave: the second waits for the registry's decision lock, then finds the version decided.
     """
-    reviewer = authorize_reviewer(cfg, reviewer)
+    reviewer = authorize_reviewer(project.cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
+    registry = project.registry()
     with registry.decision_lock():
         return _approve_locked(registry, str(version), reviewer, reason, identity)
 
@@ -325,12 +313,12 @@ def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason
     return registry.append_audit(record)
 
 
-def reject(cfg: Config, root: str | Path, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
+def reject(project: Project, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer rejects a candidate; the champion is untouched. Returns the audit record."""
-    reviewer = authorize_reviewer(cfg, reviewer)
+    reviewer = authorize_reviewer(project.cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
+    registry = project.registry()
     with registry.decision_lock():
         return _reject_locked(registry, str(version), reviewer, reason, identity)
 
@@ -347,20 +335,20 @@ def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason:
     return registry.append_audit(record)
 
 
-def decide(cfg: Config, root: str | Path, *, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str,
+def decide(project: Project, *, version: str, reviewer: str, decision: Literal["approve", "reject"], reason: str,
            identity: str = "login") -> dict[str, Any]:
     if decision == "approve":
-        return approve(cfg, root, version=version, reviewer=reviewer, reason=reason, identity=identity)
+        return approve(project, version=version, reviewer=reviewer, reason=reason, identity=identity)
     if decision == "reject":
-        return reject(cfg, root, version=version, reviewer=reviewer, reason=reason, identity=identity)
+        return reject(project, version=version, reviewer=reviewer, reason=reason, identity=identity)
     raise PromotionError(f"decision must be approve or reject, got {decision!r}")
 
 
-def rollback(cfg: Config, root: str | Path, reason: str, by: str) -> dict[str, Any]:
+def rollback(project: Project, reason: str, by: str) -> dict[str, Any]:
     """Restore ``previous-champion`` as champion in one step; the rolled-back version is marked and the alias cleared."""
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
+    registry = project.registry()
     with registry.decision_lock():
         return _rollback_locked(registry, reason, by)
 

@@ -109,11 +109,12 @@ def test_mlflow_run_holds_scores_and_report(cfg, project, baseline, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from onevision.monitoring.publish import log_to_mlflow
+    from onevision.project import Project
 
     cfg = cfg.model_copy(deep=True)
     cfg.tracking.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = check(cfg, project, baseline, synthetic_window(project, 300, seed=71), tmp_path)
-    run_id = log_to_mlflow(cfg, project, summary)
+    run_id = log_to_mlflow(Project(project, cfg, cfg.tracking.tracking_uri), summary)
     client = MlflowClient(cfg.tracking.tracking_uri)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "onevision-drift"

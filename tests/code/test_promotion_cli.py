@@ -125,13 +125,13 @@ def test_serve_without_a_champion_says_how_to_get_one_and_what_to_serve(registry
 
 
 def test_serve_pins_the_approved_champion_version(registry_project):
-    from onevision.config import load_config
-    from onevision.promotion.workflow import approve, open_registry
+    from onevision.project import Project
+    from onevision.promotion.workflow import approve
 
     registry = client(registry_project)
     registry.create_registered_model("onevision")
     registry.create_model_version("onevision", source=str(registry_project), tags={"status": "awaiting-approval", "gates.passed": "true"})
-    approve(load_config(registry_project / "params.yaml"), registry_project, version="1", reviewer="alice", reason="passed every gate")
+    approve(Project.open(registry_project), version="1", reviewer="alice", reason="passed every gate")
     result = runner.invoke(app, ["serve", "--print-command", "--port", "5099", "--root", str(registry_project)])
     assert result.exit_code == 0, result.output
     assert "models serve -m models:/onevision/1 --env-manager local -h 127.0.0.1 -p 5099" in result.output
@@ -140,7 +140,7 @@ def test_serve_pins_the_approved_champion_version(registry_project):
     registry.set_registered_model_alias("onevision", "champion", "2")
     refused = runner.invoke(app, ["serve", "--print-command", "--root", str(registry_project)])
     assert refused.exit_code == 2 and "champion v2" in refused.output
-    assert str(open_registry(load_config(registry_project / "params.yaml"), registry_project).by_alias("champion").version) == "2"
+    assert str(Project.open(registry_project).registry().by_alias("champion").version) == "2"
 
 
 # --------------------------------------------------------------------------- who decides
@@ -171,8 +171,7 @@ def test_the_reviewer_is_who_runs_the_command(registry_project, monkeypatch):
     assert refused.exit_code == 2 and "'mallory' is not a reviewer" in refused.output
     result = runner.invoke(app, ["approve", "1", "--reason", "ship it", "--root", str(registry_project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 0, result.output
-    from onevision.config import load_config
-    from onevision.promotion.workflow import open_registry
+    from onevision.project import Project
 
-    record = open_registry(load_config(registry_project / "params.yaml"), registry_project).audit_log()[-1]
+    record = Project.open(registry_project).registry().audit_log()[-1]
     assert (record["by"], record["identity"]) == ("alice", "$ONEVISION_REVIEWER")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from onevision.config import load_config
-from onevision.promotion.workflow import open_registry, verify_champion
+from onevision.project import Project
+from onevision.promotion.workflow import verify_champion
 from onevision.registry.model_registry import CHAMPION, PREVIOUS
 from tests.support.defaults import default_params
 from tests.support.drill import count
@@ -34,7 +34,7 @@ def project(tmp_path, monkeypatch):
 
 def gated_versions(project: Path, n: int) -> list[str]:
     """``n`` versions that passed their gates and await approval (what `onevision promote` leaves)."""
-    registry = open_registry(load_config(project / "params.yaml"), project)
+    registry = Project.open(project).registry()
     registry.ensure_model()
     out = []
     for _ in range(n):
@@ -80,7 +80,7 @@ def test_racing_approvals_of_one_candidate_leave_one_champion_and_one_record(pro
         assert "Traceback" not in r.stdout, r.stdout
         if r.returncode:
             assert "not awaiting approval (status: champion)" in r.stdout, r.stdout
-    registry = open_registry(load_config(project / "params.yaml"), project)
+    registry = Project.open(project).registry()
     assert registry.aliases() == {CHAMPION: version}
     records = registry.audit_log()
     assert [rec["action"] for rec in records] == ["approve"]
@@ -96,10 +96,10 @@ def test_racing_approvals_of_one_candidate_leave_one_champion_and_one_record(pro
 
 def test_racing_approve_reject_and_rollback_keep_the_registry_consistent(project):
     first, second, third = gated_versions(project, 3)
-    registry = open_registry(load_config(project / "params.yaml"), project)
+    registry = Project.open(project).registry()
     from onevision.promotion.workflow import approve
 
-    approve(load_config(project / "params.yaml"), project, version=first, reviewer="alice", reason="first champion")
+    approve(Project.open(project), version=first, reviewer="alice", reason="first champion")
     results = decide_at_once(project, [
         ("bob", ["approve", second, "--reason", "second", "--root", str(project)]),
         ("carol", ["approve", third, "--reason", "third", "--root", str(project)]),

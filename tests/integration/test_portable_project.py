@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from onevision.config import load_config
-from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
+from onevision.project import Project
+from onevision.promotion.workflow import approve, check_gates, register_candidate
 from tests.support.projects import build_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -19,10 +19,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def promote_and_approve(project: Path) -> str:
-    cfg = load_config(project / "params.yaml")
-    version = register_candidate(cfg, project).version
-    assert check_gates(cfg, project, version).passed
-    approve(cfg, project, version=version, reviewer="alice", reason="portable")
+    opened = Project.open(project)
+    version = register_candidate(opened).version
+    assert check_gates(opened, version).passed
+    approve(opened, version=version, reviewer="alice", reason="portable")
     return version
 
 
@@ -36,7 +36,7 @@ def test_a_copied_project_writes_only_into_itself(tmp_path, isolated_state, monk
 
     second = promote_and_approve(copy)
     assert snapshot(original) == before  # not one file added or changed in the original
-    registry = open_registry(load_config(copy / "params.yaml"), copy)
+    registry = Project.open(copy).registry()
     for version in (first, second):
         mv = registry.client.get_model_version("onevision", version)
         location = registry.client.get_run(mv.run_id).info.artifact_uri

@@ -21,9 +21,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
-from onevision.config import load_config
 from onevision.data.images import encode_png
-from onevision.promotion.workflow import approve, check_gates, open_registry, register_candidate
+from onevision.project import Project
+from onevision.promotion.workflow import approve, check_gates, register_candidate
 from onevision.registry.model_registry import (
     AWAITING,
     CHALLENGER,
@@ -49,15 +49,15 @@ def project(tmp_path_factory, isolated_state) -> Path:
 
 
 def registry(project: Path):
-    return open_registry(load_config(project / "params.yaml"), project)
+    return Project.open(project).registry()
 
 
 def new_candidate(project: Path, evaluate: dict | None = None):
     """Register the project's model with these metrics and check its gates -> (version, report)."""
     write_metrics(project, evaluate=evaluate)
-    cfg = load_config(project / "params.yaml")
-    version = register_candidate(cfg, project).version
-    return version, check_gates(cfg, project, version)
+    opened = Project.open(project)
+    version = register_candidate(opened).version
+    return version, check_gates(opened, version)
 
 
 def better(delta: float) -> dict:
@@ -108,7 +108,7 @@ def test_failing_gate_blocks_promotion(project, first_champion):
     assert mv.tags["gate.baseline.hr_at_10.value"] == "0.3" and "FAIL" in mv.description
     assert CHALLENGER not in reg.aliases()
     with pytest.raises(PromotionError, match="not awaiting approval .*gates failed"):
-        approve(load_config(project / "params.yaml"), project, version=version, reviewer="alice", reason="ship it anyway")
+        approve(Project.open(project), version=version, reviewer="alice", reason="ship it anyway")
     result = runner.invoke(app, ["approve", version, "--reviewer", "alice", "--reason", "ship it anyway", "--root", str(project)], env={"ONEVISION_REVIEWER": "alice"})
     assert result.exit_code == 2 and f"gate report: {project.resolve() / 'reports/gate_report.md'}" in result.output
     assert f"gate report in MLflow: runs:/{mv.tags['run_id']}/gate_report/gate_report.md" in result.output
@@ -141,7 +141,7 @@ def test_rollback_restores_the_previous_champion(project, first_champion):
     assert report.passed
     gates = {r.name: r for r in report.results}
     assert gates["champion.hr@10"].threshold == pytest.approx(0.62 * 0.98)  # read from the champion's tags
-    approve(load_config(project / "params.yaml"), project, version=version, reviewer="bob", reason="better than champion")
+    approve(Project.open(project), version=version, reviewer="bob", reason="better than champion")
     reg = registry(project)
     assert reg.aliases() == {CHAMPION: version, PREVIOUS: before}
     result = runner.invoke(app, ["rollback", "--reason", "conversion dropped in production", "--by", "oncall", "--root", str(project)],
@@ -302,7 +302,7 @@ def test_a_champion_set_outside_the_gates_is_caught(project, first_champion, tmp
     from onevision.promotion.workflow import UnapprovedChampion, check_registry_champion
 
     with pytest.raises(UnapprovedChampion, match="onevision drift"):  # what the drift monitor checks first
-        check_registry_champion(load_config(project / "params.yaml"), project, "onevision drift")
+        check_registry_champion(Project.open(project), "onevision drift")
 
     # warn instead of refuse, by configuration
     cfg_text = (project / "params.yaml").read_text()

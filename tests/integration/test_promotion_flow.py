@@ -12,8 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from onevision.app.cli import app
-from onevision.config import load_config
-from onevision.promotion.workflow import open_registry
+from onevision.project import Project
 from onevision.registry.model_registry import AWAITING, CHALLENGER, CHAMPION
 from tests.support.projects import build_project
 
@@ -36,7 +35,7 @@ def allow_form_decisions(project: Path) -> Path:
 
 
 def registry(project: Path):
-    return open_registry(load_config(project / "params.yaml"), project)
+    return Project.open(project).registry()
 
 
 def flow_state(flow_run_id: UUID):
@@ -138,6 +137,18 @@ def test_registry_mode_ends_with_the_candidate_waiting(project, prefect_server):
     outcome = promotion(root=str(project), approval="registry")
     assert outcome["status"] == AWAITING and outcome["gates_passed"]
     assert registry(project).aliases() == {CHALLENGER: outcome["version"]}
+
+
+def test_promote_opens_the_project_once_per_entry_point(project, prefect_server, monkeypatch):
+    """`onevision promote`: params.yaml read by the command (its check before Prefect starts) and by the flow,
+    the tracking URI resolved and the registry opened once, by the flow (were 4, 3 and 2)."""
+    from tests.support.resolutions import count_resolutions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.resolve() / 'mlflow.db'}")  # what the command sets; put back after
+    counted = count_resolutions(monkeypatch)
+    result = CliRunner().invoke(app, ["promote", "--approval", "registry", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert counted == {"load_config": 2, "tracking_uri": 1, "ModelRegistry": 1}
 
 
 def test_a_gates_failed_promotion_says_so_in_its_state(project, prefect_server):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from onevision.config import load_config
-from onevision.promotion.workflow import open_registry
+from onevision.project import Project
 from onevision.registry.model_registry import CHALLENGER
 from tests.support.drill import count
 from tests.support.projects import build_project
@@ -108,7 +107,7 @@ def prefect_api(prefect_server) -> str:
 
 def state_of(project: Path) -> tuple[list[str], dict[str, str], int]:
     """(version numbers, aliases, audit records) of the project's registered model."""
-    reg = open_registry(load_config(project / "params.yaml"), project)
+    reg = Project.open(project).registry()
     try:
         versions = [v.version for v in reg.versions()]
     except Exception:  # noqa: BLE001 - no registered model yet

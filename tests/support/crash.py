@@ -38,11 +38,10 @@ def registered_versions(project: Path) -> list[str]:
     """Versions of the project's registered model in its embedded registry ([] when none was ever registered)."""
     from mlflow.exceptions import MlflowException
 
-    from onevision.config import load_config
-    from onevision.promotion.workflow import open_registry
+    from onevision.project import Project
 
     try:
-        return [v.version for v in open_registry(load_config(project / "params.yaml"), project).versions()]
+        return [v.version for v in Project.open(project).registry().versions()]
     except MlflowException:  # RESOURCE_DOES_NOT_EXIST: no model registered
         return []
 
