@@ -95,7 +95,7 @@ def personalisation(root: Path, max_queries: int | None) -> dict:
                 sl = slice(start, start + 128)
                 ctx = system.context(test.images[idx[sl]], users[sl])
                 with torch.inference_mode():
-                    res = geometric_beam_search(retriever.model, ctx, trie=retriever.trie, beam_width=max(W, k), k=k, **opts)
+                    res = geometric_beam_search(retriever.model, ctx, trie=retriever.trie, beam_width=W if label == "shipped_beam" else max(W, k), k=k, **opts)
                 ids.append(res.item_ids.numpy())
             lists[who] = np.concatenate(ids)
         differ = float(np.mean([set(a.tolist()) != set(b.tolist()) for a, b in zip(lists["personal"], lists["anonymous"], strict=True)]))
