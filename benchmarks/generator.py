@@ -38,6 +38,7 @@ ROWS = (
     ("onevision_learned_only", "the decoder alone (its own trie-constrained generation)"),
     ("onevision_prior_learned", "geometry + decoder (no leaf head)"),
     ("onevision_no_decoder", "geometry + leaf head (shipped before the tied decoder)"),
+    ("onevision_no_shopper_beam", "shipped model, the same beam for every shopper (no shopper prefix term)"),
     ("onevision_pretrain", "shipped model after pretraining"),
     ("onevision_sft", "shipped model after SFT"),
     ("onevision", "shipped model (after DPO)"),
@@ -77,11 +78,14 @@ def personalisation(root: Path, max_queries: int | None) -> dict:
     idx = np.flatnonzero(known)
     W = retriever.beam_width
     shown = max(10, cfg.evaluate.shown or cfg.data.impressions_per_query)
-    out: dict = {"n_queries": int(len(idx)), "beam_width": W, "shown": shown, "learned_weight": float(retriever.model.learned_weight)}
+    out: dict = {"n_queries": int(len(idx)), "beam_width": W, "shown": shown, "learned_weight": float(retriever.model.learned_weight),
+                 "shopper_weight": float(retriever.model.shopper_weight)}
     others = [set(test.clicked[i][test.clicked[i] >= 0].tolist()) | set(test.ordered[i][test.ordered[i] >= 0].tolist()) for i in idx]
     others = [o - {int(test.target_ids[i])} for o, i in zip(others, idx, strict=True)]
     has = np.array([len(o) > 0 for o in others])
-    for label, opts, k in (("decoder_alone", {"geo_weight": 0.0, "use_leaf": False}, W), ("shipped", {}, shown)):
+    whole_beam = W * cfg.generative.decode.max_leaves  # every item under the W kept prefixes
+    for label, opts, k in (("decoder_alone", {"geo_weight": 0.0, "use_leaf": False}, W), ("shipped_beam", {"use_leaf": False}, whole_beam),
+                           ("shipped", {}, shown)):
         system = retriever.with_options(label, **opts) if opts else retriever  # its context carries the visual tokens the decoder reads
         lists = {}
         for who in ("personal", "anonymous"):
@@ -91,7 +95,7 @@ def personalisation(root: Path, max_queries: int | None) -> dict:
                 sl = slice(start, start + 128)
                 ctx = system.context(test.images[idx[sl]], users[sl])
                 with torch.inference_mode():
-                    res = geometric_beam_search(retriever.model, ctx, trie=retriever.trie, beam_width=max(W, k), k=k, **opts)
+                    res = geometric_beam_search(retriever.model, ctx, trie=retriever.trie, beam_width=W if label == "shipped_beam" else max(W, k), k=k, **opts)
                 ids.append(res.item_ids.numpy())
             lists[who] = np.concatenate(ids)
         differ = float(np.mean([set(a.tolist()) != set(b.tolist()) for a, b in zip(lists["personal"], lists["anonymous"], strict=True)]))
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     pers = personalisation(root, 100 if args.quick else None)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     result = {"profile": profile, "commit": commit, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "ablations": rows, "weights": {s: {k: m.get(k) for k in ("learned_weight", "val_by_decoder_weight", "val_decoder_only_hr_at_10", "val_prior_only_hr_at_10")}
+              "ablations": rows, "weights": {s: {k: m.get(k) for k in ("learned_weight", "val_by_decoder_weight", "val_decoder_only_hr_at_10", "val_prior_only_hr_at_10",
+                                                       "shopper_weight", "val_by_shopper_weight")}
                                               for s, m in stages.items()},
               "personalisation": pers, "seconds": round(time.perf_counter() - t0, 1)}
     lines = [f"# The generator: ablations, decoder weight, personalised generation ({profile} profile)", "",
@@ -145,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         if table:
             cols = list(next(iter(table.values())))
             lines += ["", markdown_table([[k[1:], *(fmt(v[c]) for c in cols)] for k, v in table.items()], ["weight", *cols], align="r" * (len(cols) + 1)), ""]
+        table = w.get("val_by_shopper_weight") or {}
+        if table:  # the shopper's prefix term, chosen after SFT on the personalised VAL probe
+            cols = list(next(iter(table.values())))
+            lines += [f"- {s}: kept shopper weight {w['shopper_weight']} (the shopper's prefix term in the beam; VAL, personalised, after the leaf head)",
+                      "", markdown_table([[k[1:], *(fmt(v[c]) for c in cols)] for k, v in table.items()], ["shopper weight", *cols], align="r" * (len(cols) + 1)), ""]
     lines += ["", "## Personalised generation (TEST queries of known shoppers)", "",
               f"{pers['n_queries']} queries; the same photo decoded for its shopper and anonymously. Recall: the share of the items the "
               "shopper clicked or ordered, other than the photographed one, that the list holds (queries with such items only); "

@@ -191,6 +191,9 @@ class GenerativeDecodeConfig(Section):
     min_decoder_gain: float = Field(
         0.01, ge=0, description="Tied decoder: relative gain in the VAL selection metric (orders) over weight 0 a weight > 0 must buy to be kept; the decoder pass costs latency at every level (0: the best weight wins)."
     )
+    shopper_weights: list[float] = Field(
+        [0.0, 0.5, 1.0, 2.0], min_length=1, description="Weights of the shopper's prefix term in the beam (the user's brand and category lift against what each prefix holds) tried on VAL after SFT; the most VAL orders after the leaf head is kept (0: the same beam for every shopper)."
+    )
     max_leaves: int = Field(8, ge=1, description="Items expanded per kept prefix for the leaf head (geometric decoding).")
     batch_size: int = Field(256, ge=1, description="Queries decoded per forward pass.")
     probe_queries: int = Field(1000, ge=0, description="VAL queries every stage decodes for its HR@10 / simulated-orders probe (0: no probe).")

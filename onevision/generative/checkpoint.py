@@ -26,7 +26,8 @@ from onevision.generative.model import GeneratorConfig, SIDGenerator
 
 GENERATIVE_DIR = paths.MODELS / "generative"
 STAGE_NAMES = ("pretrain", "sft", "dpo")
-_FORMAT = 2  # 2: geometric levels + leaf head
+_FORMAT = 3  # 2: geometric levels + leaf head; 3: + the shopper prefix weight
+_READS = (2,)  # older formats this code still loads (2: shopper weight 0)
 
 
 def build_generator(cfg: GeneratorConfig) -> SIDGenerator:
@@ -83,10 +84,12 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     if not meta_path.exists():
         raise FileNotFoundError(f"no generative checkpoint in {directory} (expected config.json); run its stage first")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"checkpoint in {directory} has format {meta.get('format')}, this code reads {_FORMAT}")
+    if meta.get("format") not in (_FORMAT, *_READS):
+        raise ValueError(f"checkpoint in {directory} has format {meta.get('format')}, this code reads {', '.join(map(str, (*_READS, _FORMAT)))}")
     model = build_generator(GeneratorConfig(**meta["config"]))
-    model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    state.setdefault("shopper_weight", torch.zeros(()))  # format 2: no shopper term (what those models served)
+    model.load_state_dict(state)
     model.eval()
     history_path = directory / "user_history.parquet"
     history = pd.read_parquet(history_path) if history_path.exists() else pd.DataFrame(columns=["user_id", "slot", "item_id", "action"])

@@ -18,6 +18,11 @@ For a model with ``geo_levels = G`` (onevision.generative.model) the search is
    items under each kept prefix are contiguous leaves of the trie, so they are
    expanded at once (at most ``max_leaves`` per prefix) - no forced
    single-child steps.
+   With a leaf head and ``shopper_weight`` ``s > 0`` (chosen on VAL after SFT) each child's logit gains
+   ``s x <lift_u, makeup(child)>``: the shopper's log lift of each brand and category (from their logged clicks and
+   orders; 0 for an anonymous query) against the brand and category shares of the items under that prefix, so
+   for the same photo two shoppers keep different prefixes. The term chooses which prefixes survive; the leaf
+   head reads the prefix's score without it (it has the shopper's lifts per item itself).
 3. **the leaf head** (onevision.generative.leaf), when the model has one, scores
    those candidates with the per-item store and the user's history; without
    one, the prefix's beam score ranks them.
@@ -46,23 +51,39 @@ MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rar
 def geometric_beam_search(
     model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
     learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None, geo_weight: float = 1.0,
-    constrained: bool = True,
+    constrained: bool = True, shopper_weight: float | None = None,
 ) -> BeamSearchResult:
     """Top-``k`` items per query (see the module docstring). ``learned_weight`` None: the model's own
     (chosen on VAL); ``use_leaf`` False: rank by the beam score alone (an ablation); ``level_widths``: beams
     kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items; ``geo_weight``
-    0: the learned term alone (an ablation); ``constrained`` False: no trie mask (see the module docstring)."""
+    0: the learned term alone (an ablation); ``constrained`` False: no trie mask (see the module docstring);
+    ``shopper_weight`` None: the model's own (0 without a leaf head: the shopper term reads its user store)."""
     with eval_mode(model):
         return _search(model, ctx, trie=trie, beam_width=beam_width, k=k, max_leaves=max_leaves, learned_weight=learned_weight,
-                       use_leaf=use_leaf, level_widths=level_widths, geo_weight=geo_weight, constrained=constrained)
+                       use_leaf=use_leaf, level_widths=level_widths, geo_weight=geo_weight, constrained=constrained,
+                       shopper_weight=shopper_weight)
 
 
-def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True) -> BeamSearchResult:
+def shopper_scores(model: SIDGenerator, ctx: Context, trie: SIDTrie, weight: float | None = None) -> list[torch.Tensor] | None:
+    """Per geometric level, (N_{l+1}, B) the shopper term of every depth-(l+1) prefix for each query
+    (``weight x <lift_u, makeup(prefix)>``, see the module docstring); None when the weight is 0, the model has no
+    leaf head or every query is anonymous. Per query: one (N_l x A) product per level, no item is touched."""
+    s = float(model.shopper_weight) if weight is None else float(weight)
+    leaf = model.leaf
+    if not s or leaf is None or ctx.user is None or not bool((ctx.user > 0).any()):
+        return None
+    lift = leaf.user_lift(ctx.user)  # (B, A)
+    return [s * (leaf.subtree_makeup(trie, level + 1) @ lift.T) for level in range(model.cfg.geo_levels)]
+
+
+def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True,
+            shopper_weight=None) -> BeamSearchResult:
     cfg = model.cfg
     G, L = cfg.geo_levels, cfg.n_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
     query = ctx.image.float()  # (B, D) aligned embedding
     B = query.shape[0]
+    shopper = shopper_scores(model, ctx, trie, shopper_weight) if constrained else None
     learned = lam != 0.0 or geo_weight == 0.0
     if geo_weight == 0.0 and lam == 0.0:
         lam = 1.0
@@ -75,6 +96,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             shift = model.query_shift(query).unsqueeze(1)  # (B, 1, D): once per query, shared by its beams
     width = 1
     beam = torch.zeros(B, 1)
+    plain = beam  # the beam's scores without the shopper term (the leaf head's prefix feature)
     nodes = torch.zeros(B, 1, dtype=torch.long)
     resid = query.unsqueeze(1)  # (B, 1, D)
     prev = None
@@ -89,11 +111,20 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
         logp = log_softmax_over(logits, allowed)
+        logp_plain = logp
+        if shopper is not None:
+            child = trie.children(level, nodes.reshape(-1).clamp(min=0))  # (B*width, V)
+            query_of = torch.arange(B).repeat_interleave(width).unsqueeze(1)  # (B*width, 1)
+            logp = log_softmax_over(logits + shopper[level][child.clamp(min=0), query_of].masked_fill(child < 0, 0.0), allowed)
         cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
         keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
         keep = min(keep, width * V)
         beam, idx = cand.topk(keep, dim=-1)
         parent, code = idx // V, idx % V
+        if shopper is not None:
+            plain = (plain.unsqueeze(-1) + logp_plain.view(B, width, V)).view(B, width * V).gather(1, idx)
+        else:
+            plain = beam
         nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
         resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
         if learned and level < G - 1:
@@ -114,16 +145,18 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     leaves = (start.unsqueeze(-1) + m).reshape(B, -1)  # (B, W*ml)
     ok = (m < count.unsqueeze(-1)).reshape(B, -1)
     prefix = beam.unsqueeze(-1).expand(-1, -1, max_leaves).reshape(B, -1)
+    plain_prefix = plain.unsqueeze(-1).expand(-1, -1, max_leaves).reshape(B, -1)
     # compact: real leaves first (stable, so beam order is kept), the width cut to the fullest query's count
     order = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, : max(int(ok.sum(1).max()), 1)]
-    leaves, ok, prefix = leaves.gather(1, order), ok.gather(1, order), prefix.gather(1, order)
+    leaves, ok, prefix, plain_prefix = leaves.gather(1, order), ok.gather(1, order), prefix.gather(1, order), plain_prefix.gather(1, order)
     leaves = leaves.masked_fill(~ok, -1)
     prefix = prefix.masked_fill(~ok, float("-inf"))
+    plain_prefix = plain_prefix.masked_fill(~ok, float("-inf"))
     items = torch.where(ok, trie.leaf_item[leaves.clamp(min=0)], torch.full_like(leaves, -1))
     leaf = model.leaf if use_leaf else None
     if leaf is not None:
         users = ctx.user if ctx.user is not None else torch.zeros(B, dtype=torch.long)
-        score = leaf(query, leaf.rows(items), prefix.masked_fill(~ok, 0.0), leaf.profile(users))
+        score = leaf(query, leaf.rows(items), plain_prefix.masked_fill(~ok, 0.0), leaf.profile(users))
         score = score.masked_fill(~ok, float("-inf"))
     else:
         score = prefix
@@ -134,19 +167,22 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     finite = torch.isfinite(top)
     out_items = out_items.masked_fill(~finite, -1)
     sids = trie.sids[chosen.clamp(min=0)].masked_fill(~finite.unsqueeze(-1), -1)
+    plain_top = plain_prefix.gather(1, pos).masked_fill(~finite, float("-inf")) if shopper is not None else None
     if n < k:
         pad = k - n
         sids = torch.cat([sids, sids.new_full((B, pad, L), -1)], dim=1)
         top = torch.cat([top, top.new_full((B, pad), float("-inf"))], dim=1)
         out_items = torch.cat([out_items, out_items.new_full((B, pad), -1)], dim=1)
-    return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes)
+        plain_top = None if plain_top is None else torch.cat([plain_top, plain_top.new_full((B, pad), float("-inf"))], dim=1)
+    return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes, prefix_scores=plain_top)
 
 
 def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None,
-                            trie: SIDTrie | None = None) -> torch.Tensor:
+                            trie: SIDTrie | None = None, shopper: bool = True) -> torch.Tensor:
     """Beam score of given items' prefixes: ctx (B rows), sids (B, M, L) (-1 rows pad) -> (B, M) summed
     log-probabilities over the geometric levels (-inf for pads), the value constrained beam search gives them
-    when ``trie`` is given (each level normalised over the trie's valid children)."""
+    when ``trie`` is given (each level normalised over the trie's valid children, the shopper term included;
+    ``shopper`` False: without it, the search's ``prefix_scores``, what the leaf head reads)."""
     cfg = model.cfg
     G = cfg.geo_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
@@ -157,6 +193,9 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tenso
     resid = model.residuals(query, flat)  # (BM, G, D)
     h = shift = None
     allowed = trie.path_masks(flat, G) if trie is not None else [None] * G
+    shopper = shopper_scores(model, ctx, trie) if trie is not None and shopper else None
+    parent = torch.zeros(B * M, dtype=torch.long)
+    query_of = torch.arange(B).repeat_interleave(M).unsqueeze(1)  # (BM, 1)
     with torch.no_grad(), eval_mode(model):
         if lam != 0.0:
             memory, mask = model.encode(ctx)
@@ -166,5 +205,9 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tenso
         total = torch.zeros(B * M)
         for level in range(G):
             logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam, shift=shift)
+            if shopper is not None:  # the search's shopper term, over the same children
+                child = trie.children(level, parent.clamp(min=0))  # (BM, V)
+                logits = logits + shopper[level][child.clamp(min=0), query_of].masked_fill(child < 0, 0.0)
+                parent = trie.child(level, parent, flat[:, level])
             total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

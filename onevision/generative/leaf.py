@@ -100,6 +100,7 @@ class LeafScorer(nn.Module):
              events: pd.DataFrame | None = None) -> None:
         """Per-item data from the items table (item_id, category, brand, price), the fused item embeddings
         and, when given, the TRAIN logs (impressions: query_id, item_id; events: query_id, item_id, action)."""
+        self.__dict__.pop("_makeup", None)  # prefix make-ups of the old store
         order = np.argsort(item_ids, kind="stable")
         ids, emb = np.asarray(item_ids, np.int64)[order], np.asarray(embeddings, np.float32)[order]
         if len(ids) != len(self.item_ids):
@@ -186,6 +187,27 @@ class LeafScorer(nn.Module):
         """Item ids (any shape) -> store rows; -1 for ids the store does not hold (and for -1)."""
         pos = torch.searchsorted(self.item_ids, item_ids.clamp(min=0)).clamp(max=len(self.item_ids) - 1)
         return torch.where((self.item_ids[pos] == item_ids) & (item_ids >= 0), pos, torch.full_like(pos, -1))
+
+    # ------------------------------------------------------------------ the shopper's prefix term
+    def user_lift(self, user_rows: torch.Tensor) -> torch.Tensor:
+        """(B,) user rows -> (B, NB + C): the user's log lift of each brand and category over uniform (features 5
+        and 4 for every brand and category); exactly 0 for an anonymous context."""
+        p = self.profile(user_rows)
+        n = p.cat.sum(1, keepdim=True).clamp(min=0)
+        brand = torch.log((p.brand.clamp(min=0) + 1) / (n + self.n_brands)) + math.log(self.n_brands)
+        cat = torch.log((p.cat.clamp(min=0) + 1) / (n + self.n_categories)) + math.log(self.n_categories)
+        return torch.cat([brand, cat], dim=1)
+
+    def subtree_makeup(self, trie, depth: int) -> torch.Tensor:
+        """(N_depth, NB + C): the brand and category shares of the items under each depth-``depth`` node of ``trie``
+        (what a prefix holds, for :meth:`user_lift` to score); computed once per trie and depth, then cached."""
+        key = (id(trie), depth)
+        cache = self.__dict__.setdefault("_makeup", {})
+        if key not in cache:
+            rows = self.rows(trie.leaf_item).clamp(min=0)  # (N,) store row of each leaf, trie order
+            onehot = torch.cat([F.one_hot(self.brand[rows], self.n_brands), F.one_hot(self.category[rows], self.n_categories)], dim=1)
+            cache[key] = (trie, trie.subtree_means(onehot.float(), depth))  # the trie is kept so its id stays its own
+        return cache[key][1]
 
     # ------------------------------------------------------------------ features and scores
     def features(self, query: torch.Tensor, cand: torch.Tensor, prefix_score: torch.Tensor, profile: Profile) -> torch.Tensor:

@@ -67,7 +67,8 @@ def _list_prefix_scores(model: SIDGenerator, ctx, *, trie: SIDTrie, item_mat: to
     prefix = torch.full((B, M), float("-inf"))
     head = min(W, M)
     in_beam = torch.arange(head).unsqueeze(0) < n_beam.unsqueeze(1)  # (B, head)
-    prefix[:, :head] = torch.where(in_beam, beam.scores[:, :head].float(), prefix[:, :head])
+    beam_scores = beam.scores if beam.prefix_scores is None else beam.prefix_scores  # without the shopper term
+    prefix[:, :head] = torch.where(in_beam, beam_scores[:, :head].float(), prefix[:, :head])
     extra_pos = torch.arange(M).unsqueeze(0) >= n_beam.unsqueeze(1)  # (B, M) items appended after the beam
     extra_pos &= item_mat >= 0
     n_extra = int(extra_pos.sum(1).max()) if B else 0
@@ -78,7 +79,7 @@ def _list_prefix_scores(model: SIDGenerator, ctx, *, trie: SIDTrie, item_mat: to
     extra_items = item_mat.gather(1, order).masked_fill(~ok, -1)
     L = trie.n_levels
     sids = trie.sid_of(extra_items.reshape(-1).clamp(min=0)).view(B, n_extra, L).masked_fill((extra_items < 0).unsqueeze(-1), -1)
-    scores = candidate_prefix_scores(model, ctx, sids, trie=trie)  # (B, E)
+    scores = candidate_prefix_scores(model, ctx, sids, trie=trie, shopper=False)  # (B, E) as the leaf head reads them
     prefix.scatter_(1, order, torch.where(ok, scores, prefix.gather(1, order)))
     return prefix
 

@@ -268,6 +268,9 @@ class SIDGenerator(nn.Module):
         # weight of the learned term in decoding, chosen on VAL (0: the decoder is not run); with a tied head the
         # level logits are (1 - w) x geometry + w x decoder, so 1 is the decoder alone
         self.register_buffer("learned_weight", torch.ones(()))
+        # weight of the shopper's prefix term in decoding (geosearch: the user's brand/category lift against what each
+        # prefix holds), chosen on VAL after SFT; 0: every shopper gets the same beam for the same photo
+        self.register_buffer("shopper_weight", torch.zeros(()))
         self.tied = bool(G and cfg.tied_head)
         if self.tied:
             D = cfg.geo_dim

@@ -67,6 +67,14 @@ def write_report(root: Path, stage: str, metrics: dict[str, Any]) -> None:
         lines += ["", "## decoder weight (VAL, anonymous, after the leaf head)", "",
                   f"Kept: {metrics.get('learned_weight')} (the most VAL orders; 0 = no decoder pass, 1 = the decoder alone).", "",
                   markdown.table(rows, ["weight", *cols], align="r" * (len(cols) + 1))]
+    by_shopper = metrics.get("val_by_shopper_weight")
+    if by_shopper:  # the shopper's prefix term in the beam, chosen on VAL after SFT (choose_shopper_weight)
+        cols = list(next(iter(by_shopper.values())))
+        rows = [[w[1:], *(f"{v[c]:.4g}" for c in cols)] for w, v in by_shopper.items()]
+        lines += ["", "## shopper weight (VAL, personalised, after the leaf head)", "",
+                  f"Kept: {metrics.get('shopper_weight')} (the most VAL orders; 0 = the same beam for every shopper). "
+                  "beam_other_recall: share of the other items VAL shoppers clicked or ordered that the beam holds.", "",
+                  markdown.table(rows, ["weight", *cols], align="r" * (len(cols) + 1))]
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 

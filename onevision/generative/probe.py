@@ -249,3 +249,52 @@ def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, *, cfg: Con
              "val_prior_only_hr_at_10": round(beam_only_hr(model, data, cfg, learned_weight=0.0), 5)}
     log.info("VAL HR@10 without the leaf head: %s", beams)
     return {**fit_out, **beams, "learned_weight": best, "val_by_decoder_weight": {f"w{w:g}": v for w, v in table.items()}}
+
+
+def choose_shopper_weight(model: SIDGenerator, data: GenerativeData, cfg: Config) -> dict[str, Any]:
+    """The weight of the shopper's prefix term in the beam (geosearch.shopper_scores), chosen on what the shopper
+    sees: the personalised VAL probe after the leaf head for each weight of ``generative.decode.shopper_weights``
+    (0 always tried); the most VAL orders wins (HR@10 breaks ties, then the smaller weight). Returns the chosen
+    weight and the VAL table by weight (with the beam's recall of the other items VAL shoppers clicked or ordered)."""
+    weights = sorted({0.0, *(float(x) for x in cfg.generative.decode.shopper_weights)})
+    if model.leaf is None or len(weights) == 1 or not len(data.val):
+        model.shopper_weight.fill_(0.0)
+        return {}
+    table: dict[float, dict[str, float]] = {}
+    best, best_rank = 0.0, None
+    for w in weights:
+        model.shopper_weight.fill_(w)
+        p = probe(model, data, cfg)
+        key = selection_key(p)
+        table[w] = {key: round(p.get(key, 0.0), 5), "hr_at_10": round(p.get("hr_at_10", 0.0), 5),
+                    "beam_other_recall": round(beam_other_recall(model, data, cfg), 5)}
+        rank = (p.get(key, 0.0), p.get("hr_at_10", 0.0), -w)
+        if best_rank is None or rank > best_rank:
+            best, best_rank = w, rank
+        log.info("shopper weight %.2f: VAL %s", w, table[w])
+    model.shopper_weight.fill_(best)
+    log.info("shopper weight %.2f kept", best)
+    return {"shopper_weight": best, "val_by_shopper_weight": {f"s{w:g}": v for w, v in table.items()}}
+
+
+def beam_other_recall(model: SIDGenerator, data: GenerativeData, cfg: Config) -> float:
+    """Share of the items VAL shoppers clicked or ordered, other than the photographed one, that the personalised
+    beam holds (``generative.decode.beam_width`` prefixes, before the leaf head): what the generator proposes for the
+    shopper beyond the photo. NaN without a VAL log."""
+    val, logged = data.val, [x for x in (data.val_clicked, data.val_ordered) if x is not None]
+    if not len(val) or not logged:
+        return float("nan")
+    acted = np.concatenate(logged, axis=1)  # (Q, R) item ids, -1 pads
+    target = val.frame["item_id"].to_numpy(np.int64)
+    found = total = 0
+    W, bs = cfg.generative.decode.beam_width, cfg.generative.decode.batch_size
+    for start in range(0, len(val), bs):
+        idx = torch.arange(start, min(len(val), start + bs))
+        res = geometric_beam_search(model, val.rows.context(data.bank, idx), trie=data.trie, beam_width=W, k=W * cfg.generative.decode.max_leaves,
+                                    max_leaves=cfg.generative.decode.max_leaves, use_leaf=False)
+        beam = res.item_ids.numpy()
+        for j, e in enumerate(idx.tolist()):
+            other = set(acted[e][acted[e] >= 0].tolist()) - {int(target[e])}
+            found += len(other & set(beam[j].tolist()))
+            total += len(other)
+    return found / total if total else float("nan")

@@ -16,12 +16,15 @@ class BeamSearchResult:
     item_ids: (B, k) long      catalog item of each SID; -1 for padding and for SIDs no item has
     dead_prefixes: share of the final beam's prefixes that continue no catalog SID, where the search generates
                    prefixes and expands only the live ones (the unconstrained geometric search); None otherwise
+    prefix_scores: (B, k) float the prefix's log p without the shopper term (what the leaf head reads; the geometric
+                   search with a shopper term, else None: equal to ``scores`` before the leaf head)
     """
 
     sids: torch.Tensor
     scores: torch.Tensor
     item_ids: torch.Tensor
     dead_prefixes: float | None = None
+    prefix_scores: torch.Tensor | None = None
 
     @property
     def invalid_rate(self) -> float:

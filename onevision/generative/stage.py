@@ -65,7 +65,7 @@ from onevision.generative.leaf_train import (
 )
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 from onevision.generative.outputs import by_epoch, finish_stage
-from onevision.generative.probe import BestEpoch, choose_decoder_weight, choose_learned_weight, probe, selection_key
+from onevision.generative.probe import BestEpoch, choose_decoder_weight, choose_learned_weight, choose_shopper_weight, probe, selection_key
 from onevision.generative.train import (
     SIDExamples,
     evaluate_preferences,
@@ -326,7 +326,7 @@ def _sft_leaf(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
     set_feature_scale(model.leaf, train)  # the user features, constant (0) while pretraining
     keeper = BestEpoch(model, data, cfg, s.keep_best_epoch, served_anonymously=True)
     history = fit_leaf(model.leaf, train, epochs=s.leaf_epochs, lr=s.leaf_lr, seed=cfg.seed, val=val, on_epoch=keeper)
-    kept = keeper.restore()
+    kept = {**keeper.restore(), **choose_shopper_weight(model, data, cfg)}
     metrics = {
         **kept,
         "n_lists": len(train),
@@ -374,6 +374,8 @@ def _sft_tied(cfg: Config, root: Path, data: GenerativeData, model: SIDGenerator
                     kept[f"val_{key}_kept"], start.get(key, 0.0))
         model.load_state_dict(start_state)
         kept["kept_input"] = True
+    else:
+        kept.update(choose_shopper_weight(model, data, cfg))
     history = histories.get(float(model.learned_weight)) or [{"epoch": 0, "loss": float("nan")}]
     metrics = {**kept, **decoder, **chosen, "history": by_epoch(history), "train_seconds": round(time.perf_counter() - t1, 2)}
     metrics = finish_stage(root, "sft", cfg=cfg, model=model, data=data, history=history, metrics=metrics, user_history=latest_history(data.events, H), curve_keys=["loss", "val_loss"])

@@ -133,6 +133,24 @@ class SIDTrie:
         mask[rows, codes[torch.repeat_interleave(start, count) + rank]] = True
         return mask  # (M, V)
 
+    def children(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
+        """(M,) depth-``level`` node ids -> (M, V_level) long: the depth-``level+1`` node id of each code's child, -1
+        where the code continues no catalog SID (one CSR read for all rows; a child's id is its edge's position)."""
+        indptr, codes = self.indptr[level], self.edge_code[level]
+        start, count = indptr[nodes], indptr[nodes + 1] - indptr[nodes]  # (M,)
+        rows = torch.repeat_interleave(torch.arange(len(nodes)), count)  # (E_sel,)
+        edge = torch.arange(len(rows)) + torch.repeat_interleave(start - (count.cumsum(0) - count), count)  # (E_sel,) edge positions
+        out = torch.full((len(nodes), self.codebook_sizes[level]), -1, dtype=torch.long)
+        out[rows, codes[edge]] = edge
+        return out
+
+    def subtree_means(self, values: torch.Tensor, depth: int) -> torch.Tensor:
+        """(N, A) per-leaf values in the trie's sorted leaf order -> (N_depth, A) their mean over each depth-``depth``
+        node's items (subtrees are contiguous runs of leaves: one prefix sum)."""
+        cum = torch.cat([values.new_zeros(1, values.shape[1]), values.cumsum(0)])  # (N + 1, A)
+        start, count = self.leaf_start[depth], self.leaf_count[depth]
+        return (cum[start + count] - cum[start]) / count.clamp(min=1).unsqueeze(1).to(values.dtype)
+
     def child(self, level: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Depth-``level`` nodes + next codes -> depth-``level+1`` node ids, -1 where no such prefix."""
         keys = nodes * self.codebook_sizes[level] + codes  # (M,)

@@ -76,3 +76,22 @@ def test_rejects_duplicate_sids_and_codes_beyond_codebooks():
         SIDTrie(np.array([[0, 3]]), np.array([1]), (2, 3))
     with pytest.raises(ValueError, match="code_0"):
         SIDTrie.from_sid_table(pd.DataFrame({"item_id": [1], "code_1": [0]}))
+
+
+def test_children_name_every_code_s_child_in_one_read_and_subtree_means_average_their_items():
+    sids, items = random_catalog(30, seed=5)
+    trie = SIDTrie(sids, items, SIZES)
+    rows = trie.sids.numpy()  # the trie's sorted leaf order
+    values = torch.from_numpy(np.stack([rows[:, 2].astype(np.float32), np.ones(len(rows), np.float32)], 1))
+    for level in range(len(SIZES)):
+        nodes = torch.randint(0, trie.n_nodes(level), (20,), generator=torch.Generator().manual_seed(level))
+        table = trie.children(level, nodes)  # (20, V)
+        V = SIZES[level]
+        one_by_one = trie.child(level, nodes.repeat_interleave(V), torch.arange(V).repeat(len(nodes))).view(len(nodes), V)
+        assert torch.equal(table, one_by_one) and torch.equal(table >= 0, trie.allowed(level, nodes))
+        means = trie.subtree_means(values, level + 1)  # (N_{level+1}, 2)
+        prefixes = sorted({tuple(s[: level + 1]) for s in rows.tolist()})
+        for node, prefix in enumerate(prefixes):
+            under = [s for s in rows.tolist() if tuple(s[: level + 1]) == prefix]
+            assert means[node, 0].item() == pytest.approx(np.mean([s[2] for s in under]))
+            assert means[node, 1].item() == pytest.approx(1.0)

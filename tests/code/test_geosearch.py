@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,3 +176,62 @@ def test_checkpoint_round_trip_keeps_codebooks_leaf_and_learned_weight(tmp_path)
     b = geometric_beam_search(back, ctx, trie=trie, beam_width=5, k=5)
     torch.testing.assert_close(a.scores, b.scores)
     assert float(back.learned_weight) == 0.5
+
+
+def shop_with_a_brand_lover(seed: int = 0):
+    """The tiny catalog with brands, a leaf store and user 1 whose logged events are all of brand 'a'."""
+    rng = np.random.default_rng(seed)
+    books, emb, items, trie = tiny_catalog(seed, n_items=60)
+    model = geo_model(trie, books, leaf_items=len(items), n_users=2)
+    brand = np.where(rng.uniform(size=len(items)) < 0.3, "a", "b")
+    table = pd.DataFrame({"item_id": items, "category": rng.integers(0, 3, len(items)), "brand": brand, "price": 2.0})
+    model.leaf.fill(table, items, emb)
+    loved = items[brand == "a"][:8]
+    model.leaf.fill_users(np.ones(len(loved), np.int64), loved, np.full(len(loved), 2))
+    return model, trie, emb, items, brand
+
+
+def test_the_shopper_term_keeps_the_brand_lovers_prefixes_and_leaves_anonymous_beams_alone():
+    model, trie, emb, items, brand = shop_with_a_brand_lover(1)
+    model.geo_log_scale.data.fill_(0.0)  # geometry as unsure as a shopper's photo between neighbouring prefixes
+    rng = np.random.default_rng(1)
+    queries = emb[rng.choice(len(items), 24, replace=False)]
+    anon, lover = contexts(rng, queries), contexts(rng, queries)
+    lover.user = torch.ones(len(queries), dtype=torch.long)
+    search = dict(trie=trie, beam_width=2, k=16, use_leaf=False)
+    plain = geometric_beam_search(model, lover, **search, shopper_weight=0.0)
+    personal = geometric_beam_search(model, lover, **search, shopper_weight=2.0)
+    for weight in (0.0, 2.0):  # an anonymous query has no lift: the term is 0 whatever its weight
+        torch.testing.assert_close(geometric_beam_search(model, anon, **search, shopper_weight=weight).scores, plain.scores)
+    assert not torch.equal(personal.item_ids, plain.item_ids)  # the same photos, another shopper: another beam
+    share = lambda res: float(np.isin(res.item_ids[res.item_ids >= 0].numpy(), items[brand == "a"]).mean())  # noqa: E731
+    assert share(personal) > share(plain) + 0.08
+    assert personal.invalid_rate == 0.0
+
+
+def test_prefix_scores_equal_the_beam_scores_with_the_shopper_term():
+    model, trie, emb, items, brand = shop_with_a_brand_lover(2)
+    model.shopper_weight.fill_(1.5)
+    rng = np.random.default_rng(4)
+    ctx = contexts(rng, emb[:6], n_users=2)
+    res = geometric_beam_search(model, ctx, trie=trie, beam_width=5, k=5, use_leaf=False)
+    torch.testing.assert_close(candidate_prefix_scores(model, ctx, res.sids, trie=trie), res.scores, rtol=1e-4, atol=1e-4)
+    # what the leaf head reads: the same prefixes scored without the shopper term
+    plain = candidate_prefix_scores(model, ctx, res.sids, trie=trie, shopper=False)
+    torch.testing.assert_close(plain, res.prefix_scores, rtol=1e-4, atol=1e-4)
+    model.shopper_weight.fill_(0.0)
+    torch.testing.assert_close(plain, candidate_prefix_scores(model, ctx, res.sids, trie=trie), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain, res.scores)
+
+
+def test_a_checkpoint_of_format_2_loads_with_no_shopper_term(tmp_path):
+    model, trie, emb, items, brand = shop_with_a_brand_lover()
+    model.shopper_weight.fill_(1.0)
+    save_checkpoint(tmp_path, model, np.array([7, 9]))
+    assert float(load_checkpoint(tmp_path).model.shopper_weight) == 1.0
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    del state["shopper_weight"]
+    torch.save(state, tmp_path / "weights.pt")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "format": 2}))
+    assert float(load_checkpoint(tmp_path).model.shopper_weight) == 0.0

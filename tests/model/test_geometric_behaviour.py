@@ -117,3 +117,24 @@ def test_a_cropped_or_relit_photo_keeps_its_top_item(trained):
         b = top10(model, shop, perturbed, rows)[:, 0]
         assert (a == items).mean() >= 0.9
         assert (a == b).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_brand_lovers_beam_holds_more_of_the_brand_than_the_same_photos_anonymous_beam(trained):
+    """The shopper term of the beam (geosearch.shopper_scores): with the user store SFT filled, a narrow beam (4 of
+    the 36 prefixes) keeps the prefixes that hold more of the lover's brand; the photographed cluster stays first."""
+    shop, bank, test_rows, anon_test, test_items, pretrain, sft, dpo = trained
+    model = copy.deepcopy(sft)
+    model.shopper_weight.fill_(1.0)
+
+    def beam(rows: ContextRows) -> np.ndarray:
+        res = geometric_beam_search(model, rows.context(bank), trie=shop.trie, beam_width=4, k=16, use_leaf=False)
+        assert res.invalid_rate == 0.0
+        return res.item_ids.numpy()
+
+    share = lambda ids: float((shop.brand[ids[ids >= 0]] == LOVED_BRAND).mean())  # noqa: E731
+    personal, anonymous = beam(test_rows), beam(anon_test)
+    print(f"loved-brand share of a 4-prefix beam: personalised {share(personal):.3f}, anonymous {share(anonymous):.3f}")
+    assert not np.array_equal(personal, anonymous)
+    assert share(personal) > share(anonymous) + 0.05
+    assert (shop.cluster[personal[:, 0]] == shop.cluster[test_items]).mean() >= 0.8

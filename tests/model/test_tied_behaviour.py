@@ -74,7 +74,9 @@ def test_pretrained_decoder_alone_retrieves_the_photographed_cluster(trained):
     "open (the generator issue): the SFT'd tied decoder's beams differ between the lover and anonymous contexts, but "
     "the lover's holds less of the brand (measured 0.314 personalised vs 0.353 anonymous, 0.268 after pretraining): "
     "the brand is not a SID prefix here, so the decoder would have to learn user x cluster -> slot from 60 queries; "
-    "the leaf head carries the brand today (test_geometric_behaviour). strict: passing turns this red, to be unmarked"))
+    "the leaf head carries the brand, and the shipped beam gets it from the shopper's prefix term, which reads the "
+    "leaf head's user store (test_geometric_behaviour); this tests the transformer decoder alone. strict: passing "
+    "turns this red, to be unmarked"))
 def test_brand_lovers_beam_holds_more_of_the_brand_than_an_anonymous_beam(trained):
     shop, bank, test_rows, anon_test, test_items, pretrain, sft = trained
     share = lambda ids: float((shop.brand[ids] == LOVED_BRAND).mean())  # noqa: E731
