@@ -177,7 +177,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes, prefix_scores=plain_top)
 
 
-def candidate_prefix_scores(model: SIDGenerator, ctx: Context, sids: torch.Tensor, learned_weight: float | None = None,
+def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Tensor, learned_weight: float | None = None,
                             trie: SIDTrie | None = None, shopper: bool = True) -> torch.Tensor:
     """Beam score of given items' prefixes: ctx (B rows), sids (B, M, L) (-1 rows pad) -> (B, M) summed
     log-probabilities over the geometric levels (-inf for pads), the value constrained beam search gives them

@@ -79,7 +79,7 @@ def _list_prefix_scores(model: SIDGenerator, ctx, *, trie: SIDTrie, item_mat: to
     extra_items = item_mat.gather(1, order).masked_fill(~ok, -1)
     L = trie.n_levels
     sids = trie.sid_of(extra_items.reshape(-1).clamp(min=0)).view(B, n_extra, L).masked_fill((extra_items < 0).unsqueeze(-1), -1)
-    scores = candidate_prefix_scores(model, ctx, sids, trie=trie, shopper=False)  # (B, E) as the leaf head reads them
+    scores = candidate_prefix_scores(model, ctx, sids=sids, trie=trie, shopper=False)  # (B, E) as the leaf head reads them
     prefix.scatter_(1, order, torch.where(ok, scores, prefix.gather(1, order)))
     return prefix
 

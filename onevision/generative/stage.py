@@ -65,7 +65,14 @@ from onevision.generative.leaf_train import (
 )
 from onevision.generative.model import GeneratorConfig, SIDGenerator
 from onevision.generative.outputs import by_epoch, finish_stage
-from onevision.generative.probe import BestEpoch, choose_decoder_weight, choose_learned_weight, choose_shopper_weight, probe, selection_key
+from onevision.generative.probe import (
+    BestEpoch,
+    choose_decoder_weight,
+    choose_learned_weight,
+    choose_shopper_weight,
+    probe,
+    selection_key,
+)
 from onevision.generative.train import (
     SIDExamples,
     evaluate_preferences,

@@ -118,7 +118,7 @@ def test_prefix_scores_equal_the_beam_scores():
     rng = np.random.default_rng(3)
     ctx = contexts(rng, emb[:4])
     res = geometric_beam_search(model, ctx, trie=trie, beam_width=5, k=5, use_leaf=False)
-    scores = candidate_prefix_scores(model, ctx, res.sids)
+    scores = candidate_prefix_scores(model, ctx, sids=res.sids)
     torch.testing.assert_close(scores, res.scores, rtol=1e-4, atol=1e-4)
 
 
@@ -215,12 +215,12 @@ def test_prefix_scores_equal_the_beam_scores_with_the_shopper_term():
     rng = np.random.default_rng(4)
     ctx = contexts(rng, emb[:6], n_users=2)
     res = geometric_beam_search(model, ctx, trie=trie, beam_width=5, k=5, use_leaf=False)
-    torch.testing.assert_close(candidate_prefix_scores(model, ctx, res.sids, trie=trie), res.scores, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(candidate_prefix_scores(model, ctx, sids=res.sids, trie=trie), res.scores, rtol=1e-4, atol=1e-4)
     # what the leaf head reads: the same prefixes scored without the shopper term
-    plain = candidate_prefix_scores(model, ctx, res.sids, trie=trie, shopper=False)
+    plain = candidate_prefix_scores(model, ctx, sids=res.sids, trie=trie, shopper=False)
     torch.testing.assert_close(plain, res.prefix_scores, rtol=1e-4, atol=1e-4)
     model.shopper_weight.fill_(0.0)
-    torch.testing.assert_close(plain, candidate_prefix_scores(model, ctx, res.sids, trie=trie), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain, candidate_prefix_scores(model, ctx, sids=res.sids, trie=trie), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(plain, res.scores)
 
 

@@ -89,7 +89,7 @@ def test_training_and_decoding_share_one_normalisation():
     with torch.no_grad():
         losses = torch.stack([model(ctx.index(torch.tensor([i])), targets[i : i + 1], allowed=trie.path_masks(targets[i : i + 1], 2))[1]
                               for i in range(5)])
-    decoded = candidate_prefix_scores(model, ctx, targets.unsqueeze(1), learned_weight=1.0, trie=trie)[:, 0]
+    decoded = candidate_prefix_scores(model, ctx, sids=targets.unsqueeze(1), learned_weight=1.0, trie=trie)[:, 0]
     torch.testing.assert_close(losses, -decoded, atol=1e-5, rtol=0)
     # and the beam reports the same score for the item when it keeps it
     res = geometric_beam_search(model, ctx, trie=trie, beam_width=64, k=len(items), max_leaves=len(items), use_leaf=False)
@@ -175,5 +175,5 @@ def test_leaf_lists_reuse_the_beams_prefix_scores():
     item_mat = torch.tensor([r + [-1] * (M - len(r)) for r in rows])
     got = _list_prefix_scores(model, ctx, trie=trie, item_mat=item_mat, beam=beam)
     sids = trie.sid_of(item_mat.reshape(-1).clamp(min=0)).view(4, M, 3).masked_fill((item_mat < 0).unsqueeze(-1), -1)
-    want = candidate_prefix_scores(model, ctx, sids, trie=trie)
+    want = candidate_prefix_scores(model, ctx, sids=sids, trie=trie)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
