@@ -37,7 +37,7 @@ from prefect.states import Completed
 from pydantic import Field
 
 from onevision.config import PARAMS_FILE, load_config
-from onevision.promotion.workflow import authorize_reviewer, open_registry
+from onevision.promotion.workflow import authorize_reviewer, candidates_registry
 from onevision.registry.model_registry import AWAITING, PromotionError
 from tasks.promote import apply_decision, check_gates, register_candidate
 
@@ -87,9 +87,9 @@ def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | 
 def wait_for_review(root: str, version: str, cfg) -> dict:
     """Pause until a listed reviewer decides (form or CLI); refused reviewers pause the run again."""
     logger = get_run_logger()
-    registry = open_registry(cfg, root)
+    registry = candidates_registry(cfg, root)  # the candidate's status (the served model when not separate)
     description = (
-        f"Gate report of {cfg.registry.model_name} version {version}: reports/gate_report.md in {root}, "
+        f"Gate report of {cfg.registry.candidates} version {version}: reports/gate_report.md in {root}, "
         f"or the version's description in the MLflow UI. Reviewers: {', '.join(cfg.registry.reviewers) or '(none configured)'}."
     )
     timeout = int(cfg.registry.approval_timeout_hours * 3600)

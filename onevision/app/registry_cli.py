@@ -18,7 +18,8 @@ from onevision.app import entrypoints
 from onevision.app.common import fail, fail_run, load_project, project_flow, setup_logging
 from onevision.app.options import JsonOpt, RootOpt
 from onevision.pipeline import apply_local_state_env
-from onevision.registry.model_registry import GATES_FAILED, PromotionError
+from onevision.registry.access import is_server, server_identity
+from onevision.registry.model_registry import GATES_FAILED, PromotionError, version_id
 
 commands = typer.Typer()
 
@@ -41,9 +42,9 @@ def _echo_record(record: dict) -> None:
 def _resume_paused_flow(cfg, root: Path, *, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import open_registry
+    from onevision.promotion.workflow import candidates_registry
 
-    mv = open_registry(cfg, root).version(version)
+    mv = candidates_registry(cfg, root).version(version)
     flow_run_id = mv.tags.get("prefect.flow_run_id")
     if mv.tags.get("approval_channel") != "prefect-pause" or not flow_run_id:
         return
@@ -67,10 +68,10 @@ def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str
     """For a version whose gates failed: which gates, where its gate report is, what to do instead."""
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.report import where_to_read
-    from onevision.promotion.workflow import GATE_REPORT, open_registry
+    from onevision.promotion.workflow import GATE_REPORT, candidates_registry
 
     try:
-        registry = open_registry(cfg, root)
+        registry = candidates_registry(cfg, root)
         mv = registry.version(version)
     except Exception:  # noqa: BLE001 - no such version, registry down: the refusal stands without the hint
         return []
@@ -85,11 +86,12 @@ def _gates_failed_hint(cfg, root: Path, version: str, decision: str) -> list[str
 
 def _decide(decision: str, version: str, reviewer: str | None, reason: str, root: Path) -> None:
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import ReviewerNotAllowed, decide, reviewer_identity
+    from onevision.promotion.workflow import ReviewerNotAllowed, decide, decider_identity
 
     cfg = _cfg(root)
     try:
-        name, source = reviewer_identity(reviewer)
+        name, source = decider_identity(cfg, root, reviewer)
+        _note_ignored_reviewer_env(name, source)
         record = decide(cfg, root, version=version, reviewer=name, decision=decision, reason=reason, identity=source)
     except ReviewerNotAllowed as exc:
         fail(str(exc))
@@ -97,7 +99,16 @@ def _decide(decision: str, version: str, reviewer: str | None, reason: str, root
         hint = _gates_failed_hint(cfg, root, version, decision) if reason.strip() else []  # no reason: refused before the registry
         fail("\n".join([str(exc), *hint]))
     _echo_record(record)
-    _resume_paused_flow(cfg, root, version=record["version"], reviewer=record["by"], decision=decision, reason=reason)
+    _resume_paused_flow(cfg, root, version=version, reviewer=record["by"], decision=decision, reason=reason)
+
+
+def _note_ignored_reviewer_env(name: str, source: str) -> None:
+    # lazy: mlflow, numpy, pandas only when this command runs
+    from onevision.promotion.workflow import REVIEWER_ENV, SERVER_IDENTITY
+
+    claimed = os.environ.get(REVIEWER_ENV, "").strip()
+    if source == SERVER_IDENTITY and claimed and claimed != name:
+        typer.echo(f"note: ${REVIEWER_ENV}={claimed} is ignored: the MLflow server authenticated you as '{name}'", err=True)
 
 
 @commands.command()
@@ -124,12 +135,14 @@ def rollback(
 ) -> None:
     """Restore `previous-champion` as `champion` in one step (audited, under your own name)."""
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import reviewer_identity
+    from onevision.promotion.workflow import decider_identity
     from onevision.promotion.workflow import rollback as do_rollback
 
+    cfg = _cfg(root)
     try:
-        name, _source = reviewer_identity(by)
-        record = do_rollback(_cfg(root), root, reason, name)
+        name, source = decider_identity(cfg, root, by)
+        _note_ignored_reviewer_env(name, source)
+        record = do_rollback(cfg, root, reason, name, identity=source)
     except PromotionError as exc:
         fail(str(exc))
     _echo_record(record)
@@ -139,17 +152,33 @@ def rollback(
 def models(root: RootOpt = Path(".")) -> None:
     """List the registered model's versions: aliases, status, gates, who decided."""
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import open_registry, summary
+    from onevision.promotion.workflow import candidates_registry, open_registry, summary
 
     cfg = _cfg(root)
     registry = open_registry(cfg, root)
-    rows = summary(registry)
-    typer.echo(f"{registry.name} ({registry.tracking_uri})")
-    typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
-    for row in rows:
-        typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
-    if not rows:
-        typer.echo("(no versions yet: run `onevision promote`)")
+    try:
+        who = server_identity(registry.tracking_uri)
+    except PromotionError as exc:
+        fail(str(exc))
+    registries = [registry] + ([candidates_registry(cfg, root)] if cfg.registry.candidates != registry.name else [])
+    for i, reg in enumerate(registries):
+        rows = summary(reg) if i == 0 else _candidate_rows(reg)
+        role = "served" if i == 0 else "candidates"
+        typer.echo(f"{'' if i == 0 else chr(10)}{reg.name} ({role}; {reg.tracking_uri})")
+        typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
+        for row in rows:
+            typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
+        if not rows:
+            typer.echo("(no versions yet: run `onevision promote`)")
+    if who:
+        typer.echo(f"\nauthenticated by the MLflow server as '{who}': the server enforces who may write each model "
+                   "(`onevision access check`)")
+    elif is_server(registry.tracking_uri):
+        typer.echo("\nthis MLflow server runs without authentication: anyone who reaches it can move aliases "
+                   "(a moved champion is still refused where it is loaded); see infra/README.md")
+    else:
+        typer.echo("\nembedded registry (no server, no authentication): one-person setup; you decide as "
+                   "$ONEVISION_REVIEWER, else your login (docs/reviewers.md)")
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import verify_champion
 
@@ -157,6 +186,12 @@ def models(root: RootOpt = Path(".")) -> None:
     if not check.approved:
         typer.secho(f"\nWARNING: {check.reason}.\nSearch and serving refuse it (registry.unapproved_champion); "
                     "`onevision rollback` or `onevision approve VERSION` restores an audited champion.", fg=typer.colors.RED, err=True)
+
+
+def _candidate_rows(registry) -> list[dict]:
+    return [{"version": version_id(mv), "aliases": ",".join(sorted(mv.aliases)), "status": registry.status(mv),
+             "gates": {"true": "passed", "false": "failed"}.get(mv.tags.get("gates.passed", ""), "–"),
+             "decided_by": mv.tags.get("decided_by", "")} for mv in registry.versions()]
 
 
 @commands.command()
@@ -175,7 +210,9 @@ def audit(
     for r in records:
         extra = f" (previous champion {r['previous_champion']})" if r.get("previous_champion") else ""
         extra += f" (rolled back {r['rolled_back']})" if r.get("rolled_back") else ""
-        typer.echo(f"{r['at']}  {r['action']:<8} v{r['version']}{extra}  by {r['by']}: {r['reason']}")
+        extra += f" (candidate {r['candidate']['model']} v{r['candidate']['version']})" if r.get("candidate") else ""
+        how = f" [{r['identity']}]" if r.get("identity") else ""
+        typer.echo(f"{r['at']}  {r['action']:<8} v{r['version']}{extra}  by {r['by']}{how}: {r['reason']}")
     if not records:
         typer.echo("(no audit records yet)")
 

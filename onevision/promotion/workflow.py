@@ -18,7 +18,6 @@ runs) and the CLI's approve/reject/rollback call these functions.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
@@ -32,9 +31,22 @@ import mlflow
 from onevision import atomic, paths
 from onevision.config import Config
 from onevision.promotion.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
+from onevision.promotion.identity import (  # noqa: F401 - re-exported: the command line and flows import them from here
+    REVIEWER_ENV,
+    REVIEWER_REMEDY,
+    SERVER_IDENTITY,
+    SERVICE_REMEDY,
+    ReviewerNotAllowed,
+    check_authenticated,
+    current_identity,
+    reviewer_identity,
+)
+from onevision.promotion.notify import notify
 from onevision.promotion.report import markdown_report, plot_report
 from onevision.promotion.sheet import candidate_sheet
+from onevision.registry.access import denied_as_error, server_identity
 from onevision.registry.model_registry import (
+    APPROVED,
     AWAITING,
     CHALLENGER,
     CHAMPION,
@@ -75,35 +87,6 @@ GATE_REPORT = paths.REPORTS / "gate_report.md"
 GATE_PLOT = paths.PLOTS / "gate_report.png"
 
 
-REVIEWER_ENV = "ONEVISION_REVIEWER"
-
-
-class ReviewerNotAllowed(PromotionError):
-    """The named reviewer is not in registry.reviewers, or is not who is deciding."""
-
-
-def current_identity() -> tuple[str, str]:
-    """Who runs this command, and how we know: ``$ONEVISION_REVIEWER`` (set in the reviewer's own shell profile or
-    by the SSO wrapper of a shared host), else the operating-system login."""
-    name = os.environ.get(REVIEWER_ENV, "").strip()
-    if name:
-        return name, f"${REVIEWER_ENV}"
-    return getpass.getuser(), "login"
-
-
-def reviewer_identity(claimed: str | None = None) -> tuple[str, str]:
-    """The deciding reviewer's name and its source. A name given on the command line must be the caller's own:
-    a free-text argument alone never makes anyone a reviewer."""
-    name, source = current_identity()
-    claimed = (claimed or "").strip()
-    if claimed and claimed != name:
-        raise ReviewerNotAllowed(
-            f"you are '{name}' ({'from ' + source if source != 'login' else 'your login'}), but --reviewer says '{claimed}': "
-            f"a reviewer decides only as themselves. Drop --reviewer, or run it in {claimed}'s own shell "
-            f"(with {REVIEWER_ENV}={claimed} set there)")
-    return name, source
-
-
 @dataclass
 class Candidate:
     version: str
@@ -112,8 +95,21 @@ class Candidate:
 
 
 def open_registry(cfg: Config, root: str | Path) -> ModelRegistry:
+    """The served model (``registry.model_name``: champion, previous-champion, the audit log)."""
     apply_retry_environment(retry_environment(cfg))
     return ModelRegistry(cfg.registry.model_name, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
+
+
+def candidates_registry(cfg: Config, root: str | Path) -> ModelRegistry:
+    """Where candidates are registered (``registry.candidates_model``; the served model itself when that is empty)."""
+    apply_retry_environment(retry_environment(cfg))
+    return ModelRegistry(cfg.registry.candidates, tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri))
+
+
+def decider_identity(cfg: Config, root: str | Path, claimed: str | None = None) -> tuple[str, str]:
+    """Who decides: the account the MLflow server authenticated when it has authentication, else
+    :func:`current_identity` (embedded: one-person, nothing to authenticate against)."""
+    return reviewer_identity(claimed, server_identity(tracking_uri(Path(root).resolve(), cfg.tracking.tracking_uri)))
 
 
 # --------------------------------------------------------------------------- register
@@ -131,7 +127,7 @@ def register_candidate(
     # log_model/register_model are fluent APIs: point them at this project's store.
     with scoped_tracking_uri(tracking_uri(root, cfg.tracking.tracking_uri)):
         tracker = Tracker(root, cfg.tracking.experiment, cfg.tracking.tracking_uri, retry_environment(cfg))
-        registry = ModelRegistry(cfg.registry.model_name, tracker.uri)
+        registry = ModelRegistry(cfg.registry.candidates, tracker.uri)
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -141,8 +137,10 @@ def register_candidate(
                 bundle = build_bundle(cfg, root, Path(tmp) / "bundle")
                 with mlflow.start_run(run_id=run_id), artifact_errors("the model", lambda: tracker.artifact_uri(run_id)):
                     info = log_bundle_model(bundle)
-            registry.ensure_model()
-            mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
+            with denied_as_error(user=os.environ.get("MLFLOW_TRACKING_USERNAME"), action="registering a candidate",
+                                 model=registry.name, needed="EDIT", remedy=SERVICE_REMEDY):
+                registry.ensure_model()
+                mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
         except BaseException:
             tracker.finish(run_id, "FAILED")
             raise
@@ -171,11 +169,11 @@ def register_candidate(
 def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     """Evaluate the gates for ``version``, record values as version tags, attach the report; failing -> gates-failed."""
     root = Path(root).resolve()
-    registry = open_registry(cfg, root)
+    registry, served = candidates_registry(cfg, root), open_registry(cfg, root)
     mv = registry.version(version)
     if registry.status(mv) != REGISTERED:
         raise PromotionError(f"version {version} was already gated (status: {registry.status(mv)})")
-    champion = registry.by_alias(CHAMPION)
+    champion = served.by_alias(CHAMPION)
     inputs = collect_gate_inputs(cfg, root, registry.metrics_of(champion) if champion else None, version_id(champion))
     gates = resolved_gates(cfg.registry.gates, inputs)  # "orders": simulated or logged, whichever this project measures
     report = evaluate_gates(inputs, gates)
@@ -189,7 +187,7 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
     try:  # the same queries answered by the candidate, the champion (run now) and MCA
         names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
-        candidate = candidate_sheet(root, registry.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
+        candidate = candidate_sheet(root, served.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
                                     candidate_system=gates.candidate_system, baseline_system=gates.baseline_system,
                                     metrics={k: v for k, v in names.items() if v})
         if candidate is not None:
@@ -223,6 +221,9 @@ def check_gates(cfg: Config, root: str | Path, version: str) -> GateReport:
         if version_id(registry.by_alias(CHALLENGER)) == str(version):
             registry.delete_alias(CHALLENGER)
         log.warning("version %s failed %d gates: %s", version, len(report.failed), "; ".join(f"{r.name}: {r.reason}" for r in report.failed))
+    notify(cfg, "awaiting-approval" if report.passed else "gates-failed", model=registry.name, version=str(version),
+           served_model=served.name, run_id=run_id, tracking_uri=registry.tracking_uri, tags=tags,
+           failed=[r.name for r in report.failed], attached=[p.name for p in attached])
     return report
 
 
@@ -307,21 +308,47 @@ def approve(cfg: Config, root: str | Path, *, version: str, reviewer: str, reaso
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
-    with registry.decision_lock():
-        return _approve_locked(registry, str(version), reviewer, reason, identity)
+    registry, candidates = open_registry(cfg, root), candidates_registry(cfg, root)
+    check_authenticated(registry.tracking_uri, reviewer)
+    with candidates.decision_lock():
+        with denied_as_error(user=reviewer, action=f"approving {candidates.name} v{version} (champion of '{registry.name}')",
+                             model=registry.name, needed="EDIT", remedy=REVIEWER_REMEDY):
+            record = _approve_locked(registry, str(version), reviewer, reason, identity, candidates)
+    notify(cfg, "champion-changed", model=registry.name, version=record["version"], served_model=registry.name,
+           tracking_uri=registry.tracking_uri, record=record)
+    return record
 
 
-def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
-    mv = _awaiting(registry, version)
+def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str,
+                    candidates: ModelRegistry | None = None) -> dict[str, Any]:
+    """Approve ``version`` of ``candidates`` (default: the served model itself). With a separate candidates model
+    the version is copied into the served model first (a new version there, its source the candidate) and the
+    audit record names both; the server refuses the copy (403) to anyone who may not write the served model."""
+    candidates = candidates or registry
+    mv = _awaiting(candidates, version)
     version = version_id(mv)
-    previous = _move_champion(registry, version)
-    if version_id(registry.by_alias(CHALLENGER)) == version:
-        registry.delete_alias(CHALLENGER)
-    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason})
-    record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "identity": identity,
-              "reason": reason, "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(mv)}
-    log.info("version %s approved by %s: now %s (previous: %s)", version, reviewer, CHAMPION, previous)
+    decided = {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason}
+    copied = None
+    if candidates.name != registry.name:
+        copied = registry.copy_version(mv)
+        served_mv = registry.version(version_id(copied))
+    else:
+        served_mv = mv
+    target = version_id(served_mv)
+    previous = _move_champion(registry, target)
+    if version_id(candidates.by_alias(CHALLENGER)) == version:
+        candidates.delete_alias(CHALLENGER)
+    if copied is not None:
+        registry.set_tags(target, {**decided, "candidate": f"{candidates.name}/{version}"})
+        candidates.set_tags(version, {**decided, "status": APPROVED, "served_as": f"{registry.name}/{target}"})
+    else:
+        registry.set_tags(version, decided)
+    record = {"action": "approve", "version": target, "previous_champion": previous, "by": reviewer, "identity": identity,
+              "reason": reason, "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(served_mv)}
+    if copied is not None:
+        record["candidate"] = {"model": candidates.name, "version": version}
+    log.info("%s version %s approved by %s: %s v%s is now %s (previous: %s)", candidates.name, version, reviewer, registry.name,
+             target, CHAMPION, previous)
     return registry.append_audit(record)
 
 
@@ -330,20 +357,27 @@ def reject(cfg: Config, root: str | Path, *, version: str, reviewer: str, reason
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
-    with registry.decision_lock():
-        return _reject_locked(registry, str(version), reviewer, reason, identity)
+    registry, candidates = open_registry(cfg, root), candidates_registry(cfg, root)
+    check_authenticated(registry.tracking_uri, reviewer)
+    with candidates.decision_lock():
+        with denied_as_error(user=reviewer, action=f"rejecting {candidates.name} v{version}", model=candidates.name,
+                             needed="EDIT", remedy=REVIEWER_REMEDY):
+            return _reject_locked(registry, str(version), reviewer, reason, identity, candidates)
 
 
-def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
-    mv = _awaiting(registry, version)
+def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str,
+                   candidates: ModelRegistry | None = None) -> dict[str, Any]:
+    candidates = candidates or registry
+    mv = _awaiting(candidates, version)
     version = version_id(mv)
-    registry.set_status(version, REJECTED)
-    if version_id(registry.by_alias(CHALLENGER)) == version:
-        registry.delete_alias(CHALLENGER)
-    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
+    candidates.set_status(version, REJECTED)
+    if version_id(candidates.by_alias(CHALLENGER)) == version:
+        candidates.delete_alias(CHALLENGER)
+    candidates.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
     record = {"action": "reject", "version": version, "champion": version_id(registry.by_alias(CHAMPION)), "by": reviewer,
               "identity": identity, "reason": reason, "gates": _gate_values(mv)}
+    if candidates.name != registry.name:
+        record["candidate"] = {"model": candidates.name, "version": version}
     return registry.append_audit(record)
 
 
@@ -356,16 +390,22 @@ def decide(cfg: Config, root: str | Path, *, version: str, reviewer: str, decisi
     raise PromotionError(f"decision must be approve or reject, got {decision!r}")
 
 
-def rollback(cfg: Config, root: str | Path, reason: str, by: str) -> dict[str, Any]:
+def rollback(cfg: Config, root: str | Path, reason: str, by: str, identity: str = "login") -> dict[str, Any]:
     """Restore ``previous-champion`` as champion in one step; the rolled-back version is marked and the alias cleared."""
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = open_registry(cfg, root)
-    with registry.decision_lock():
-        return _rollback_locked(registry, reason, by)
+    registry, candidates = open_registry(cfg, root), candidates_registry(cfg, root)
+    check_authenticated(registry.tracking_uri, by)
+    with candidates.decision_lock():
+        with denied_as_error(user=by, action=f"rolling back the champion of '{registry.name}'", model=registry.name,
+                             needed="EDIT", remedy=REVIEWER_REMEDY):
+            record = _rollback_locked(registry, reason, by, identity)
+    notify(cfg, "rolled-back", model=registry.name, version=record["version"], served_model=registry.name,
+           tracking_uri=registry.tracking_uri, record=record)
+    return record
 
 
-def _rollback_locked(registry: ModelRegistry, reason: str, by: str) -> dict[str, Any]:
+def _rollback_locked(registry: ModelRegistry, reason: str, by: str, identity: str = "login") -> dict[str, Any]:
     previous, current = version_id(registry.by_alias(PREVIOUS)), version_id(registry.by_alias(CHAMPION))
     if previous is None:
         raise PromotionError(f"model '{registry.name}' has no {PREVIOUS} to roll back to")
@@ -376,6 +416,7 @@ def _rollback_locked(registry: ModelRegistry, reason: str, by: str) -> dict[str,
         registry.set_status(current, ROLLED_BACK)
         registry.set_tags(current, {"rolled_back_by": by, "rolled_back_at": now_iso(), "rollback_reason": reason})
     record = {"action": "rollback", "version": previous, "rolled_back": current, "by": by, "reason": reason,
+              "identity": identity,
               "model_hash": version_fingerprint(registry.version(previous))}
     log.warning("rollback by %s: champion %s -> %s (%s)", by, current, previous, reason)
     return registry.append_audit(record)
