@@ -48,9 +48,11 @@ def reviewer_identity(claimed: str | None = None, authenticated: str | None = No
     return name, source
 
 
-def check_authenticated(uri: str, name: str) -> None:
-    """On a server with authentication, the deciding name must be the account the server authenticated."""
+def check_authenticated(uri: str, name: str) -> bool:
+    """On a server with authentication, the deciding name must be the account the server authenticated (True
+    then); False where nothing authenticates (embedded, or a server without its authentication app)."""
     authenticated = server_identity(uri)
     if authenticated and authenticated != name:
         raise ReviewerNotAllowed(f"the MLflow server authenticated this caller as '{authenticated}', not '{name}': a decision "
                                  f"is recorded under the authenticated account only (decide with `onevision approve` as {name})")
+    return bool(authenticated)
