@@ -14,7 +14,7 @@ class Hooks:
     url: str
     key: str  # the HMAC key ($ONEVISION_WEBHOOK_SECRET)
     token: str  # the secret part of the URL, as a Slack hook has one
-    received: list[dict] = field(default_factory=list)
+    received: list[dict] = field(default_factory=list)  # {path, headers (lower-case names), body}
     fail_first: int = 0  # answer 503 to this many requests first (the retry is under test)
 
     @property
@@ -28,7 +28,7 @@ class Hooks:
     def events(self, event: str) -> list[dict]:
         import json
 
-        return [json.loads(h["body"]) for h in self.received if h["headers"].get("X-OneVision-Event") == event]
+        return [json.loads(h["body"]) for h in self.received if h["headers"].get("x-onevision-event") == event]
 
 
 @contextmanager
@@ -44,7 +44,7 @@ def receiver(fail_first: int = 0):
                 self.send_response(503)
                 self.end_headers()
                 return
-            hooks.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            hooks.received.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
             self.send_response(204)
             self.end_headers()
 

@@ -24,8 +24,9 @@ from onevision.registry.model_registry import GATES_FAILED, PromotionError, vers
 commands = typer.Typer()
 
 ReviewerOpt = Annotated[str | None, typer.Option(
-    "--reviewer", help="Your name, as a check: it must be who you are ($ONEVISION_REVIEWER, else your login) and be listed "
-    "in registry.reviewers. Naming someone else is refused.")]
+    "--reviewer", help="Your name, as a check: it must be who you are (on an MLflow server with authentication the account "
+    "it authenticated; embedded: $ONEVISION_REVIEWER, else your login) and be listed in registry.reviewers. Naming someone "
+    "else is refused.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
 VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onevision models`).")]
 
@@ -115,8 +116,9 @@ def _note_ignored_reviewer_env(name: str, source: str) -> None:
 def approve(version: VersionArg, reason: ReasonOpt, reviewer: ReviewerOpt = None, root: RootOpt = Path(".")) -> None:
     """Approve a candidate that passed its gates: it becomes `champion`, the former champion `previous-champion`.
 
-    You decide as yourself: $ONEVISION_REVIEWER if set (your shell profile, or the SSO wrapper of a shared host),
-    else your login name, which must be listed in registry.reviewers.
+    You decide as yourself: on an MLflow server with authentication, the account it authenticated (your
+    MLFLOW_TRACKING_USERNAME/PASSWORD; the server refuses non-reviewers, HTTP 403); embedded (one person, no
+    server), $ONEVISION_REVIEWER if set, else your login name. Either must be listed in registry.reviewers.
     """
     _decide("approve", version, reviewer, reason, root)
 

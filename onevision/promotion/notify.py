@@ -110,7 +110,7 @@ def payload(event: str, *, model: str, version: str, served_model: str, tracking
 
 
 def deliver(url: str, body: dict[str, Any], *, secret: str | None, max_attempts: int = 3, timeout_s: float = 5.0,
-            sleep=time.sleep) -> dict[str, Any]:
+            sleep=None) -> dict[str, Any]:
     """POST ``body`` to ``url`` with retries; returns {url (host only), ok, status, attempts, error}; never raises."""
     data = redact(json.dumps(body, sort_keys=True, default=str)).encode()
     delivery = str(uuid.uuid4())
@@ -135,7 +135,7 @@ def deliver(url: str, body: dict[str, Any], *, secret: str | None, max_attempts:
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             result["error"] = redact(str(getattr(exc, "reason", exc)))
         if attempt < max_attempts:
-            sleep(0.5 * 2 ** (attempt - 1))
+            (sleep or time.sleep)(0.5 * 2 ** (attempt - 1))
     return result
 
 
