@@ -194,3 +194,10 @@ def test_a_failed_delivery_is_reported_and_never_raises(monkeypatch, caplog):
                               record={"by": "alice", "reason": "bad", "rolled_back": "3"})
     assert not result["ok"] and result["attempts"] == 3 and sleeps == [0.5, 1.0]
     assert "canary-token" not in caplog.text and "failed after 3 attempt(s)" in caplog.text
+
+
+def test_models_says_the_embedded_registry_is_one_person(project, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = runner.invoke(app, ["models", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert "embedded registry (no server, no authentication): one-person setup" in result.output
