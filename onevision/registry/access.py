@@ -153,7 +153,8 @@ def password_env(user: str) -> str:
 
 
 def _admin_client(uri: str):
-    try:  # lazy: mlflow's auth client only for `onevision access`
+    try:
+        # lazy: mlflow's auth client only for `onevision access`
         from mlflow.server.auth.client import AuthServiceClient
     except ImportError as exc:
         raise PromotionError(f"MLflow's authentication client is not installed ({exc}): pip install -e '.[stack]' "
