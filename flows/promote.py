@@ -13,7 +13,9 @@ Waiting for the reviewer (``registry.approval``):
   Prefect server does not say who typed the form, so by default
   (``registry.form_decisions: refuse``) a typed decision is logged and the run
   pauses again; with ``allow`` (a UI behind per-reviewer login) a reviewer in
-  ``registry.reviewers`` decides, anyone else is logged and the run pauses again.
+  ``registry.reviewers`` decides, anyone else is logged and the run pauses again. On an MLflow server with
+  authentication the decision is made with the worker's own account (the service account), which the server
+  refuses: the form never decides there; `onevision approve` with a reviewer's account does.
 * ``registry`` (default embedded): the flow ends and the candidate waits as
   `challenger` with status ``awaiting-approval``.
 
@@ -85,9 +87,9 @@ def promotion(root: str = ".", approval: Literal["auto", "pause", "registry"] | 
 def wait_for_review(project: Project, version: str) -> dict:
     """Pause until a listed reviewer decides (form or CLI); refused reviewers pause the run again."""
     logger = get_run_logger()
-    cfg, registry = project.cfg, project.registry()
+    cfg, registry = project.cfg, project.candidates()  # the candidate's status (the served model when not separate)
     description = (
-        f"Gate report of {cfg.registry.model_name} version {version}: reports/gate_report.md in {project.root}, "
+        f"Gate report of {cfg.registry.candidates} version {version}: reports/gate_report.md in {project.root}, "
         f"or the version's description in the MLflow UI. Reviewers: {', '.join(cfg.registry.reviewers) or '(none configured)'}."
     )
     timeout = int(cfg.registry.approval_timeout_hours * 3600)
@@ -115,6 +117,10 @@ def wait_for_review(project: Project, version: str) -> dict:
         except PromotionError as exc:
             logger.warning("input refused, still waiting: %s", exc)
             continue
-        record = apply_decision(project, version, review.reviewer, review.decision, review.reason)
+        try:
+            record = apply_decision(project, version, review.reviewer, review.decision, review.reason)
+        except PromotionError as exc:  # on a server with authentication: the worker's account is not the reviewer's
+            logger.warning("form decision refused, still waiting: %s", exc)
+            continue
         logger.info("version %s: %s by %s", version, record["action"], record["by"])
         return {"status": registry.status(registry.version(version)), "decision": record["action"], "reviewer": record["by"]}

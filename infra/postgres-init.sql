@@ -1,3 +1,4 @@
 -- One server, one database per service.
 CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;
 CREATE DATABASE prefect;

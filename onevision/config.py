@@ -549,10 +549,26 @@ class GatesConfig(Section):
     validation_passed_key: str = Field("passed", description="Boolean key of metrics/validate.json that says the data validation passed.")
 
 
+class NotifyConfig(Section):
+    """Who is told when a candidate waits for approval, and when the champion changes or is rolled back."""
+
+    webhooks: list[str] = Field([], description="URLs that receive each promotion event as an HMAC-signed JSON POST; empty: none. "
+                                "A URL with a token in it is a credential: put it in $ONEVISION_PROMOTION_WEBHOOKS (comma-separated) instead.")
+    secret_env: str = Field("ONEVISION_WEBHOOK_SECRET", description="Environment variable holding the HMAC key the body is "
+                            "signed with (header X-OneVision-Signature: sha256=HEX of 'TIMESTAMP.BODY'); unset: unsigned.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per webhook (backoff 0.5, 1, 2 s) before the failure is reported; never blocks promotion.")
+    timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook request, seconds.")
+
+
 class RegistryConfig(Section):
     """MLflow model registry and promotion (`onevision approve/reject/rollback`, flow `promotion`)."""
 
-    model_name: str = Field("onevision", description="Registered model; aliases champion, previous-champion, challenger.")
+    model_name: str = Field("onevision", description="Registered model that serves (`models:/NAME@champion`); aliases champion, previous-champion (and challenger when candidates_model is empty).")
+    candidates_model: str = Field(
+        "", description="Registered model that candidates are registered in (alias challenger). Empty: model_name itself "
+        "(the embedded, one-person default). On a shared MLflow server with authentication set it to e.g. `onevision-candidates`: "
+        "the service account may write there, only reviewers may write model_name, and `onevision approve` copies the "
+        "approved version across (docs/reviewers.md, `onevision access`).")
     reviewers: list[str] = Field([], description="Who may approve or reject a candidate; empty: nobody, promotion waits until reviewers are listed.")
     approval: Literal["auto", "pause", "registry"] = Field(
         "auto", description="`pause`: the flow pauses for a reviewer's form; `registry`: it ends, the candidate waits as challenger; `auto`: pause on a Prefect server (PREFECT_API_URL set), else registry."
@@ -567,6 +583,12 @@ class RegistryConfig(Section):
         "refuse", description="When the champion alias points to a version without a matching approval record (set outside "
         "`onevision approve`, e.g. in the MLflow UI): refuse to search/serve it (exit 2), or only warn.")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Promotion gates.")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Promotion notifications (webhooks).")
+
+    @property
+    def candidates(self) -> str:
+        """The registered model candidates go to (``candidates_model``, else ``model_name``)."""
+        return self.candidates_model or self.model_name
 
 
 class ServingConfig(Section):

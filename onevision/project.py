@@ -47,6 +47,16 @@ class Project:
         apply_retry_environment(retry_environment(self.cfg))
         return ModelRegistry(self.cfg.registry.model_name, self.tracking_uri)
 
+    def candidates(self) -> ModelRegistry:
+        """The registered model candidates are registered in: ``registry.candidates_model`` (a server with
+        authentication, where only reviewers may write the served model), else the served model itself."""
+        return self._registry if self.cfg.registry.candidates == self.cfg.registry.model_name else self._candidates
+
+    @cached_property
+    def _candidates(self) -> ModelRegistry:
+        apply_retry_environment(retry_environment(self.cfg))
+        return ModelRegistry(self.cfg.registry.candidates, self.tracking_uri)
+
     def tracker(self, experiment: str | None = None) -> Tracker:
         """A tracker of ``experiment`` (default ``tracking.experiment``) in this project's tracking store."""
         return Tracker(self.root, experiment or self.cfg.tracking.experiment, self.tracking_uri, retry_environment(self.cfg))

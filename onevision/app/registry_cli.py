@@ -19,13 +19,15 @@ from onevision.app.common import fail, fail_run, load_project, open_project, pro
 from onevision.app.options import JsonOpt, RootOpt
 from onevision.pipeline import apply_local_state_env
 from onevision.project import Project
-from onevision.registry.model_registry import GATES_FAILED, PromotionError
+from onevision.registry.access import is_server, server_identity
+from onevision.registry.model_registry import GATES_FAILED, PromotionError, version_id
 
 commands = typer.Typer()
 
 ReviewerOpt = Annotated[str | None, typer.Option(
-    "--reviewer", help="Your name, as a check: it must be who you are ($ONEVISION_REVIEWER, else your login) and be listed "
-    "in registry.reviewers. Naming someone else is refused.")]
+    "--reviewer", help="Your name, as a check: it must be who you are (on an MLflow server with authentication the account "
+    "it authenticated; embedded: $ONEVISION_REVIEWER, else your login) and be listed in registry.reviewers. Naming someone "
+    "else is refused.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
 VersionArg = Annotated[str, typer.Argument(help="Model version number (see `onevision models`).")]
 
@@ -36,7 +38,7 @@ def _echo_record(record: dict) -> None:
 
 def _resume_paused_flow(project: Project, *, version: str, reviewer: str, decision: str, reason: str) -> None:
     """A promotion flow paused for this version: resume it with the same decision so it can finish."""
-    mv = project.registry().version(version)
+    mv = project.candidates().version(version)
     flow_run_id = mv.tags.get("prefect.flow_run_id")
     if mv.tags.get("approval_channel") != "prefect-pause" or not flow_run_id:
         return
@@ -63,7 +65,7 @@ def _gates_failed_hint(project: Project, version: str, decision: str) -> list[st
     from onevision.promotion.workflow import GATE_REPORT
 
     try:
-        registry = project.registry()
+        registry = project.candidates()
         mv = registry.version(version)
     except Exception:  # noqa: BLE001 - no such version, registry down: the refusal stands without the hint
         return []
@@ -78,11 +80,12 @@ def _gates_failed_hint(project: Project, version: str, decision: str) -> list[st
 
 def _decide(decision: str, version: str, reviewer: str | None, reason: str, root: Path) -> None:
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import ReviewerNotAllowed, decide, reviewer_identity
+    from onevision.promotion.workflow import ReviewerNotAllowed, decide, decider_identity
 
     project = open_project(root)
     try:
-        name, source = reviewer_identity(reviewer)
+        name, source = decider_identity(project, reviewer)
+        _note_ignored_reviewer_env(name, source)
         record = decide(project, version=version, reviewer=name, decision=decision, reason=reason, identity=source)
     except ReviewerNotAllowed as exc:
         fail(str(exc))
@@ -90,15 +93,26 @@ def _decide(decision: str, version: str, reviewer: str | None, reason: str, root
         hint = _gates_failed_hint(project, version, decision) if reason.strip() else []  # no reason: refused before the registry
         fail("\n".join([str(exc), *hint]))
     _echo_record(record)
-    _resume_paused_flow(project, version=record["version"], reviewer=record["by"], decision=decision, reason=reason)
+    # the paused flow waits on the candidate's version (record["version"] is the served one when they differ)
+    _resume_paused_flow(project, version=version, reviewer=record["by"], decision=decision, reason=reason)
+
+
+def _note_ignored_reviewer_env(name: str, source: str) -> None:
+    # lazy: mlflow, numpy, pandas only when this command runs
+    from onevision.promotion.workflow import REVIEWER_ENV, SERVER_IDENTITY
+
+    claimed = os.environ.get(REVIEWER_ENV, "").strip()
+    if source == SERVER_IDENTITY and claimed and claimed != name:
+        typer.echo(f"note: ${REVIEWER_ENV}={claimed} is ignored: the MLflow server authenticated you as '{name}'", err=True)
 
 
 @commands.command()
 def approve(version: VersionArg, reason: ReasonOpt, reviewer: ReviewerOpt = None, root: RootOpt = Path(".")) -> None:
     """Approve a candidate that passed its gates: it becomes `champion`, the former champion `previous-champion`.
 
-    You decide as yourself: $ONEVISION_REVIEWER if set (your shell profile, or the SSO wrapper of a shared host),
-    else your login name, which must be listed in registry.reviewers.
+    You decide as yourself: on an MLflow server with authentication, the account it authenticated (your
+    MLFLOW_TRACKING_USERNAME/PASSWORD; the server refuses non-reviewers, HTTP 403); embedded (one person, no
+    server), $ONEVISION_REVIEWER if set, else your login name. Either must be listed in registry.reviewers.
     """
     _decide("approve", version, reviewer, reason, root)
 
@@ -117,12 +131,14 @@ def rollback(
 ) -> None:
     """Restore `previous-champion` as `champion` in one step (audited, under your own name)."""
     # lazy: mlflow, numpy, pandas only when this command runs
-    from onevision.promotion.workflow import reviewer_identity
+    from onevision.promotion.workflow import decider_identity
     from onevision.promotion.workflow import rollback as do_rollback
 
+    project = open_project(root)
     try:
-        name, _source = reviewer_identity(by)
-        record = do_rollback(open_project(root), reason, name)
+        name, source = decider_identity(project, by)
+        _note_ignored_reviewer_env(name, source)
+        record = do_rollback(project, reason, name, identity=source)
     except PromotionError as exc:
         fail(str(exc))
     _echo_record(record)
@@ -134,14 +150,31 @@ def models(root: RootOpt = Path(".")) -> None:
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import summary
 
-    registry = open_project(root).registry()
-    rows = summary(registry)
-    typer.echo(f"{registry.name} ({registry.tracking_uri})")
-    typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
-    for row in rows:
-        typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
-    if not rows:
-        typer.echo("(no versions yet: run `onevision promote`)")
+    project = open_project(root)
+    registry = project.registry()
+    try:
+        who = server_identity(registry.tracking_uri)
+    except PromotionError as exc:
+        fail(str(exc))
+    registries = [registry] + ([project.candidates()] if project.cfg.registry.candidates != registry.name else [])
+    for i, reg in enumerate(registries):
+        rows = summary(reg) if i == 0 else _candidate_rows(reg)
+        role = "served" if i == 0 else "candidates"
+        typer.echo(f"{'' if i == 0 else chr(10)}{reg.name} ({role}; {reg.tracking_uri})")
+        typer.echo(f"{'version':>7}  {'aliases':<28} {'status':<18} {'gates':<7} decided by")
+        for row in rows:
+            typer.echo(f"{row['version']:>7}  {row['aliases']:<28} {row['status']:<18} {row['gates']:<7} {row['decided_by']}")
+        if not rows:
+            typer.echo("(no versions yet: run `onevision promote`)")
+    if who:
+        typer.echo(f"\nauthenticated by the MLflow server as '{who}': the server enforces who may write each model "
+                   "(`onevision access check`)")
+    elif is_server(registry.tracking_uri):
+        typer.echo("\nthis MLflow server runs without authentication: anyone who reaches it can move aliases "
+                   "(a moved champion is still refused where it is loaded); see infra/README.md")
+    else:
+        typer.echo("\nembedded registry (no server, no authentication): one-person setup; you decide as "
+                   "$ONEVISION_REVIEWER, else your login (docs/reviewers.md)")
     # lazy: mlflow, numpy, pandas only when this command runs
     from onevision.promotion.workflow import verify_champion
 
@@ -149,6 +182,12 @@ def models(root: RootOpt = Path(".")) -> None:
     if not check.approved:
         typer.secho(f"\nWARNING: {check.reason}.\nSearch and serving refuse it (registry.unapproved_champion); "
                     "`onevision rollback` or `onevision approve VERSION` restores an audited champion.", fg=typer.colors.RED, err=True)
+
+
+def _candidate_rows(registry) -> list[dict]:
+    return [{"version": version_id(mv), "aliases": ",".join(sorted(mv.aliases)), "status": registry.status(mv),
+             "gates": {"true": "passed", "false": "failed"}.get(mv.tags.get("gates.passed", ""), "–"),
+             "decided_by": mv.tags.get("decided_by", "")} for mv in registry.versions()]
 
 
 @commands.command()
@@ -164,7 +203,9 @@ def audit(
     for r in records:
         extra = f" (previous champion {r['previous_champion']})" if r.get("previous_champion") else ""
         extra += f" (rolled back {r['rolled_back']})" if r.get("rolled_back") else ""
-        typer.echo(f"{r['at']}  {r['action']:<8} v{r['version']}{extra}  by {r['by']}: {r['reason']}")
+        extra += f" (candidate {r['candidate']['model']} v{r['candidate']['version']})" if r.get("candidate") else ""
+        how = f" [{r['identity']}]" if r.get("identity") else ""
+        typer.echo(f"{r['at']}  {r['action']:<8} v{r['version']}{extra}  by {r['by']}{how}: {r['reason']}")
     if not records:
         typer.echo("(no audit records yet)")
 

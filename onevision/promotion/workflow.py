@@ -18,7 +18,6 @@ runs) and the CLI's approve/reject/rollback call these functions.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
@@ -33,9 +32,22 @@ from onevision import atomic, paths
 from onevision.config import Config
 from onevision.project import Project
 from onevision.promotion.gates import GateReport, candidate_metrics, collect_gate_inputs, evaluate_gates, resolved_gates
+from onevision.promotion.identity import (  # noqa: F401 - re-exported: the command line and flows import them from here
+    REVIEWER_ENV,
+    REVIEWER_REMEDY,
+    SERVER_IDENTITY,
+    SERVICE_REMEDY,
+    ReviewerNotAllowed,
+    check_authenticated,
+    current_identity,
+    reviewer_identity,
+)
+from onevision.promotion.notify import notify
 from onevision.promotion.report import markdown_report, plot_report
 from onevision.promotion.sheet import candidate_sheet
+from onevision.registry.access import denied_as_error, server_identity
 from onevision.registry.model_registry import (
+    APPROVED,
     AWAITING,
     CHALLENGER,
     CHAMPION,
@@ -60,7 +72,11 @@ from onevision.registry.model_registry import (
 )
 from onevision.serving.bundle import build_bundle
 from onevision.serving.pyfunc import log_bundle_model
-from onevision.tracking import artifact_errors, git_revision, metric_key
+from onevision.tracking import (
+    artifact_errors,
+    git_revision,
+    metric_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,40 +84,17 @@ GATE_REPORT = paths.REPORTS / "gate_report.md"
 GATE_PLOT = paths.PLOTS / "gate_report.png"
 
 
-REVIEWER_ENV = "ONEVISION_REVIEWER"
-
-
-class ReviewerNotAllowed(PromotionError):
-    """The named reviewer is not in registry.reviewers, or is not who is deciding."""
-
-
-def current_identity() -> tuple[str, str]:
-    """Who runs this command, and how we know: ``$ONEVISION_REVIEWER`` (set in the reviewer's own shell profile or
-    by the SSO wrapper of a shared host), else the operating-system login."""
-    name = os.environ.get(REVIEWER_ENV, "").strip()
-    if name:
-        return name, f"${REVIEWER_ENV}"
-    return getpass.getuser(), "login"
-
-
-def reviewer_identity(claimed: str | None = None) -> tuple[str, str]:
-    """The deciding reviewer's name and its source. A name given on the command line must be the caller's own:
-    a free-text argument alone never makes anyone a reviewer."""
-    name, source = current_identity()
-    claimed = (claimed or "").strip()
-    if claimed and claimed != name:
-        raise ReviewerNotAllowed(
-            f"you are '{name}' ({'from ' + source if source != 'login' else 'your login'}), but --reviewer says '{claimed}': "
-            f"a reviewer decides only as themselves. Drop --reviewer, or run it in {claimed}'s own shell "
-            f"(with {REVIEWER_ENV}={claimed} set there)")
-    return name, source
-
-
 @dataclass
 class Candidate:
     version: str
     run_id: str
     model_uri: str
+
+
+def decider_identity(project: Project, claimed: str | None = None) -> tuple[str, str]:
+    """Who decides: the account the MLflow server authenticated when it has authentication, else
+    :func:`current_identity` (embedded: one-person, nothing to authenticate against)."""
+    return reviewer_identity(claimed, server_identity(project.tracking_uri))
 
 
 # --------------------------------------------------------------------------- register
@@ -119,7 +112,7 @@ def register_candidate(
     # log_model/register_model are fluent APIs: point them at this project's store.
     with scoped_tracking_uri(project.tracking_uri):
         tracker = project.tracker()
-        registry = project.registry()
+        registry = project.candidates()
         tags = {"stage": "promotion", "git_revision": git_revision(root), "profile": cfg.profile}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -129,8 +122,10 @@ def register_candidate(
                 bundle = build_bundle(cfg, root, Path(tmp) / "bundle")
                 with mlflow.start_run(run_id=run_id), artifact_errors("the model", lambda: tracker.artifact_uri(run_id)):
                     info = log_bundle_model(bundle)
-            registry.ensure_model()
-            mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
+            with denied_as_error(user=os.environ.get("MLFLOW_TRACKING_USERNAME"), action="registering a candidate",
+                                 model=registry.name, needed="EDIT", remedy=SERVICE_REMEDY):
+                registry.ensure_model()
+                mv = mlflow.register_model(info.model_uri, registry.name, tags={"status": REGISTERED})
         except BaseException:
             tracker.finish(run_id, "FAILED")
             raise
@@ -159,11 +154,11 @@ def register_candidate(
 def check_gates(project: Project, version: str) -> GateReport:
     """Evaluate the gates for ``version``, record values as version tags, attach the report; failing -> gates-failed."""
     cfg, root = project.cfg, project.root
-    registry = project.registry()
+    registry, served = project.candidates(), project.registry()
     mv = registry.version(version)
     if registry.status(mv) != REGISTERED:
         raise PromotionError(f"version {version} was already gated (status: {registry.status(mv)})")
-    champion = registry.by_alias(CHAMPION)
+    champion = served.by_alias(CHAMPION)
     inputs = collect_gate_inputs(cfg, root, registry.metrics_of(champion) if champion else None, version_id(champion))
     gates = resolved_gates(cfg.registry.gates, inputs)  # "orders": simulated or logged, whichever this project measures
     report = evaluate_gates(inputs, gates)
@@ -177,7 +172,7 @@ def check_gates(project: Project, version: str) -> GateReport:
     attached = [root / GATE_REPORT, root / GATE_REPORT.with_suffix(".json"), plot] + ([sheet] if sheet.exists() else [])
     try:  # the same queries answered by the candidate, the champion (run now) and MCA
         names = {gates.candidate_system: inputs.candidate, f"champion v{inputs.champion_version}": inputs.champion, gates.baseline_system: inputs.baseline}
-        candidate = candidate_sheet(root, registry.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
+        candidate = candidate_sheet(root, served.name, version=version, champion_version=inputs.champion_version, tracking_uri=registry.tracking_uri,
                                     candidate_system=gates.candidate_system, baseline_system=gates.baseline_system,
                                     metrics={k: v for k, v in names.items() if v})
         if candidate is not None:
@@ -211,6 +206,9 @@ def check_gates(project: Project, version: str) -> GateReport:
         if version_id(registry.by_alias(CHALLENGER)) == str(version):
             registry.delete_alias(CHALLENGER)
         log.warning("version %s failed %d gates: %s", version, len(report.failed), "; ".join(f"{r.name}: {r.reason}" for r in report.failed))
+    notify(cfg, "awaiting-approval" if report.passed else "gates-failed", model=registry.name, version=str(version),
+           served_model=served.name, run_id=run_id, tracking_uri=registry.tracking_uri, tags=tags,
+           failed=[r.name for r in report.failed], attached=[p.name for p in attached])
     return report
 
 
@@ -292,46 +290,83 @@ def approve(project: Project, *, version: str, reviewer: str, reason: str, ident
     ``identity`` says how the reviewer's name was established (``$ONEVISION_REVIEWER``, ``login``, ``prefect-form``).
     Two decisions never interleave: the second waits for the registry's decision lock, then finds the version decided.
     """
-    reviewer = authorize_reviewer(project.cfg, reviewer)
+    cfg = project.cfg
+    reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = project.registry()
-    with registry.decision_lock():
-        return _approve_locked(registry, str(version), reviewer, reason, identity)
+    registry, candidates = project.registry(), project.candidates()
+    if check_authenticated(registry.tracking_uri, reviewer):
+        identity = SERVER_IDENTITY
+    with candidates.decision_lock():
+        with denied_as_error(user=reviewer, action=f"approving {candidates.name} v{version} (champion of '{registry.name}')",
+                             model=registry.name, needed="EDIT", remedy=REVIEWER_REMEDY):
+            record = _approve_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
+    notify(cfg, "champion-changed", model=registry.name, version=record["version"], served_model=registry.name,
+           tracking_uri=registry.tracking_uri, record=record)
+    return record
 
 
-def _approve_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
-    mv = _awaiting(registry, version)
+def _approve_locked(registry: ModelRegistry, version: str, *, reviewer: str, reason: str, identity: str,
+                    candidates: ModelRegistry | None = None) -> dict[str, Any]:
+    """Approve ``version`` of ``candidates`` (default: the served model itself). With a separate candidates model
+    the version is copied into the served model first (a new version there, its source the candidate) and the
+    audit record names both; the server refuses the copy (403) to anyone who may not write the served model."""
+    candidates = candidates or registry
+    mv = _awaiting(candidates, version)
     version = version_id(mv)
-    previous = _move_champion(registry, version)
-    if version_id(registry.by_alias(CHALLENGER)) == version:
-        registry.delete_alias(CHALLENGER)
-    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason})
-    record = {"action": "approve", "version": version, "previous_champion": previous, "by": reviewer, "identity": identity,
-              "reason": reason, "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(mv)}
-    log.info("version %s approved by %s: now %s (previous: %s)", version, reviewer, CHAMPION, previous)
+    decided = {"decided_by": reviewer, "decided_at": now_iso(), "decision": "approve", "decision_reason": reason}
+    copied = None
+    if candidates.name != registry.name:
+        copied = registry.copy_version(mv)
+        served_mv = registry.version(version_id(copied))
+    else:
+        served_mv = mv
+    target = version_id(served_mv)
+    previous = _move_champion(registry, target)
+    if version_id(candidates.by_alias(CHALLENGER)) == version:
+        candidates.delete_alias(CHALLENGER)
+    if copied is not None:
+        registry.set_tags(target, {**decided, "candidate": f"{candidates.name}/{version}"})
+        candidates.set_tags(version, {**decided, "status": APPROVED, "served_as": f"{registry.name}/{target}"})
+    else:
+        registry.set_tags(version, decided)
+    record = {"action": "approve", "version": target, "previous_champion": previous, "by": reviewer, "identity": identity,
+              "reason": reason, "gates": _gate_values(mv), "metrics": registry.metrics_of(mv), "model_hash": version_fingerprint(served_mv)}
+    if copied is not None:
+        record["candidate"] = {"model": candidates.name, "version": version}
+    log.info("%s version %s approved by %s: %s v%s is now %s (previous: %s)", candidates.name, version, reviewer, registry.name,
+             target, CHAMPION, previous)
     return registry.append_audit(record)
 
 
 def reject(project: Project, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer rejects a candidate; the champion is untouched. Returns the audit record."""
-    reviewer = authorize_reviewer(project.cfg, reviewer)
+    cfg = project.cfg
+    reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = project.registry()
-    with registry.decision_lock():
-        return _reject_locked(registry, str(version), reviewer, reason, identity)
+    registry, candidates = project.registry(), project.candidates()
+    if check_authenticated(registry.tracking_uri, reviewer):
+        identity = SERVER_IDENTITY
+    with candidates.decision_lock():
+        with denied_as_error(user=reviewer, action=f"rejecting {candidates.name} v{version}", model=candidates.name,
+                             needed="EDIT", remedy=REVIEWER_REMEDY):
+            return _reject_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
 
 
-def _reject_locked(registry: ModelRegistry, version: str, reviewer: str, reason: str, identity: str) -> dict[str, Any]:
-    mv = _awaiting(registry, version)
+def _reject_locked(registry: ModelRegistry, version: str, *, reviewer: str, reason: str, identity: str,
+                   candidates: ModelRegistry | None = None) -> dict[str, Any]:
+    candidates = candidates or registry
+    mv = _awaiting(candidates, version)
     version = version_id(mv)
-    registry.set_status(version, REJECTED)
-    if version_id(registry.by_alias(CHALLENGER)) == version:
-        registry.delete_alias(CHALLENGER)
-    registry.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
+    candidates.set_status(version, REJECTED)
+    if version_id(candidates.by_alias(CHALLENGER)) == version:
+        candidates.delete_alias(CHALLENGER)
+    candidates.set_tags(version, {"decided_by": reviewer, "decided_at": now_iso(), "decision": "reject", "decision_reason": reason})
     record = {"action": "reject", "version": version, "champion": version_id(registry.by_alias(CHAMPION)), "by": reviewer,
               "identity": identity, "reason": reason, "gates": _gate_values(mv)}
+    if candidates.name != registry.name:
+        record["candidate"] = {"model": candidates.name, "version": version}
     return registry.append_audit(record)
 
 
@@ -344,16 +379,23 @@ def decide(project: Project, *, version: str, reviewer: str, decision: Literal["
     raise PromotionError(f"decision must be approve or reject, got {decision!r}")
 
 
-def rollback(project: Project, reason: str, by: str) -> dict[str, Any]:
+def rollback(project: Project, reason: str, by: str, identity: str = "login") -> dict[str, Any]:
     """Restore ``previous-champion`` as champion in one step; the rolled-back version is marked and the alias cleared."""
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry = project.registry()
-    with registry.decision_lock():
-        return _rollback_locked(registry, reason, by)
+    registry, candidates = project.registry(), project.candidates()
+    if check_authenticated(registry.tracking_uri, by):
+        identity = SERVER_IDENTITY
+    with candidates.decision_lock():
+        with denied_as_error(user=by, action=f"rolling back the champion of '{registry.name}'", model=registry.name,
+                             needed="EDIT", remedy=REVIEWER_REMEDY):
+            record = _rollback_locked(registry, reason, by, identity)
+    notify(project.cfg, "rolled-back", model=registry.name, version=record["version"], served_model=registry.name,
+           tracking_uri=registry.tracking_uri, record=record)
+    return record
 
 
-def _rollback_locked(registry: ModelRegistry, reason: str, by: str) -> dict[str, Any]:
+def _rollback_locked(registry: ModelRegistry, reason: str, by: str, identity: str = "login") -> dict[str, Any]:
     previous, current = version_id(registry.by_alias(PREVIOUS)), version_id(registry.by_alias(CHAMPION))
     if previous is None:
         raise PromotionError(f"model '{registry.name}' has no {PREVIOUS} to roll back to")
@@ -364,6 +406,7 @@ def _rollback_locked(registry: ModelRegistry, reason: str, by: str) -> dict[str,
         registry.set_status(current, ROLLED_BACK)
         registry.set_tags(current, {"rolled_back_by": by, "rolled_back_at": now_iso(), "rollback_reason": reason})
     record = {"action": "rollback", "version": previous, "rolled_back": current, "by": by, "reason": reason,
+              "identity": identity,
               "model_hash": version_fingerprint(registry.version(previous))}
     log.warning("rollback by %s: champion %s -> %s (%s)", by, current, previous, reason)
     return registry.append_audit(record)

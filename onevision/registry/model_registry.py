@@ -43,6 +43,7 @@ RETIRED = "retired"
 ROLLED_BACK = "rolled-back"
 SUPERSEDED = "superseded"
 REGISTERED = "registered"  # gates not checked yet
+APPROVED = "approved"  # a candidate (registry.candidates_model) copied into the served model as its champion
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,14 @@ class ModelRegistry:
             return self.client.get_model_version_by_alias(self.name, alias)
         except self.mlflow_error:
             return None
+
+    def copy_version(self, mv):
+        """A new version of this model whose source is ``models:/<mv.name>/<mv.version>``, with its run, tags and
+        description: what ``MlflowClient.copy_model_version`` does, minus its create-the-model-if-missing step (the
+        served model is set up by an admin, `onevision access setup`) and with the server's 403 left unwrapped."""
+        return self.client.create_model_version(
+            self.name, f"models:/{mv.name}/{mv.version}", run_id=mv.run_id, tags=dict(mv.tags), run_link=mv.run_link,
+            description=mv.description, model_id=getattr(mv, "model_id", None))
 
     def versions(self) -> list:
         """Every version, newest first, with aliases (search_model_versions leaves them empty)."""

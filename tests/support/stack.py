@@ -5,6 +5,12 @@ server and a Prefect server (both on that PostgreSQL, MLflow's artifacts on the 
 process worker: what ``infra/docker-compose.yml`` runs, started without Docker. Each server is its own
 process with its own log file; :class:`Stack` stops them in reverse order.
 
+Nothing is open: the MLflow server runs its authentication app (``--app-name basic-auth``, its users and
+permissions in their own database of the same PostgreSQL, an ``admin`` whose password is set at first start),
+and the Prefect server's API wants its basic-auth string. Every password is random per stack and reaches
+clients through the environment only (``Stack.env``: the service account's MLflow credentials and the Prefect
+auth string, what a worker gets); :data:`Stack.secrets` lists them all for the credential scan.
+
 PostgreSQL refuses to run as root: as root, the cluster's folder belongs to the ``postgres`` user the
 Debian package creates and its commands run through ``runuser``.
 """
@@ -40,6 +46,17 @@ WORK_POOL = "onevision-process"
 # moto accepts any key pair; these stand in for real credentials (the secret scan looks for them).
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIAONEVISIONSTACK01", "AWS_SECRET_ACCESS_KEY": "stack-secret-" + "x" * 24,
            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+# The MLflow server's authentication config (MLFLOW_AUTH_CONFIG_PATH): everyone authenticated reads, writes need a
+# grant (`onevision access setup`); verified credentials are cached for a minute (PBKDF2 per request otherwise).
+AUTH_INI = """[mlflow]
+default_permission = READ
+database_uri = {database_uri}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
 
 
 class StackError(RuntimeError):
@@ -132,7 +149,7 @@ class Postgres:
 
 
 @contextmanager
-def postgres(databases: tuple[str, ...] = ("mlflow", "prefect")):
+def postgres(databases: tuple[str, ...] = ("mlflow", "mlflow_auth", "prefect")):
     """initdb a cluster in a fresh folder, start it on a free loopback port, create ``databases``; remove it after."""
     pg = postgres_bin()
     root = Path(tempfile.mkdtemp(prefix="onevision-pg-"))
@@ -180,6 +197,20 @@ class Stack:
     prefect_api: str
     logs: Path
     env: dict[str, str] = field(default_factory=dict)
+    admin: tuple[str, str] = ("admin", "")  # the MLflow server's admin account (creates the team's accounts)
+    prefect_auth: str = ""  # PREFECT_API_AUTH_STRING the Prefect server wants
+    passwords: dict[str, str] = field(default_factory=dict)  # the team's MLflow accounts, created by `onevision access setup`
+
+    def as_user(self, user: str, base: dict[str, str] | None = None) -> dict[str, str]:
+        """A client environment on this stack that authenticates to MLflow as ``user`` (the admin or a team account)."""
+        password = self.admin[1] if user == self.admin[0] else self.passwords[user]
+        return {**client_env(self.env, base), "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every credential of the stack: none may appear in a log, a row or a report."""
+        return [AWS_ENV["AWS_SECRET_ACCESS_KEY"], self.postgres.password, self.admin[1], self.prefect_auth.split(":", 1)[-1],
+                *self.passwords.values()]
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = s3_client(self.s3_endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -198,8 +229,10 @@ def client_env(stack_env: dict[str, str], base: dict[str, str] | None = None) ->
 
 
 @contextmanager
-def running_stack(state: Path):
-    """PostgreSQL, S3 (moto), MLflow server and Prefect server on loopback; yields a :class:`Stack`."""
+def running_stack(state: Path, team: tuple[str, ...] = ()):
+    """PostgreSQL, S3 (moto), MLflow server (with authentication) and Prefect server (with basic auth) on loopback;
+    yields a :class:`Stack` whose ``passwords`` holds a fresh password for each account of ``team`` (the accounts
+    themselves are created by the caller, as a team does: `onevision access setup`)."""
     logs = state / "logs"
     with ExitStack() as stack:
         pg = stack.enter_context(postgres())
@@ -217,16 +250,22 @@ def running_stack(state: Path):
             s3.create_bucket(Bucket=bucket)
 
         mlflow_port = free_port()
+        admin = ("admin", secrets.token_urlsafe(18))
+        auth_ini = state / "mlflow-auth.ini"  # what infra/mlflow-auth.ini holds, with this stack's database
+        auth_ini.write_text(AUTH_INI.format(database_uri=pg.url("mlflow_auth")))
         # the server proxies artifacts to S3 with its own boto3 client: the same retry policy as ours
-        mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **retry_environment(5)}
+        mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **retry_environment(5),
+                      "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(24),
+                      "MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]}
         stack.enter_context(server_process(
             "MLflow server",
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             "--backend-store-uri", pg.url("mlflow"), "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts"],
+            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--workers", "1", "--backend-store-uri", pg.url("mlflow"), "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts"],
             logs / "mlflow.log", mlflow_env, health=f"http://127.0.0.1:{mlflow_port}/health", cwd=state))
 
         prefect_port = free_port()
-        prefect_env = {**base, "PREFECT_HOME": str(state / "prefect-server"),
+        prefect_auth = f"onevision:{secrets.token_urlsafe(18)}"
+        prefect_env = {**base, "PREFECT_SERVER_API_AUTH_STRING": prefect_auth, "PREFECT_HOME": str(state / "prefect-server"),
                        "PREFECT_API_DATABASE_CONNECTION_URL": pg.url("prefect", driver="asyncpg"),
                        "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
                        "PREFECT_UI_ENABLED": "false"}
@@ -234,9 +273,11 @@ def running_stack(state: Path):
             "Prefect server", [str(BIN / "prefect"), "server", "start", "--no-ui"], logs / "prefect-server.log",
             prefect_env, health=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
 
+        passwords = {user: secrets.token_urlsafe(18) for user in team}
         env = {**AWS_ENV, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-               "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-        yield Stack(pg, s3_endpoint, env["MLFLOW_TRACKING_URI"], env["PREFECT_API_URL"], logs, env)
+               "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_API_AUTH_STRING": prefect_auth,
+               "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+        yield Stack(pg, s3_endpoint, env["MLFLOW_TRACKING_URI"], env["PREFECT_API_URL"], logs, env, admin, prefect_auth, passwords)
 
 
 def create_work_pool(stack: Stack, env: dict[str, str], pool: str = WORK_POOL) -> None:
