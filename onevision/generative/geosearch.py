@@ -73,7 +73,8 @@ def shopper_scores(model: SIDGenerator, ctx: Context, trie: SIDTrie, weight: flo
     if not s or leaf is None or ctx.user is None or not bool((ctx.user > 0).any()):
         return None
     lift = leaf.user_lift(ctx.user)  # (B, A)
-    return [s * (leaf.subtree_makeup(trie, level + 1) @ lift.T) for level in range(model.cfg.geo_levels)]
+    # a last row of zeros: a child id of -1 (no such prefix; the trie mask drops it anyway) reads 0
+    return [torch.cat([s * (leaf.subtree_makeup(trie, level + 1) @ lift.T), lift.new_zeros(1, len(lift))]) for level in range(model.cfg.geo_levels)]
 
 
 def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True,
@@ -109,13 +110,15 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         beam_shift = None if shift is None else shift.expand(-1, width, -1).reshape(B * width, -1)
         logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
-        allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
-        logp = log_softmax_over(logits, allowed)
-        logp_plain = logp
-        if shopper is not None:
+        if shopper is None:
+            allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
+            logp = logp_plain = log_softmax_over(logits, allowed)
+        else:
             child = trie.children(level, nodes.reshape(-1).clamp(min=0))  # (B*width, V)
+            allowed = child >= 0
+            logp_plain = log_softmax_over(logits, allowed)
             query_of = torch.arange(B).repeat_interleave(width).unsqueeze(1)  # (B*width, 1)
-            logp = log_softmax_over(logits + shopper[level][child.clamp(min=0), query_of].masked_fill(child < 0, 0.0), allowed)
+            logp = log_softmax_over(logits + shopper[level][child, query_of], allowed)
         cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
         keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
         keep = min(keep, width * V)
@@ -207,7 +210,7 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
             logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam, shift=shift)
             if shopper is not None:  # the search's shopper term, over the same children
                 child = trie.children(level, parent.clamp(min=0))  # (BM, V)
-                logits = logits + shopper[level][child.clamp(min=0), query_of].masked_fill(child < 0, 0.0)
+                logits = logits + shopper[level][child, query_of]
                 parent = trie.child(level, parent, flat[:, level])
             total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

@@ -254,8 +254,10 @@ def choose_decoder_weight(model: SIDGenerator, data: GenerativeData, *, cfg: Con
 def choose_shopper_weight(model: SIDGenerator, data: GenerativeData, cfg: Config) -> dict[str, Any]:
     """The weight of the shopper's prefix term in the beam (geosearch.shopper_scores), chosen on what the shopper
     sees: the personalised VAL probe after the leaf head for each weight of ``generative.decode.shopper_weights``
-    (0 always tried); the most VAL orders wins (HR@10 breaks ties, then the smaller weight). Returns the chosen
-    weight and the VAL table by weight (with the beam's recall of the other items VAL shoppers clicked or ordered)."""
+    (0 always tried); the most VAL orders wins (HR@10 breaks ties, then the smaller weight), a weight > 0 only if it
+    adds ``generative.decode.min_shopper_gain`` (relative) to weight 0, since the term costs latency at every level.
+    Returns the chosen weight and the VAL table by weight (with the beam's recall of the other items VAL shoppers
+    clicked or ordered)."""
     weights = sorted({0.0, *(float(x) for x in cfg.generative.decode.shopper_weights)})
     if model.leaf is None or len(weights) == 1 or not len(data.val):
         model.shopper_weight.fill_(0.0)
@@ -268,7 +270,10 @@ def choose_shopper_weight(model: SIDGenerator, data: GenerativeData, cfg: Config
         key = selection_key(p)
         table[w] = {key: round(p.get(key, 0.0), 5), "hr_at_10": round(p.get("hr_at_10", 0.0), 5),
                     "beam_other_recall": round(beam_other_recall(model, data, cfg), 5)}
-        rank = (p.get(key, 0.0), p.get("hr_at_10", 0.0), -w)
+        score = p.get(key, 0.0)
+        if w > 0.0 and score < table[0.0][key] * (1.0 + cfg.generative.decode.min_shopper_gain):
+            score = float("-inf")  # does not pay for its lookups
+        rank = (score, p.get("hr_at_10", 0.0), -w)
         if best_rank is None or rank > best_rank:
             best, best_rank = w, rank
         log.info("shopper weight %.2f: VAL %s", w, table[w])

@@ -135,7 +135,17 @@ class SIDTrie:
 
     def children(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         """(M,) depth-``level`` node ids -> (M, V_level) long: the depth-``level+1`` node id of each code's child, -1
-        where the code continues no catalog SID (one CSR read for all rows; a child's id is its edge's position)."""
+        where the code continues no catalog SID. One read of a dense child table where the level is small enough
+        (built once, ``DENSE_LIMIT / 8`` cells at most), else one CSR read for all rows (a child's id is its edge's
+        position)."""
+        tables = self.__dict__.setdefault("_child_tables", {})
+        if level not in tables:
+            n_parents, V = self.n_nodes(level), self.codebook_sizes[level]
+            tables[level] = self._children_csr(level, torch.arange(n_parents)) if n_parents * V * 8 <= DENSE_LIMIT else None
+        table = tables[level]
+        return table[nodes] if table is not None else self._children_csr(level, nodes)
+
+    def _children_csr(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         indptr, codes = self.indptr[level], self.edge_code[level]
         start, count = indptr[nodes], indptr[nodes + 1] - indptr[nodes]  # (M,)
         rows = torch.repeat_interleave(torch.arange(len(nodes)), count)  # (E_sel,)
