@@ -22,6 +22,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -284,6 +286,18 @@ def _move_champion(registry: ModelRegistry, version: str) -> str | None:
     return old
 
 
+@contextmanager
+def _deciding(project: Project, who: str, identity: str, *, action: str, model: str) -> Iterator[tuple[ModelRegistry, ModelRegistry, str]]:
+    """A decision's frame: the served and candidates registries, who decides (the account the server authenticated,
+    when it authenticates), one decision at a time (the candidates model's decision lock), and a 403 from the server
+    on ``model`` turned into one line for ``who``."""
+    registry, candidates = project.registry(), project.candidates()
+    if check_authenticated(registry.tracking_uri, who):
+        identity = SERVER_IDENTITY
+    with candidates.decision_lock(), denied_as_error(user=who, action=action, model=model, needed="EDIT", remedy=REVIEWER_REMEDY):
+        yield registry, candidates, identity
+
+
 def approve(project: Project, *, version: str, reviewer: str, reason: str, identity: str = "login") -> dict[str, Any]:
     """A listed reviewer approves a gated candidate: it becomes champion. Returns the audit record.
 
@@ -294,13 +308,10 @@ def approve(project: Project, *, version: str, reviewer: str, reason: str, ident
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry, candidates = project.registry(), project.candidates()
-    if check_authenticated(registry.tracking_uri, reviewer):
-        identity = SERVER_IDENTITY
-    with candidates.decision_lock():
-        with denied_as_error(user=reviewer, action=f"approving {candidates.name} v{version} (champion of '{registry.name}')",
-                             model=registry.name, needed="EDIT", remedy=REVIEWER_REMEDY):
-            record = _approve_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
+    served = cfg.registry.model_name
+    with _deciding(project, reviewer, identity, action=f"approving {cfg.registry.candidates} v{version} (champion of '{served}')",
+                   model=served) as (registry, candidates, identity):
+        record = _approve_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
     notify(cfg, "champion-changed", model=registry.name, version=record["version"], served_model=registry.name,
            tracking_uri=registry.tracking_uri, record=record)
     return record
@@ -345,13 +356,9 @@ def reject(project: Project, *, version: str, reviewer: str, reason: str, identi
     reviewer = authorize_reviewer(cfg, reviewer)
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry, candidates = project.registry(), project.candidates()
-    if check_authenticated(registry.tracking_uri, reviewer):
-        identity = SERVER_IDENTITY
-    with candidates.decision_lock():
-        with denied_as_error(user=reviewer, action=f"rejecting {candidates.name} v{version}", model=candidates.name,
-                             needed="EDIT", remedy=REVIEWER_REMEDY):
-            return _reject_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
+    with _deciding(project, reviewer, identity, action=f"rejecting {cfg.registry.candidates} v{version}",
+                   model=cfg.registry.candidates) as (registry, candidates, identity):
+        return _reject_locked(registry, str(version), reviewer=reviewer, reason=reason, identity=identity, candidates=candidates)
 
 
 def _reject_locked(registry: ModelRegistry, version: str, *, reviewer: str, reason: str, identity: str,
@@ -383,13 +390,9 @@ def rollback(project: Project, reason: str, by: str, identity: str = "login") ->
     """Restore ``previous-champion`` as champion in one step; the rolled-back version is marked and the alias cleared."""
     if not reason.strip():
         raise PromotionError("a reason is required")
-    registry, candidates = project.registry(), project.candidates()
-    if check_authenticated(registry.tracking_uri, by):
-        identity = SERVER_IDENTITY
-    with candidates.decision_lock():
-        with denied_as_error(user=by, action=f"rolling back the champion of '{registry.name}'", model=registry.name,
-                             needed="EDIT", remedy=REVIEWER_REMEDY):
-            record = _rollback_locked(registry, reason, by, identity)
+    served = project.cfg.registry.model_name
+    with _deciding(project, by, identity, action=f"rolling back the champion of '{served}'", model=served) as (registry, _, identity):
+        record = _rollback_locked(registry, reason, by, identity)
     notify(project.cfg, "rolled-back", model=registry.name, version=record["version"], served_model=registry.name,
            tracking_uri=registry.tracking_uri, record=record)
     return record
