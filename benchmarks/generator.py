@@ -34,9 +34,9 @@ from onevision.markdown import table as markdown_table
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ROWS = (
-    ("onevision_prior_only", "residual geometry alone (no decoder, no leaf head)"),
-    ("onevision_learned_only", "the decoder alone (its own trie-constrained generation)"),
-    ("onevision_prior_learned", "geometry + decoder (no leaf head)"),
+    ("onevision_prior_only", "geometry alone (no decoder, no leaf head, no shopper term)"),
+    ("onevision_learned_only", "the decoder alone (its own trie-constrained generation, no shopper term)"),
+    ("onevision_prior_learned", "geometry + decoder (no leaf head, no shopper term)"),
     ("onevision_no_decoder", "geometry + leaf head (shipped before the tied decoder)"),
     ("onevision_no_shopper_beam", "shipped model, the same beam for every shopper (no shopper prefix term)"),
     ("onevision_pretrain", "shipped model after pretraining"),

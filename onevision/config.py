@@ -173,6 +173,9 @@ class GenerativeModelConfig(Section):
     tied_head: bool = Field(
         True, description="Geometric decoding: the decoder's output layer is the tokenizer's codebooks (it predicts a correction of the query embedding from photo, visual tokens and shopper, and scores each code by the residual it leaves), trained with a softmax over the trie's valid children; false: a free head added to the fixed geometry (before 2026-12)."
     )
+    node_geometry: bool = Field(
+        True, description="Geometric decoding: each child prefix is scored by the mean aligned embedding of the catalog items under it plus the log of their count (onevision.generative.nodes), in the prior and in the tied decoder; false: by the codebooks' reconstruction of the prefix (before 2026-12-07)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GenerativeModelConfig:

@@ -196,13 +196,14 @@ def build_onevision(ctx: SystemContext) -> list[Retriever] | None:
     final = systems[0]
     if final.model.cfg.geo_levels:
         # ablations of the geometric decoder: no decoder (residual geometry + the leaf head), and without the leaf
-        # head: prior only, the decoder alone (its own trie-constrained generation), both mixed
+        # head: prior only, the decoder alone (its own trie-constrained generation), both mixed; these three without the
+        # shopper's prefix term, which is neither geometry nor decoder
         mixed = 1.0 if not final.model.tied else (float(final.model.learned_weight) or 0.5)
         systems += [
             final.with_options("onevision_no_decoder", learned_weight=0.0),
             final.with_options("onevision_no_shopper_beam", shopper_weight=0.0),
-            final.with_options("onevision_prior_only", learned_weight=0.0, use_leaf=False),
-            final.with_options("onevision_learned_only", geo_weight=0.0, use_leaf=False),
-            final.with_options("onevision_prior_learned", learned_weight=mixed, use_leaf=False),
+            final.with_options("onevision_prior_only", learned_weight=0.0, use_leaf=False, shopper_weight=0.0),
+            final.with_options("onevision_learned_only", geo_weight=0.0, use_leaf=False, shopper_weight=0.0),
+            final.with_options("onevision_prior_learned", learned_weight=mixed, use_leaf=False, shopper_weight=0.0),
         ]
     return systems

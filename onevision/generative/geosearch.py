@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from onevision.generative.model import Context, SIDGenerator, eval_mode, log_softmax_over
+from onevision.generative.nodes import node_geometry, trie_paths
 from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
@@ -85,6 +86,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     query = ctx.image.float()  # (B, D) aligned embedding
     B = query.shape[0]
     shopper = shopper_scores(model, ctx, trie, shopper_weight) if constrained else None
+    geom = node_geometry(model, trie)  # None: residual geometry over the codebooks
     learned = lam != 0.0 or geo_weight == 0.0
     if geo_weight == 0.0 and lam == 0.0:
         lam = 1.0
@@ -108,7 +110,12 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             x = model.step_input(level, prev, B * width)
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
         beam_shift = None if shift is None else shift.expand(-1, width, -1).reshape(B * width, -1)
-        logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
+        if geom is None:
+            logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
+        else:
+            beam_query = query.unsqueeze(1).expand(-1, width, -1).reshape(B * width, -1)
+            logits = model.level_logits(h, level, query=beam_query, parents=nodes.reshape(-1), nodes=geom, learned_weight=lam, geo_weight=geo_weight,
+                                        shift=beam_shift)
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         if shopper is None:
             allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
@@ -129,7 +136,8 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         else:
             plain = beam
         nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
-        resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
+        if geom is None:
+            resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
         if learned and level < G - 1:
             rows = (torch.arange(B).unsqueeze(1) * width + parent).reshape(-1)
             for cache in caches:
@@ -193,9 +201,10 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
     valid = (sids >= 0).all(-1)
     flat = sids.clamp(min=0).reshape(B * M, L)
     query = ctx.image.float().repeat_interleave(M, 0)
-    resid = model.residuals(query, flat)  # (BM, G, D)
+    geom = node_geometry(model, trie)
+    resid = model.residuals(query, flat) if geom is None else None  # (BM, G, D)
     h = shift = None
-    allowed = trie.path_masks(flat, G) if trie is not None else [None] * G
+    parents, allowed = trie_paths(trie, flat, G) if trie is not None else (None, [None] * G)
     shopper = shopper_scores(model, ctx, trie) if trie is not None and shopper else None
     parent = torch.zeros(B * M, dtype=torch.long)
     query_of = torch.arange(B).repeat_interleave(M).unsqueeze(1)  # (BM, 1)
@@ -207,7 +216,8 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
             shift = model.query_shift(query) if model.tied else None
         total = torch.zeros(B * M)
         for level in range(G):
-            logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam, shift=shift)
+            logits = model.level_logits(None if h is None else h[:, level], level, resid=None if resid is None else resid[:, level], learned_weight=lam,
+                                        shift=shift, query=query, parents=None if geom is None else parents[level], nodes=geom)
             if shopper is not None:  # the search's shopper term, over the same children
                 child = trie.children(level, parent.clamp(min=0))  # (BM, V)
                 logits = logits + shopper[level][child, query_of]

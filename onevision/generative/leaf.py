@@ -100,7 +100,8 @@ class LeafScorer(nn.Module):
              events: pd.DataFrame | None = None) -> None:
         """Per-item data from the items table (item_id, category, brand, price), the fused item embeddings
         and, when given, the TRAIN logs (impressions: query_id, item_id; events: query_id, item_id, action)."""
-        self.__dict__.pop("_makeup", None)  # prefix make-ups of the old store
+        self.__dict__.pop("_makeup", None)  # prefix make-ups and node geometry of the old store
+        self.__dict__.pop("_nodes", None)
         order = np.argsort(item_ids, kind="stable")
         ids, emb = np.asarray(item_ids, np.int64)[order], np.asarray(embeddings, np.float32)[order]
         if len(ids) != len(self.item_ids):

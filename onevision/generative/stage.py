@@ -137,7 +137,7 @@ def build_model(cfg: Config, data: GenerativeData, root: Path | None = None) -> 
                 views = (v["item_ids"][v["kind"] == 0], v["embeddings"][v["kind"] == 0])
             n_views = int(np.unique(views[0], return_counts=True)[1].max()) if views is not None and len(views[0]) else 1
             geo = {"leaf_views": n_views, "geo_levels": tok.num_levels, "geo_dim": tok.dim, "leaf_items": len(emb[0]), "leaf_hidden": m.leaf_hidden, "tied_head": m.tied_head,
-                   "leaf_categories": int(data.items["category"].max()) + 1, "leaf_brands": int(data.items["brand"].nunique())}
+                   "node_geometry": m.node_geometry, "leaf_categories": int(data.items["category"].max()) + 1, "leaf_brands": int(data.items["brand"].nunique())}
     model = build_generator(
         GeneratorConfig(
             codebook_sizes=data.trie.codebook_sizes,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from onevision import distributed
 from onevision.generative.model import ACTION_PAD, Context, SIDGenerator, cosine_lr, eval_mode, make_optimizer
+from onevision.generative.nodes import node_geometry, trie_paths
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,15 @@ def _batches(n: int, batch_size: int, gen: torch.Generator | None):
         yield order[start : start + batch_size]
 
 
-def _masks(model: SIDGenerator, trie, targets: torch.Tensor) -> list[torch.Tensor] | None:
-    """The trie's valid children along each target SID (the softmax of every trained level runs over them), or
-    None without a trie (an unconstrained softmax)."""
-    return None if trie is None else trie.path_masks(targets, model.trained_levels)
+def _masks(model: SIDGenerator, trie, targets: torch.Tensor) -> dict:
+    """``forward``'s trie arguments for target SIDs: the valid children along each (the softmax of every trained
+    level runs over them) and, with node geometry, the prefixes' nodes and the node table; nothing without a trie
+    (an unconstrained softmax)."""
+    if trie is None:
+        return {}
+    parents, allowed = trie_paths(trie, targets, model.trained_levels)
+    geom = node_geometry(model, trie)
+    return {"allowed": allowed} if geom is None else {"allowed": allowed, "parents": parents, "nodes": geom}
 
 
 @torch.no_grad()
@@ -144,7 +150,7 @@ def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_
     with eval_mode(model):
         for idx in _batches(len(examples), batch_size, None):
             target = examples.target[idx]
-            _, loss = model(examples.rows.context(bank, idx), target, examples.weight[idx], _masks(model, trie, target))
+            _, loss = model(examples.rows.context(bank, idx), target, examples.weight[idx], **_masks(model, trie, target))
             w = float(examples.weight[idx].sum())
             total, weight = total + float(loss) * w, weight + w
     return total / max(weight, 1e-12)
@@ -189,7 +195,7 @@ def train_sid_model(
             mine = distributed.shard(torch.arange(len(idx)), world)
             w = examples.weight[idx[mine]]
             target = examples.target[idx[mine]]
-            _, loss = net(ctx.index(mine), target, w, _masks(model, trie, target))
+            _, loss = net(ctx.index(mine), target, w, **_masks(model, trie, target))
             opt.zero_grad(set_to_none=True)
             (loss * distributed.share_scale(w.sum(), examples.weight[idx].sum(), world)).backward()
             if grad_clip > 0:
