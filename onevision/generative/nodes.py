@@ -69,9 +69,11 @@ def node_geometry(model, trie) -> NodeGeometry | None:
     cache = leaf.__dict__.setdefault("_nodes", {})
     key = id(trie)
     if key not in cache or cache[key].trie is not trie:
-        rows = leaf.rows(trie.leaf_item).clamp(min=0)  # (N,) store row of each leaf
         cache.clear()
-        cache[key] = NodeGeometry(trie, leaf.emb[rows], model.cfg.geo_levels)
+        # built outside inference mode: a table first built by a search is later read by training (autograd)
+        with torch.inference_mode(False), torch.no_grad():
+            rows = leaf.rows(trie.leaf_item).clamp(min=0)  # (N,) store row of each leaf
+            cache[key] = NodeGeometry(trie, leaf.emb[rows], model.cfg.geo_levels)
     return cache[key]
 
 

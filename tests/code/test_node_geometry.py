@@ -129,3 +129,18 @@ def test_the_node_table_follows_the_item_store():
     plain = nodes_model(trie, books, emb, items)
     plain.cfg.node_geometry = False
     assert node_geometry(plain, trie) is None
+
+
+def test_a_table_first_built_by_a_search_trains():
+    """The search runs under inference mode; the cached table must still serve training's autograd after it."""
+    books, emb, items, trie = tiny_catalog()
+    model = nodes_model(trie, books, emb, items, perturb=0.1)
+    rng = np.random.default_rng(6)
+    ctx = contexts(rng, emb[:3].copy())
+    geometric_beam_search(model, ctx, trie=trie, beam_width=4, k=4, use_leaf=False)  # builds and caches the table
+    model.train()
+    targets = trie.sids[:3]
+    parents, allowed = trie_paths(trie, targets, 2)
+    _, loss = model(ctx, targets, allowed=allowed, parents=parents, nodes=node_geometry(model, trie))
+    loss.backward()
+    assert model.query_head.weight.grad is not None and bool(torch.isfinite(model.query_head.weight.grad).all())
