@@ -110,18 +110,24 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             x = model.step_input(level, prev, B * width)
             h = model.decode(x, cross, mem_mask, caches)[:, 0]
         beam_shift = None if shift is None else shift.expand(-1, width, -1).reshape(B * width, -1)
+        # the children of every beam's prefix (one read), when node geometry or the shopper term needs them
+        child = None
+        if geom is not None or shopper is not None:
+            flat_nodes = nodes.reshape(-1)
+            child = trie.children(level, flat_nodes.clamp(min=0))  # (B*width, V)
+            if not constrained:  # a prefix outside the catalog has no children (constrained: its beam score is -inf already)
+                child = child.masked_fill(flat_nodes.unsqueeze(1) < 0, -1)
         if geom is None:
             logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
         else:
             beam_query = query.unsqueeze(1).expand(-1, width, -1).reshape(B * width, -1)
-            logits = model.level_logits(h, level, query=beam_query, parents=nodes.reshape(-1), nodes=geom, learned_weight=lam, geo_weight=geo_weight,
+            logits = model.level_logits(h, level, query=beam_query, children=child, nodes=geom, learned_weight=lam, geo_weight=geo_weight,
                                         shift=beam_shift)
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         if shopper is None:
-            allowed = trie.allowed(level, nodes.reshape(-1).clamp(min=0)) if constrained else None
+            allowed = None if not constrained else (child >= 0 if child is not None else trie.allowed(level, nodes.reshape(-1).clamp(min=0)))
             logp = logp_plain = log_softmax_over(logits, allowed)
         else:
-            child = trie.children(level, nodes.reshape(-1).clamp(min=0))  # (B*width, V)
             allowed = child >= 0
             logp_plain = log_softmax_over(logits, allowed)
             query_of = torch.arange(B).repeat_interleave(width).unsqueeze(1)  # (B*width, 1)
@@ -135,7 +141,10 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             plain = (plain.unsqueeze(-1) + logp_plain.view(B, width, V)).view(B, width * V).gather(1, idx)
         else:
             plain = beam
-        nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
+        if child is not None:  # the kept children's ids, read from the table already in hand
+            nodes = child.view(B, width * V).gather(1, idx)
+        else:
+            nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
         if geom is None:
             resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
         if learned and level < G - 1:
@@ -204,9 +213,9 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
     geom = node_geometry(model, trie)
     resid = model.residuals(query, flat) if geom is None else None  # (BM, G, D)
     h = shift = None
-    parents, allowed = trie_paths(trie, flat, G) if trie is not None else (None, [None] * G)
+    children = trie_paths(trie, flat, G) if trie is not None else None
+    allowed = [c >= 0 for c in children] if children is not None else [None] * G
     shopper = shopper_scores(model, ctx, trie) if trie is not None and shopper else None
-    parent = torch.zeros(B * M, dtype=torch.long)
     query_of = torch.arange(B).repeat_interleave(M).unsqueeze(1)  # (BM, 1)
     with torch.no_grad(), eval_mode(model):
         if lam != 0.0:
@@ -217,10 +226,8 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
         total = torch.zeros(B * M)
         for level in range(G):
             logits = model.level_logits(None if h is None else h[:, level], level, resid=None if resid is None else resid[:, level], learned_weight=lam,
-                                        shift=shift, query=query, parents=None if geom is None else parents[level], nodes=geom)
+                                        shift=shift, query=query, children=None if geom is None else children[level], nodes=geom)
             if shopper is not None:  # the search's shopper term, over the same children
-                child = trie.children(level, parent.clamp(min=0))  # (BM, V)
-                logits = logits + shopper[level][child, query_of]
-                parent = trie.child(level, parent, flat[:, level])
+                logits = logits + shopper[level][children[level], query_of]
             total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

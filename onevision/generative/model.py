@@ -421,13 +421,13 @@ class SIDGenerator(nn.Module):
         return self.query_mix(query.float())
 
     def learned_logits(self, h: torch.Tensor, level: int, resid: torch.Tensor | None = None, shift: torch.Tensor | None = None, *,
-                       query: torch.Tensor | None = None, parents: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
+                       query: torch.Tensor | None = None, children: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
         """The decoder's own logits of ``level`` from its state ``h`` (N, C).
 
         Tied head, geometric level: the decoder predicts where the item the shopper wants lies, correcting the photo's
         embedding by ``shift + query_head(h)`` (``shift`` (N, D): :meth:`query_shift` of the photo), and scores each
-        child by how close it is: with ``nodes`` (node geometry, onevision.generative.nodes) the children of
-        ``parents`` by their item centroids, ``s_l (2 q_hat.mu - |mu|^2) + log n`` for ``q_hat = query + shift +
+        child by how close it is: with ``nodes`` (node geometry, onevision.generative.nodes) the ``children`` (N, V)
+        node ids by their item centroids, ``s_l (2 q_hat.mu - |mu|^2) + log n`` for ``q_hat = query + shift +
         query_head(h)``; otherwise code ``v`` by how much it shrinks the predicted residual ``r_hat = resid + shift +
         query_head(h)``, ``s_l (2 r_hat.c_v - |c_v|^2)``. Plus a free per-code term ``heads[l](h)`` (what no geometry
         says: a shopper's taste for a cluster). Otherwise the free head alone."""
@@ -436,28 +436,28 @@ class SIDGenerator(nn.Module):
             return free
         scale = self.tied_log_scale[level].exp()
         if nodes is not None:
-            return nodes.logits(level, query + shift + self.query_head(h), parents, scale) + free
+            return nodes.logits(level, query + shift + self.query_head(h), children, scale) + free
         r_hat = resid + shift + self.query_head(h)
         book = self.codebook(level)
         return scale * (2 * r_hat @ book.T - (book * book).sum(-1)) + free
 
     def level_logits(self, h: torch.Tensor | None, level: int, *, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
                      geo_weight: float = 1.0, shift: torch.Tensor | None = None, query: torch.Tensor | None = None,
-                     parents: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
+                     children: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
         """Logits of ``level`` for decoding and training (normalise them over the trie's valid children).
 
         Tied head: ``(1 - w) x geometry + w x`` :meth:`learned_logits` with ``w = learned_weight`` (1: the decoder
         alone, what training fits; 0: geometry alone, then ``h`` may be None and no decoder runs); ``geo_weight`` 0
         forces the decoder alone (an ablation). Untied: ``geo_weight x geometry + learned_weight x heads[l](h)``.
-        Geometry: with ``nodes`` the children of ``parents`` (N,) scored against ``query`` (N, D) by their item
-        centroids (:class:`onevision.generative.nodes.NodeGeometry`), else the residual ``resid`` (N, D) against the
+        Geometry: with ``nodes`` the ``children`` (N, V) node ids (``SIDTrie.children``) scored against ``query``
+        (N, D) by their item centroids (:class:`onevision.generative.nodes.NodeGeometry`), else the residual ``resid`` (N, D) against the
         level's codebook. Levels past the geometric ones: the free head."""
         if level >= self.cfg.geo_levels:
             return self.heads[level](h)  # (N, V_level)
 
         def geometry() -> torch.Tensor:
             if nodes is not None:
-                return nodes.logits(level, query, parents, self.geo_log_scale[level].exp())
+                return nodes.logits(level, query, children, self.geo_log_scale[level].exp())
             return self.geo_logits(resid, level)
 
         if self.tied:
@@ -466,7 +466,7 @@ class SIDGenerator(nn.Module):
             if w < 1.0:
                 out = (1.0 - w) * geo_weight * geometry()
             if w > 0.0:
-                out = out + w * self.learned_logits(h, level, resid, shift, query=query, parents=parents, nodes=nodes)
+                out = out + w * self.learned_logits(h, level, resid, shift, query=query, children=children, nodes=nodes)
             return out
         out = geo_weight * geometry()
         if learned_weight and h is not None:
@@ -479,19 +479,19 @@ class SIDGenerator(nn.Module):
         decoded, the trie expands it), every level otherwise."""
         return self.cfg.geo_levels if self.tied else self.cfg.n_levels
 
-    def logits_for(self, memory, mem_mask, sids, cross=None, query=None, *, parents=None, nodes=None) -> list[torch.Tensor]:
+    def logits_for(self, memory, mem_mask, sids, cross=None, query=None, *, children=None, nodes=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of L tensors (N, V_l); memory rows align with sids rows.
 
         ``cross``: precomputed ``cross_kv`` rows (then ``memory`` is not read); ``query`` (N, D): the
-        aligned query embeddings that geometric levels read; ``nodes`` and ``parents`` (per level, the (N,) trie
-        node of each SID's prefix, onevision.generative.nodes.trie_paths): node geometry."""
+        aligned query embeddings that geometric levels read; ``nodes`` and ``children`` (per level, the (N, V_l)
+        child node ids of each SID's prefix, onevision.generative.nodes.trie_paths): node geometry."""
         cross = self.cross_kv(memory) if cross is None else cross
         h = self.decode(self.decoder_inputs(sids), cross, mem_mask)  # (N, L, C)
         G = self.cfg.geo_levels
         resid = self.residuals(query, sids) if G and nodes is None else None  # (N, G, D)
         shift = self.query_shift(query) if self.tied else None
         return [self.level_logits(h[:, level], level, resid=None if resid is None or level >= G else resid[:, level], shift=shift, query=query,
-                                  parents=None if nodes is None or level >= G else parents[level], nodes=nodes)
+                                  children=None if nodes is None or level >= G else children[level], nodes=nodes)
                 for level in range(self.cfg.n_levels)]
 
     def sequence_log_prob(self, memory, mem_mask, sids, cross=None, query=None) -> torch.Tensor:
@@ -502,13 +502,13 @@ class SIDGenerator(nn.Module):
         return sum(F.log_softmax(lg.float(), dim=-1).gather(1, sids[:, lvl : lvl + 1]).squeeze(1) for lvl, lg in enumerate(logits[: self.trained_levels]))
 
     def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                allowed: list[torch.Tensor] | None = None, *, parents: list[torch.Tensor] | None = None, nodes=None):
+                allowed: list[torch.Tensor] | None = None, *, children: list[torch.Tensor] | None = None, nodes=None):
         """ctx: B contexts; targets: (B, L) SIDs -> (logits list of (B, V_l), loss or None).
 
         loss: the (optionally weighted) mean over examples of the SID's negative log-likelihood, summed over
         :attr:`trained_levels` (next-level prediction from the SID's prefix), each level's softmax over the
-        trie's valid children when ``allowed`` (``SIDTrie.path_masks``) is given; ``nodes`` and ``parents``: node
-        geometry (onevision.generative.nodes.trie_paths gives ``parents`` and ``allowed``).
+        trie's valid children when ``allowed`` (``SIDTrie.path_masks``) is given; ``nodes`` and ``children``: node
+        geometry (onevision.generative.nodes.trie_paths gives ``children``; ``allowed`` is then ``children >= 0``).
         """
         if targets is None:  # level-0 distribution only: generation goes through decode.py
             memory, mask = self.encode(ctx)
@@ -517,7 +517,7 @@ class SIDGenerator(nn.Module):
             shift = self.query_shift(ctx.image) if self.tied else None
             return [self.level_logits(h[:, 0], 0, resid=ctx.image, shift=shift)], None
         memory, mask = self.encode(ctx)
-        logits = self.logits_for(memory, mask, targets, query=ctx.image, parents=parents, nodes=nodes)
+        logits = self.logits_for(memory, mask, targets, query=ctx.image, children=children, nodes=nodes)
         nll = -sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, targets[:, lvl : lvl + 1]).squeeze(1)
                    for lvl, lg in enumerate(logits[: self.trained_levels]))  # (B,)
         if weights is None:

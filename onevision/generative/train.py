@@ -138,9 +138,11 @@ def _masks(model: SIDGenerator, trie, targets: torch.Tensor) -> dict:
     (an unconstrained softmax)."""
     if trie is None:
         return {}
-    parents, allowed = trie_paths(trie, targets, model.trained_levels)
     geom = node_geometry(model, trie)
-    return {"allowed": allowed} if geom is None else {"allowed": allowed, "parents": parents, "nodes": geom}
+    if geom is None:
+        return {"allowed": trie.path_masks(targets, model.trained_levels)}
+    children = trie_paths(trie, targets, model.trained_levels)
+    return {"allowed": [c >= 0 for c in children], "children": children, "nodes": geom}
 
 
 @torch.no_grad()

@@ -100,17 +100,19 @@ def test_decoder_alone_search_equals_exhaustive_scoring_and_training_shares_its_
     with torch.no_grad():
         losses = []
         for i in range(5):
-            parents, allowed = trie_paths(trie, targets[i : i + 1], 2)
-            losses.append(model(ctx.index(torch.tensor([i])), targets[i : i + 1], allowed=allowed, parents=parents, nodes=geom)[1])
+            children = trie_paths(trie, targets[i : i + 1], 2)
+            losses.append(model(ctx.index(torch.tensor([i])), targets[i : i + 1], allowed=[c >= 0 for c in children], children=children, nodes=geom)[1])
     decoded = candidate_prefix_scores(model, ctx, sids=targets.unsqueeze(1), learned_weight=1.0, trie=trie)[:, 0]
     torch.testing.assert_close(torch.stack(losses), -decoded, atol=1e-4, rtol=0)
     # and the loss is a softmax over the trie's children only: a code outside them changes nothing
     with torch.no_grad():
         h = torch.zeros(1, 16)
-        parents, allowed = trie_paths(trie, targets[:1], 2)
-        logits = model.level_logits(h, 1, query=ctx.image[:1], parents=parents[1], nodes=geom, shift=torch.zeros(1, D))
-    assert (logits[~allowed[1]] == 0).all()
-    assert torch.isinf(log_softmax_over(logits, allowed[1])[~allowed[1]]).all()
+        children = trie_paths(trie, targets[:1], 2)
+        logits = model.level_logits(h, 1, query=ctx.image[:1], children=children[1], nodes=geom, shift=torch.zeros(1, D))
+    allowed = children[1] >= 0
+    torch.testing.assert_close(allowed, trie.path_masks(targets[:1], 2)[1])
+    assert (logits[~allowed] == 0).all()
+    assert torch.isinf(log_softmax_over(logits, allowed)[~allowed]).all()
 
 
 def test_the_node_table_follows_the_item_store():
@@ -140,7 +142,22 @@ def test_a_table_first_built_by_a_search_trains():
     geometric_beam_search(model, ctx, trie=trie, beam_width=4, k=4, use_leaf=False)  # builds and caches the table
     model.train()
     targets = trie.sids[:3]
-    parents, allowed = trie_paths(trie, targets, 2)
-    _, loss = model(ctx, targets, allowed=allowed, parents=parents, nodes=node_geometry(model, trie))
+    children = trie_paths(trie, targets, 2)
+    _, loss = model(ctx, targets, allowed=[c >= 0 for c in children], children=children, nodes=node_geometry(model, trie))
     loss.backward()
     assert model.query_head.weight.grad is not None and bool(torch.isfinite(model.query_head.weight.grad).all())
+
+
+def test_unconstrained_node_search_counts_dead_prefixes_and_names_only_catalog_items():
+    """Without the trie mask a missing child scores 0 and may survive; it must stay dead at the next level (not read as
+    the root's first child) and expand to no item."""
+    rng = np.random.default_rng(3)
+    books, emb, items, trie = tiny_catalog(3, n_items=6)
+    model = nodes_model(trie, books, emb, items)
+    ctx = contexts(rng, rng.normal(size=(16, D)).astype(np.float32))
+    free = geometric_beam_search(model, ctx, trie=trie, beam_width=12, k=5, constrained=False, learned_weight=0.0)
+    assert 0.0 < free.dead_prefixes < 1.0
+    ok = free.item_ids >= 0
+    assert torch.isin(free.item_ids[ok], trie.leaf_item).all() and (trie.lookup(free.sids[ok]) == free.item_ids[ok]).all()
+    masked = geometric_beam_search(model, ctx, trie=trie, beam_width=12, k=5, learned_weight=0.0)
+    assert masked.invalid_rate == 0.0 and masked.dead_prefixes is None
