@@ -420,7 +420,7 @@ class SIDGenerator(nn.Module):
         """(N, D) aligned query embeddings -> (N, D) the tied head's linear correction of them (once per query)."""
         return self.query_mix(query.float())
 
-    def learned_logits(self, h: torch.Tensor, level: int, resid: torch.Tensor | None = None, shift: torch.Tensor | None = None, *,
+    def learned_logits(self, h: torch.Tensor, level: int, *, resid: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                        query: torch.Tensor | None = None, children: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
         """The decoder's own logits of ``level`` from its state ``h`` (N, C).
 
@@ -466,7 +466,7 @@ class SIDGenerator(nn.Module):
             if w < 1.0:
                 out = (1.0 - w) * geo_weight * geometry()
             if w > 0.0:
-                out = out + w * self.learned_logits(h, level, resid, shift, query=query, children=children, nodes=nodes)
+                out = out + w * self.learned_logits(h, level, resid=resid, shift=shift, query=query, children=children, nodes=nodes)
             return out
         out = geo_weight * geometry()
         if learned_weight and h is not None:
@@ -479,7 +479,7 @@ class SIDGenerator(nn.Module):
         decoded, the trie expands it), every level otherwise."""
         return self.cfg.geo_levels if self.tied else self.cfg.n_levels
 
-    def logits_for(self, memory, mem_mask, sids, cross=None, query=None, *, children=None, nodes=None) -> list[torch.Tensor]:
+    def logits_for(self, memory, mem_mask, *, sids, cross=None, query=None, children=None, nodes=None) -> list[torch.Tensor]:
         """Teacher-forced logits per level: list of L tensors (N, V_l); memory rows align with sids rows.
 
         ``cross``: precomputed ``cross_kv`` rows (then ``memory`` is not read); ``query`` (N, D): the
@@ -498,11 +498,11 @@ class SIDGenerator(nn.Module):
         """log p(sid | context) = sum over the trained levels of log p(code_l | context, code_<l) -> (N,), each level
         a softmax over every code (the untied decoders' DPO and exhaustive scoring; the tied decoder's trie-normalised
         scores are geosearch.candidate_prefix_scores)."""
-        logits = self.logits_for(memory, mem_mask, sids, cross, query)
+        logits = self.logits_for(memory, mem_mask, sids=sids, cross=cross, query=query)
         return sum(F.log_softmax(lg.float(), dim=-1).gather(1, sids[:, lvl : lvl + 1]).squeeze(1) for lvl, lg in enumerate(logits[: self.trained_levels]))
 
-    def forward(self, ctx: Context, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                allowed: list[torch.Tensor] | None = None, *, children: list[torch.Tensor] | None = None, nodes=None):
+    def forward(self, ctx: Context, targets: torch.Tensor | None = None, *, weights: torch.Tensor | None = None,
+                allowed: list[torch.Tensor] | None = None, children: list[torch.Tensor] | None = None, nodes=None):
         """ctx: B contexts; targets: (B, L) SIDs -> (logits list of (B, V_l), loss or None).
 
         loss: the (optionally weighted) mean over examples of the SID's negative log-likelihood, summed over
@@ -517,7 +517,7 @@ class SIDGenerator(nn.Module):
             shift = self.query_shift(ctx.image) if self.tied else None
             return [self.level_logits(h[:, 0], 0, resid=ctx.image, shift=shift)], None
         memory, mask = self.encode(ctx)
-        logits = self.logits_for(memory, mask, targets, query=ctx.image, children=children, nodes=nodes)
+        logits = self.logits_for(memory, mask, sids=targets, query=ctx.image, children=children, nodes=nodes)
         nll = -sum(log_softmax_over(lg, None if allowed is None else allowed[lvl]).gather(1, targets[:, lvl : lvl + 1]).squeeze(1)
                    for lvl, lg in enumerate(logits[: self.trained_levels]))  # (B,)
         if weights is None:

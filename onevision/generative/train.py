@@ -152,7 +152,7 @@ def mean_nll(model: SIDGenerator, bank: ImageBank, examples: SIDExamples, batch_
     with eval_mode(model):
         for idx in _batches(len(examples), batch_size, None):
             target = examples.target[idx]
-            _, loss = model(examples.rows.context(bank, idx), target, examples.weight[idx], **_masks(model, trie, target))
+            _, loss = model(examples.rows.context(bank, idx), target, weights=examples.weight[idx], **_masks(model, trie, target))
             w = float(examples.weight[idx].sum())
             total, weight = total + float(loss) * w, weight + w
     return total / max(weight, 1e-12)
@@ -197,7 +197,7 @@ def train_sid_model(
             mine = distributed.shard(torch.arange(len(idx)), world)
             w = examples.weight[idx[mine]]
             target = examples.target[idx[mine]]
-            _, loss = net(ctx.index(mine), target, w, **_masks(model, trie, target))
+            _, loss = net(ctx.index(mine), target, weights=w, **_masks(model, trie, target))
             opt.zero_grad(set_to_none=True)
             (loss * distributed.share_scale(w.sum(), examples.weight[idx].sum(), world)).backward()
             if grad_clip > 0:
@@ -302,8 +302,8 @@ def token_kl(policy: SIDGenerator, reference: SIDGenerator, *, bank: ImageBank, 
     total, n = 0.0, 0
     for idx in _batches(len(rows), batch_size, None):
         ctx = rows.context(bank, idx)
-        lp = policy.logits_for(*policy.encode(ctx), sids[idx])
-        lr = reference.logits_for(*reference.encode(ctx), sids[idx])
+        lp = policy.logits_for(*policy.encode(ctx), sids=sids[idx])
+        lr = reference.logits_for(*reference.encode(ctx), sids=sids[idx])
         for a, b in zip(lp, lr, strict=True):
             pa, pb = F.log_softmax(a, -1), F.log_softmax(b, -1)  # (B, V)
             total += float((pa.exp() * (pa - pb)).sum())

@@ -99,7 +99,7 @@ def test_kv_cache_decoding_matches_teacher_forcing():
     sids = torch.tensor([[1, 2, 0], [3, 4, 2], [0, 0, 1], [2, 1, 1], [1, 3, 2]])
     with torch.no_grad():
         memory, mask = model.encode(ctx)
-        full = model.logits_for(memory, mask, sids)  # teacher forcing, causal mask
+        full = model.logits_for(memory, mask, sids=sids)  # teacher forcing, causal mask
         cross, caches = model.cross_kv(memory), [{} for _ in model.decoder]
         for level in range(3):
             x = model.step_input(level, None if level == 0 else sids[:, level - 1], len(sids))
@@ -112,8 +112,8 @@ def test_unused_history_slots_and_visual_pooling():
     sids = torch.tensor([[1, 2, 0], [3, 4, 2], [0, 0, 1], [2, 1, 1]])
     short = Context(ctx.visual, ctx.image, ctx.user, ctx.history[:, :1], ctx.action[:, :1])  # slot 1 is empty everywhere
     with torch.no_grad():
-        full = model.logits_for(*model.encode(ctx), sids)
-        trimmed = model.logits_for(*model.encode(short), sids)
+        full = model.logits_for(*model.encode(ctx), sids=sids)
+        trimmed = model.logits_for(*model.encode(short), sids=sids)
     for a, b in zip(full, trimmed, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     pooled = SIDGenerator(GeneratorConfig(codebook_sizes=SIZES, token_dim=8, n_visual_tokens=4, visual_grid=1, embed_dim=6, n_users=3, history_len=2, d_model=16, n_heads=2))
@@ -132,7 +132,7 @@ def test_forward_loss_is_the_mean_sid_nll():
         nll = -model.sequence_log_prob(memory, mask, sids)
     torch.testing.assert_close(loss, nll.mean(), atol=1e-5, rtol=0)
     w = torch.tensor([1.0, 0, 0, 0, 0, 3.0])
-    _, weighted = model(ctx, sids, w)
+    _, weighted = model(ctx, sids, weights=w)
     torch.testing.assert_close(weighted, (nll[0] + 3 * nll[5]) / 4, atol=1e-5, rtol=0)
 
 

@@ -47,7 +47,7 @@ def renormalised_log_probs(model, ctx, trie: SIDTrie) -> torch.Tensor:
     with torch.no_grad():
         memory, mask = model.encode(ctx)
         rows = torch.arange(B).repeat_interleave(N)
-        logits = model.logits_for(memory[rows], mask[rows], trie.sids.repeat(B, 1))  # L x (B*N, V)
+        logits = model.logits_for(memory[rows], mask[rows], sids=trie.sids.repeat(B, 1))  # L x (B*N, V)
     total = torch.zeros(B * N)
     node = torch.zeros(B * N, dtype=torch.long)
     sids = trie.sids.repeat(B, 1)
