@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.onevision/dvc-site-cache
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-small demo-full test test-fast lint ui-mlflow ui-prefect clean
+.PHONY: install demo demo-small demo-full test test-fast bench bench-quick lint ui-mlflow ui-prefect clean
 
 CHROMEDRIVER := /usr/bin/chromedriver
 PG_CLUSTER   := /usr/bin/pg_ctlcluster
@@ -59,6 +59,15 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m 'not slow'
+
+# Every comparison side by side on one page (benchmarks/run.py): the full run retrains both profiles in throwaway
+# projects and times 10k-1M catalogs (about 50 minutes on 2 cores); the quick run reads this checkout's trained
+# project (after make demo) and writes benchmarks/results/run_quick.md (CI).
+bench: install
+	$(BIN)/python -m benchmarks run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks run --quick --root .
 
 lint: install
 	$(BIN)/ruff check onevision tests benchmarks

@@ -31,6 +31,7 @@ import torch
 from onevision.generative.checkpoint import build_generator
 from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context, GeneratorConfig
+from onevision.generative.nodes import node_geometry
 from onevision.generative.trie import SIDTrie
 from onevision.markdown import table as markdown_table
 from onevision.vrq.quantizer import disambiguate
@@ -80,12 +81,14 @@ def measure(n: int, reps: int, seed: int = 0) -> dict:
     levels = sids.shape[1] - 1
     trie = SIDTrie(sids, items, (CODES,) * levels + (int(sids[:, -1].max()) + 1,))
     cfg = GeneratorConfig(codebook_sizes=trie.codebook_sizes, token_dim=4, n_visual_tokens=4, embed_dim=DIM, d_model=16, n_heads=2,
-                          n_enc_layers=1, n_dec_layers=1, geo_levels=levels, geo_dim=DIM, leaf_items=n, leaf_categories=10, leaf_brands=10)
+                          n_enc_layers=1, n_dec_layers=1, geo_levels=levels, geo_dim=DIM, leaf_items=n, leaf_categories=10, leaf_brands=10,
+                          node_geometry=True)  # the shipped decoding: prefixes scored by their items' centroids
     model = build_generator(cfg).eval()
     model.set_codebooks(books)
     model.learned_weight.fill_(0.0)
     table = pd.DataFrame({"item_id": items, "category": items % 10, "brand": (items // 10 % 10).astype(str), "price": 1.0 + items % 7})
     model.leaf.fill(table, items, emb)
+    nodes = node_geometry(model, trie)  # built once per catalog, as a loaded model does on its first query
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
     queries = emb[rng.integers(n, size=reps + 64)] + 0.3 / np.sqrt(DIM) * rng.normal(size=(reps + 64, DIM)).astype(np.float32)
@@ -128,7 +131,7 @@ def measure(n: int, reps: int, seed: int = 0) -> dict:
         "exact_recall_b1_p50_ms": round(p(flat, 50), 3), "exact_recall_b64_ms_per_query": round(flat_batched, 3),
         "onevision_finds_exact_nn_at_10": round(hits / min(50, reps), 3),
         "trie_mb": round(trie.memory_bytes() / 2**20, 1), "item_store_mb": round(store / 2**20, 1),
-        "codebooks_mb": round(model.codebooks.numel() * 4 / 2**20, 2),
+        "codebooks_mb": round(model.codebooks.numel() * 4 / 2**20, 2), "node_table_mb": round(nodes.memory_bytes() / 2**20, 1),
     }
 
 
@@ -158,7 +161,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "threads": args.threads, "machine": platform.platform(), "beam": BEAM, "k": K}, indent=2) + "\n")
     cols = ["items", "onevision_b1_p50_ms", "onevision_b1_p95_ms", "onevision_b64_ms_per_query", "onevision_p50_vs_smallest",
             "exact_recall_b1_p50_ms", "exact_recall_b64_ms_per_query", "exact_recall_p50_vs_smallest", "exact_recall_over_onevision_b1",
-            "onevision_finds_exact_nn_at_10", "trie_mb", "item_store_mb"]
+            "onevision_finds_exact_nn_at_10", "trie_mb", "item_store_mb", "node_table_mb"]
     lines = ["# OneVision decode cost vs catalog size", "",
              f"`python benchmarks/geo_scaling.py{' --quick' if args.quick else ''}` ({args.threads} thread(s), {platform.processor() or platform.machine()}). "
              f"Synthetic catalogs, {LEVELS} residual levels x {CODES} codes fit by RQ-KMeans ({KMEANS_ITERS} iterations on <= {KMEANS_SAMPLE} residuals per level) + disambiguation, beam {BEAM}, k {K}; exact recall = faiss IndexFlatIP top-{RECALL_K}.", "",

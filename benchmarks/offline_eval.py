@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
 COPY = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config")
-COPY_DIRS = ("onevision",)
+COPY_DIRS = ("onevision", "flows", "tasks")  # the retrain command runs the flow in flows/ (onevision.app.entrypoints)
 # per-1k counts and QPS read best with one decimal, rates and milliseconds with three
 ONE_DECIMAL = ("sim_clicks_per_1k", "sim_orders_per_1k", "qps")
 HEADLINE = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_1k", "sim_conversion", "latency_p50_ms", "latency_p95_ms", "qps")

@@ -18,6 +18,7 @@ REPORTS = Path("reports")  # human-readable reports (markdown, HTML)
 PLOTS = Path("plots")
 MODELS = Path("models")
 PRUNING = MODELS / "pruning"  # stage calibrate_pruning: the chosen pruning operating point
+RESOURCES = Path(".onevision") / "resources"  # <stage>.json: the last run's wall time and peak memory (local state, not DVC)
 
 
 def metrics_file(stage: str) -> Path:

@@ -25,7 +25,10 @@ module to :data:`STAGE_MODULES`), and its config section (``config.py``,
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import resource
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -143,11 +146,36 @@ def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
     Under torchrun (``distributed.nproc_per_node`` > 1) every process runs the stage data-parallel and
     rank 0 alone writes its outputs and metrics.
     """
+    t0 = time.perf_counter()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return write_metrics(Path(root), name, stage_function(name)(cfg, Path(root)))
+        metrics = write_metrics(Path(root), name, stage_function(name)(cfg, Path(root)))
+        write_resources(Path(root), name, time.perf_counter() - t0)
+        return metrics
     from onevision import distributed  # lazy: torch, only a torchrun process pays for it here
 
     world = distributed.init_from_env()
     metrics = {**stage_function(name)(cfg, Path(root)), "processes": world.size}
     distributed.shutdown()
-    return write_metrics(Path(root), name, metrics) if world.is_main else metrics
+    if not world.is_main:
+        return metrics
+    write_resources(Path(root), name, time.perf_counter() - t0)
+    return write_metrics(Path(root), name, metrics)
+
+
+def write_resources(root: Path, stage: str, seconds: float) -> None:
+    """``.onevision/resources/<stage>.json``: this run's wall time and the stage process's peak RSS (local state beside the
+    metrics, which stay reproducible; the benchmark page reads it). Rank 0's process under torchrun."""
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    atomic.write_json(Path(root) / paths.RESOURCES / f"{stage}.json", {"stage": stage, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)})
+
+
+def read_resources(root: Path) -> dict[str, dict[str, Any]]:
+    """The recorded resources of every stage that has run in ``root`` (see :func:`write_resources`)."""
+    folder = Path(root) / paths.RESOURCES
+    out = {}
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out

@@ -19,6 +19,7 @@ from onevision.app.options import ProfileOpt, RootOpt, SetOpt
 from onevision.config import PARAMS_FILE, ConfigError
 from onevision.pipeline import apply_local_state_env, stages_until, write_run_params
 from onevision.project import Project
+from onevision.stages import read_resources
 
 
 class RetrainStopped(BaseException):
@@ -99,9 +100,11 @@ def retrain_command(
               "unchanged for it); finished stages are kept, so `onevision retrain` resumes from that stage", code=128 + signum)
     except Exception as exc:  # the flow already logged the traceback
         fail_run("retrain", exc)
-    typer.echo("\nstage            status     seconds")
+    peaks = read_resources(root)
+    typer.echo("\nstage            status     seconds   peak RSS MB")
     for o in outcomes:
-        typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}")
+        peak = peaks.get(o["stage"], {}).get("peak_rss_mb") if not o["skipped"] else None
+        typer.echo(f"{o['stage']:<16} {'skipped' if o['skipped'] else 'ran':<9} {o['seconds']:8.1f}   {'' if peak is None else f'{peak:11.0f}'}")
     total = sum(o["seconds"] for o in outcomes)
     typer.echo(f"{'total':<26} {total:8.1f}")
     for line in retrain_summary(root):

@@ -122,7 +122,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         else:
             beam_query = query.unsqueeze(1).expand(-1, width, -1).reshape(B * width, -1)
             logits = model.level_logits(h, level, query=beam_query, children=child, nodes=geom, learned_weight=lam, geo_weight=geo_weight,
-                                        shift=beam_shift)
+                                        shift=beam_shift, resid=None if geom.exact[level] else resid.reshape(B * width, -1))
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         if shopper is None:
             allowed = None if not constrained else (child >= 0 if child is not None else trie.allowed(level, nodes.reshape(-1).clamp(min=0)))
@@ -145,7 +145,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             nodes = child.view(B, width * V).gather(1, idx)
         else:
             nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
-        if geom is None:
+        if geom is None or not all(geom.exact[level + 1 :]):  # the residual, for the levels that score codebooks
             resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
         if learned and level < G - 1:
             rows = (torch.arange(B).unsqueeze(1) * width + parent).reshape(-1)
@@ -211,7 +211,7 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
     flat = sids.clamp(min=0).reshape(B * M, L)
     query = ctx.image.float().repeat_interleave(M, 0)
     geom = node_geometry(model, trie)
-    resid = model.residuals(query, flat) if geom is None else None  # (BM, G, D)
+    resid = model.residuals(query, flat)  # (BM, G, D)
     h = shift = None
     children = trie_paths(trie, flat, G) if trie is not None else None
     allowed = [c >= 0 for c in children] if children is not None else [None] * G
@@ -225,7 +225,7 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
             shift = model.query_shift(query) if model.tied else None
         total = torch.zeros(B * M)
         for level in range(G):
-            logits = model.level_logits(None if h is None else h[:, level], level, resid=None if resid is None else resid[:, level], learned_weight=lam,
+            logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam,
                                         shift=shift, query=query, children=None if geom is None else children[level], nodes=geom)
             if shopper is not None:  # the search's shopper term, over the same children
                 logits = logits + shopper[level][children[level], query_of]

@@ -427,19 +427,20 @@ class SIDGenerator(nn.Module):
         Tied head, geometric level: the decoder predicts where the item the shopper wants lies, correcting the photo's
         embedding by ``shift + query_head(h)`` (``shift`` (N, D): :meth:`query_shift` of the photo), and scores each
         child by how close it is: with ``nodes`` (node geometry, onevision.generative.nodes) the ``children`` (N, V)
-        node ids by their item centroids, ``s_l (2 q_hat.mu - |mu|^2) + log n`` for ``q_hat = query + shift +
+        node ids by their item centroids (a level that is not ``nodes.exact``: the codebook below, plus ``log n``), ``s_l (2 q_hat.mu - |mu|^2) + log n`` for ``q_hat = query + shift +
         query_head(h)``; otherwise code ``v`` by how much it shrinks the predicted residual ``r_hat = resid + shift +
         query_head(h)``, ``s_l (2 r_hat.c_v - |c_v|^2)``. Plus a free per-code term ``heads[l](h)`` (what no geometry
         says: a shopper's taste for a cluster). Otherwise the free head alone."""
         free = self.heads[level](h)
         if not (self.tied and level < self.cfg.geo_levels):
             return free
-        scale = self.tied_log_scale[level].exp()
-        if nodes is not None:
-            return nodes.logits(level, query + shift + self.query_head(h), children, scale) + free
-        r_hat = resid + shift + self.query_head(h)
+        scale, correction = self.tied_log_scale[level].exp(), shift + self.query_head(h)
+        if nodes is not None and nodes.exact[level]:
+            return nodes.logits(level, query + correction, children, scale) + free
+        r_hat = resid + correction
         book = self.codebook(level)
-        return scale * (2 * r_hat @ book.T - (book * book).sum(-1)) + free
+        out = scale * (2 * r_hat @ book.T - (book * book).sum(-1)) + free
+        return out if nodes is None else out + nodes.log_count(children, level)
 
     def level_logits(self, h: torch.Tensor | None, level: int, *, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
                      geo_weight: float = 1.0, shift: torch.Tensor | None = None, query: torch.Tensor | None = None,
@@ -456,9 +457,11 @@ class SIDGenerator(nn.Module):
             return self.heads[level](h)  # (N, V_level)
 
         def geometry() -> torch.Tensor:
-            if nodes is not None:
+            if nodes is None:
+                return self.geo_logits(resid, level)
+            if nodes.exact[level]:
                 return nodes.logits(level, query, children, self.geo_log_scale[level].exp())
-            return self.geo_logits(resid, level)
+            return self.geo_logits(resid, level) + nodes.log_count(children, level)
 
         if self.tied:
             w = 1.0 if geo_weight == 0.0 else float(learned_weight)
@@ -488,7 +491,7 @@ class SIDGenerator(nn.Module):
         cross = self.cross_kv(memory) if cross is None else cross
         h = self.decode(self.decoder_inputs(sids), cross, mem_mask)  # (N, L, C)
         G = self.cfg.geo_levels
-        resid = self.residuals(query, sids) if G and nodes is None else None  # (N, G, D)
+        resid = self.residuals(query, sids) if G else None  # (N, G, D); node geometry reads it at levels that are not exact
         shift = self.query_shift(query) if self.tied else None
         return [self.level_logits(h[:, level], level, resid=None if resid is None or level >= G else resid[:, level], shift=shift, query=query,
                                   children=None if nodes is None or level >= G else children[level], nodes=nodes)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 
+from onevision.generative import nodes
 from onevision.generative.checkpoint import build_generator
 from onevision.generative.geosearch import candidate_prefix_scores, geometric_beam_search
 from onevision.generative.model import GeneratorConfig, log_softmax_over
@@ -35,9 +37,10 @@ def nodes_model(trie, books, emb, items, *, tied: bool = True, perturb: float = 
     return model
 
 
-def _reference_scores(query: np.ndarray, emb: np.ndarray, items: np.ndarray, trie, scale: float) -> dict[int, float]:
+def _reference_scores(query: np.ndarray, emb: np.ndarray, items: np.ndarray, trie, scale: float, books, exact: list[bool]) -> dict[int, float]:
     """Plain Python: each item's sum over the geometric levels of log-softmax over its prefix's siblings of
-    ``-scale |q - mu|^2 + log n`` (mu, n: the mean embedding and count of the items under the child)."""
+    ``-scale |q - mu|^2 + log n`` (mu, n: the mean embedding and count of the items under the child; at a level that is
+    not ``exact``, mu is the child prefix's codebook reconstruction)."""
     sids = trie.sids.numpy()
     row = {int(i): r for r, i in enumerate(items)}
     vec = np.stack([emb[row[int(i)]] for i in trie.leaf_item])  # trie leaf order
@@ -50,7 +53,7 @@ def _reference_scores(query: np.ndarray, emb: np.ndarray, items: np.ndarray, tri
             logits = {}
             for code in siblings:
                 under = (sids[:, : level + 1] == np.array([*prefix, code])).all(1)
-                mu = vec[under].mean(0)
+                mu = vec[under].mean(0) if exact[level] else sum(books[j][c] for j, c in enumerate((*prefix, code)))
                 logits[code] = -scale * float(((query - mu) ** 2).sum()) + np.log(under.sum())
             top = max(logits.values())
             total += logits[int(sid[level])] - top - np.log(sum(np.exp(v - top) for v in logits.values()))
@@ -58,9 +61,15 @@ def _reference_scores(query: np.ndarray, emb: np.ndarray, items: np.ndarray, tri
     return out
 
 
-def test_the_prior_scores_children_by_their_items_centroid_and_count():
+@pytest.mark.parametrize("exact_max_items", [100.0, 4.0])
+def test_the_prior_scores_children_by_their_items_centroid_and_count(monkeypatch, exact_max_items):
+    """With the bound high every level reads centroids; at 4 the tiny catalog's level 1 (12 items per child) keeps the
+    codebooks' reconstruction and adds only the log count."""
+    monkeypatch.setattr(nodes, "EXACT_MAX_ITEMS", exact_max_items)
+    monkeypatch.setattr(nodes, "EXACT_MAX_FILL", 1.0)  # the tiny catalog's prefixes use most of its 4 codes
     books, emb, items, trie = tiny_catalog()
     model = nodes_model(trie, books, emb, items)
+    assert node_geometry(model, trie).exact == [True, exact_max_items > 12]
     rng = np.random.default_rng(2)
     q = (emb[rng.integers(len(emb), size=4)] + 0.3 * rng.normal(size=(4, D))).astype(np.float32)
     ctx = contexts(rng, q)
@@ -68,19 +77,31 @@ def test_the_prior_scores_children_by_their_items_centroid_and_count():
     scale = float(model.geo_log_scale[0].detach().exp())
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)  # the store keeps L2-normalised embeddings
     for b in range(4):
-        want = _reference_scores(q[b].astype(np.float64), unit.astype(np.float64), items, trie, scale)
+        want = _reference_scores(q[b].astype(np.float64), unit.astype(np.float64), items, trie, scale, [b.astype(np.float64) for b in books],
+                                 node_geometry(model, trie).exact)
         got = {int(i): float(s) for i, s in zip(res.item_ids[b], res.scores[b], strict=True) if i >= 0}
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-4, atol=1e-3)
+    if not exact_max_items > 12:
+        return
     # a one-item prefix is its item: its centroid is the item's own (normalised) embedding
     geom = node_geometry(model, trie)
     single = torch.nonzero(trie.leaf_count[2] == 1)[:, 0]
     leaf = trie.leaf_start[2][single]
     rows = model.leaf.rows(trie.leaf_item[leaf])
-    torch.testing.assert_close(geom.mu[1][single], model.leaf.emb[rows])
+    torch.testing.assert_close(geom.centroids(1, single), model.leaf.emb[rows])
+    # a node of several items keeps their mean
+    many = torch.nonzero(trie.leaf_count[1] > 1)[:, 0]
+    for node in many.tolist():
+        start, count = int(trie.leaf_start[1][node]), int(trie.leaf_count[1][node])
+        items_rows = model.leaf.rows(trie.leaf_item[start : start + count])
+        torch.testing.assert_close(geom.centroids(0, torch.tensor([node]))[0], model.leaf.emb[items_rows].mean(0))
 
 
-def test_decoder_alone_search_equals_exhaustive_scoring_and_training_shares_its_normalisation():
+@pytest.mark.parametrize("exact_max_items", [100.0, 4.0])
+def test_decoder_alone_search_equals_exhaustive_scoring_and_training_shares_its_normalisation(monkeypatch, exact_max_items):
+    monkeypatch.setattr(nodes, "EXACT_MAX_ITEMS", exact_max_items)
+    monkeypatch.setattr(nodes, "EXACT_MAX_FILL", 1.0)
     books, emb, items, trie = tiny_catalog()
     model = nodes_model(trie, books, emb, items, perturb=0.1)
     rng = np.random.default_rng(4)
@@ -108,10 +129,12 @@ def test_decoder_alone_search_equals_exhaustive_scoring_and_training_shares_its_
     with torch.no_grad():
         h = torch.zeros(1, 16)
         children = trie_paths(trie, targets[:1], 2)
-        logits = model.level_logits(h, 1, query=ctx.image[:1], children=children[1], nodes=geom, shift=torch.zeros(1, D))
+        resid = model.residuals(ctx.image[:1], targets[:1])[:, 1]
+        logits = model.level_logits(h, 1, query=ctx.image[:1], children=children[1], nodes=geom, shift=torch.zeros(1, D), resid=resid)
     allowed = children[1] >= 0
     torch.testing.assert_close(allowed, trie.path_masks(targets[:1], 2)[1])
-    assert (logits[~allowed] == 0).all()
+    if geom.exact[1]:
+        assert (logits[~allowed] == 0).all()
     assert torch.isinf(log_softmax_over(logits, allowed)[~allowed]).all()
 
 
@@ -126,7 +149,7 @@ def test_the_node_table_follows_the_item_store():
     second = node_geometry(model, trie)
     assert second is not first
     want = trie.subtree_means(F.normalize(torch.from_numpy(moved), dim=-1)[model.leaf.rows(trie.leaf_item)], 1)
-    torch.testing.assert_close(second.mu[0][:-1], want)
+    torch.testing.assert_close(second.centroids(0, torch.arange(len(want))), want)
     # a model without node geometry keeps the codebooks' residual geometry
     plain = nodes_model(trie, books, emb, items)
     plain.cfg.node_geometry = False
