@@ -7,7 +7,7 @@ Reads a project where every stage up to ``evaluate`` has run and writes, side by
    the stage rows, MCA; each as a ratio to MCA;
 2. the decoder weight VAL chose after pretraining and after SFT, with the VAL table by weight
    (``metrics/pretrain.json``, ``metrics/sft.json``);
-3. personalised generation, on TEST queries of known shoppers: the decoder alone (no geometry term, no leaf
+3. personalised generation, on TEST queries of known shoppers: the decoder alone (no geometry term, no shopper prefix term, no leaf
    head, the shipped beam width) decoding the same photo for the shopper and anonymously: the share of
    queries whose beams differ, and the beam's recall of the items the shopper clicked or ordered other
    than the photographed one, personalised minus anonymous with a paired bootstrap interval (queries
@@ -84,7 +84,8 @@ def personalisation(root: Path, max_queries: int | None) -> dict:
     others = [o - {int(test.target_ids[i])} for o, i in zip(others, idx, strict=True)]
     has = np.array([len(o) > 0 for o in others])
     whole_beam = W * cfg.generative.decode.max_leaves  # every item under the W kept prefixes
-    for label, opts, k in (("decoder_alone", {"geo_weight": 0.0, "use_leaf": False}, W), ("shipped_beam", {"use_leaf": False}, whole_beam),
+    # the decoder alone without the shopper's prefix term (that term is not the decoder's; the shipped rows keep it)
+    for label, opts, k in (("decoder_alone", {"geo_weight": 0.0, "use_leaf": False, "shopper_weight": 0.0}, W), ("shipped_beam", {"use_leaf": False}, whole_beam),
                            ("shipped", {}, shown)):
         system = retriever.with_options(label, **opts) if opts else retriever  # its context carries the visual tokens the decoder reads
         lists = {}

@@ -46,18 +46,18 @@ SYSTEMS = ("onevision", "onevision_pruned", "onevision_no_decoder", "onevision_n
            "onevision_learned_only", "onevision_pretrain", "onevision_sft", "mca", "mca_pointwise", "mca_no_ranker", "knn")
 
 
-def _env(root: Path) -> dict[str, str]:
-    """A project's own local state (as benchmarks/offline_eval.py runs it): its code first on the path."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(root), "PREFECT_HOME": str(root / ".onevision/prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-           "DVC_SITE_CACHE_DIR": str(root / ".onevision/dvc-site"), "DVC_NO_ANALYTICS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+def _env(root: Path, isolate: bool) -> dict[str, str]:
+    """The environment of a retrain in ``root``: its code first on the path; ``isolate`` (a throwaway project): its own
+    local state (``onevision.pipeline.local_state_env``) over whatever this shell points at (a team's MLflow server)."""
+    from onevision.pipeline import local_state_env
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(root)}
+    return {**env, **local_state_env(root)} if isolate else env
 
 
-def _retrain(root: Path, profile: str) -> float:
+def _retrain(root: Path, profile: str, isolate: bool) -> float:
     t0 = time.perf_counter()
-    subprocess.run([str(BIN / "onevision"), "retrain", "--profile", profile], cwd=root, env=_env(root), check=True)
+    subprocess.run([str(BIN / "onevision"), "retrain", "--profile", profile], cwd=root, env=_env(root, isolate), check=True)
     return time.perf_counter() - t0
 
 
@@ -77,12 +77,13 @@ def _profile(root: Path) -> str:
 
 
 def flow_section(root: Path, profile: str, flow_seconds: float | None) -> dict:
+    # flow_seconds None: a project trained before this run (quick mode), whose state the rerun keeps
     """Per-stage wall time and peak RSS of the flow that trained ``root``, then a timed no-change rerun."""
     from onevision.stages import read_resources, stage_names
 
     resources = read_resources(root)
     stages = [{"stage": s, **{k: resources[s].get(k) for k in ("seconds", "peak_rss_mb")}} for s in stage_names() if s in resources]
-    rerun = _retrain(root, profile)
+    rerun = _retrain(root, profile, isolate=flow_seconds is not None)
     return {"profile": profile, "stages": stages, "flow_seconds": flow_seconds,
             "stage_seconds": round(sum(s["seconds"] or 0 for s in stages), 1), "no_change_rerun_seconds": round(rerun, 1)}
 
@@ -111,29 +112,29 @@ def systems_section(root: Path) -> list[dict]:
 def serving_memory(root: Path, queries: int = 200) -> dict:
     """Peak RSS of a fresh process that loads the shipped retriever and answers ``queries`` batch-1 searches."""
     code = f"""
-import json, resource, numpy as np, torch
+import json, numpy as np, torch
 from pathlib import Path
+from onevision.stages import peak_rss_mb
 torch.set_num_threads(1)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = peak_rss_mb()
 from onevision.config import load_config, PARAMS_FILE
 from onevision.evaluation.harness import load_test_set
 from onevision.generative.retriever import OneVisionRetriever
 root = Path({str(root)!r}); cfg = load_config(root / PARAMS_FILE)
-imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+imported = peak_rss_mb()
 ret = OneVisionRetriever.load(root, "dpo", cfg=cfg)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+loaded = peak_rss_mb()
 test = load_test_set(cfg, root)
 n = min({queries}, len(test))
 for i in range(n):
     ret.retrieve(test.images[i:i+1], test.user_ids[i:i+1], 10)
 m = ret.model
 mb = lambda ts: sum(t.numel() * t.element_size() for t in ts) / 2**20
-print(json.dumps({{"queries": n, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    "after_imports_mb": round(imported, 1), "after_load_mb": round(loaded, 1), "python_start_mb": round(base, 1),
+print(json.dumps({{"queries": n, "peak_rss_mb": peak_rss_mb(), "python_and_torch_mb": base, "after_imports_mb": imported, "after_load_mb": loaded,
     "model_parameters_mb": round(mb(m.parameters()), 1), "item_store_mb": round(mb(m.leaf.buffers()) if m.leaf is not None else 0.0, 1),
     "trie_mb": round(ret.trie.memory_bytes() / 2**20, 1)}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=_env(root), check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=_env(root, isolate=False), check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -157,9 +158,9 @@ def machine() -> dict:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip())
+    changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.split()
     load = os.getloadavg()[0]
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": sys.version.split()[0], "commit": commit + ("+changes" if dirty else ""),
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": sys.version.split()[0], "commit": commit + (f" (with local changes to {', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})" if changed else ""),
             "load_average_at_start": round(load, 2), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for profile in args.profiles.split(","):
                 root = make_project(work / f"flow-{profile}")
-                projects.append((root, profile, _retrain(root, profile)))
+                projects.append((root, profile, _retrain(root, profile, isolate=True)))
         info["flows"] = [flow_section(root, profile, seconds) for root, profile, seconds in projects]
         info["systems"] = {profile: systems_section(root) for root, profile, _ in projects}
         info["serving_memory"] = {profile: serving_memory(root) for root, profile, _ in projects}

@@ -165,8 +165,19 @@ def run_stage(name: str, cfg: Config, root: str | Path = ".") -> dict[str, Any]:
 def write_resources(root: Path, stage: str, seconds: float) -> None:
     """``.onevision/resources/<stage>.json``: this run's wall time and the stage process's peak RSS (local state beside the
     metrics, which stay reproducible; the benchmark page reads it). Rank 0's process under torchrun."""
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    atomic.write_json(Path(root) / paths.RESOURCES / f"{stage}.json", {"stage": stage, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)})
+    atomic.write_json(Path(root) / paths.RESOURCES / f"{stage}.json", {"stage": stage, "seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb()})
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB: ``VmHWM`` of /proc/self/status (its own address space; ``ru_maxrss``
+    would report the parent's peak when that was higher, since Linux keeps it across fork and exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
 def read_resources(root: Path) -> dict[str, dict[str, Any]]:

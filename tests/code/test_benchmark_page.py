@@ -65,3 +65,16 @@ def test_the_command_explains_itself(capsys):
     assert "python -m benchmarks run" in capsys.readouterr().out
     assert bench_main(["walk"]) == 2
     assert "unknown command 'walk'" in capsys.readouterr().err
+
+
+def test_a_stage_records_its_own_peak_memory_not_its_parents():
+    """Linux keeps ru_maxrss across fork and exec, so a small stage started by a big parent would report the parent's
+    peak; peak_rss_mb reads the process's own high-water mark."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 << 20)  # the parent's peak: over 600 MB
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page
+    out = subprocess.run([sys.executable, "-c", "from onevision.stages import peak_rss_mb; print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    assert 5 < float(out.stdout) < 400
+    del ballast
