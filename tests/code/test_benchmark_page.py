@@ -46,6 +46,11 @@ def test_the_page_has_every_section_its_ratios_and_plots(tmp_path):
     assert "2.600 vs 3.000 ms" in text
     for png in ("results/results_quality_latency_small.png", "results/results_scaling.png"):
         assert (tmp_path / png).stat().st_size > 5_000 and f"]({png})" in text
+    # a page written inside results/ (the quick run's) keeps its plots beside it, and its links resolve
+    quick = tmp_path / "results" / "run_quick.md"
+    write_page(_info(), quick)
+    for png in ("run_quick_quality_latency_small.png", "run_quick_scaling.png"):
+        assert (tmp_path / "results" / png).is_file() and f"]({png})" in quick.read_text()
     assert json.loads(out.with_suffix(".json").read_text())["machine"]["commit"] == "abc1234"
 
 
