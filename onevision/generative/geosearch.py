@@ -120,8 +120,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         if geom is None:
             logits = model.level_logits(h, level, resid=resid.reshape(B * width, -1), learned_weight=lam, geo_weight=geo_weight, shift=beam_shift)
         else:
-            beam_query = query.unsqueeze(1).expand(-1, width, -1).reshape(B * width, -1)
-            logits = model.level_logits(h, level, query=beam_query, children=child, nodes=geom, learned_weight=lam, geo_weight=geo_weight,
+            logits = model.level_logits(h, level, query=query, group=width, children=child, nodes=geom, learned_weight=lam, geo_weight=geo_weight,
                                         shift=beam_shift, resid=None if geom.exact[level] else resid.reshape(B * width, -1))
         # one normalisation with training (model.log_softmax_over): a softmax over the trie's valid children
         if shopper is None:

@@ -444,14 +444,14 @@ class SIDGenerator(nn.Module):
 
     def level_logits(self, h: torch.Tensor | None, level: int, *, resid: torch.Tensor | None = None, learned_weight: float = 1.0,
                      geo_weight: float = 1.0, shift: torch.Tensor | None = None, query: torch.Tensor | None = None,
-                     children: torch.Tensor | None = None, nodes=None) -> torch.Tensor:
+                     children: torch.Tensor | None = None, nodes=None, group: int = 1) -> torch.Tensor:
         """Logits of ``level`` for decoding and training (normalise them over the trie's valid children).
 
         Tied head: ``(1 - w) x geometry + w x`` :meth:`learned_logits` with ``w = learned_weight`` (1: the decoder
         alone, what training fits; 0: geometry alone, then ``h`` may be None and no decoder runs); ``geo_weight`` 0
         forces the decoder alone (an ablation). Untied: ``geo_weight x geometry + learned_weight x heads[l](h)``.
         Geometry: with ``nodes`` the ``children`` (N, V) node ids (``SIDTrie.children``) scored against ``query``
-        (N, D) by their item centroids (:class:`onevision.generative.nodes.NodeGeometry`), else the residual ``resid`` (N, D) against the
+        (N / ``group``, D; ``group`` consecutive rows share a query, e.g. its beams) by their item centroids (:class:`onevision.generative.nodes.NodeGeometry`), else the residual ``resid`` (N, D) against the
         level's codebook. Levels past the geometric ones: the free head."""
         if level >= self.cfg.geo_levels:
             return self.heads[level](h)  # (N, V_level)
@@ -460,7 +460,7 @@ class SIDGenerator(nn.Module):
             if nodes is None:
                 return self.geo_logits(resid, level)
             if nodes.exact[level]:
-                return nodes.logits(level, query, children, self.geo_log_scale[level].exp())
+                return nodes.logits(level, query, children, self.geo_log_scale[level].exp(), group=group)
             return self.geo_logits(resid, level) + nodes.log_count(children, level)
 
         if self.tied:
@@ -469,7 +469,8 @@ class SIDGenerator(nn.Module):
             if w < 1.0:
                 out = (1.0 - w) * geo_weight * geometry()
             if w > 0.0:
-                out = out + w * self.learned_logits(h, level, resid=resid, shift=shift, query=query, children=children, nodes=nodes)
+                beams = query if group == 1 or query is None else query.repeat_interleave(group, 0)
+                out = out + w * self.learned_logits(h, level, resid=resid, shift=shift, query=beams, children=children, nodes=nodes)
             return out
         out = geo_weight * geometry()
         if learned_weight and h is not None:

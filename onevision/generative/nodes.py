@@ -45,12 +45,13 @@ class NodeGeometry:
     otherwise duplicate the 512 MB store); only nodes holding several items keep a mean of their own (``extra``)."""
 
     CHUNK = 65536  # leaves gathered at a time while building (bounds the build's extra memory)
+    DENSE_BYTES = 64 << 20  # a level whose centroids fit in this many bytes also keeps them as one dense table (one read)
 
     def __init__(self, trie, store: torch.Tensor, leaf_rows: torch.Tensor, levels: int):
         """``store`` (S, D): the item embeddings (the leaf head's ``emb``); ``leaf_rows`` (N,): the store row of each trie
         leaf, in the trie's sorted leaf order."""
         self.trie, self.store = trie, store
-        self.single, self.row, self.extra, self.sq, self.logn, self.exact = [], [], [], [], [], []
+        self.single, self.row, self.extra, self.sq, self.logn, self.exact, self.dense = [], [], [], [], [], [], []
         for depth in range(1, levels + 1):
             count, start = trie.leaf_count[depth], trie.leaf_start[depth]
             n_nodes = len(count)
@@ -59,7 +60,7 @@ class NodeGeometry:
             exact = depth == 1 or (float(count.float().mean()) <= EXACT_MAX_ITEMS and fill <= EXACT_MAX_FILL)
             self.exact.append(exact)
             if not exact:  # residual geometry at this level: no centroid table
-                self.single.append(None), self.row.append(None), self.extra.append(None), self.sq.append(None)
+                self.single.append(None), self.row.append(None), self.extra.append(None), self.sq.append(None), self.dense.append(None)
                 continue
             single = count == 1
             multi = torch.nonzero(~single).squeeze(1)  # (M,)
@@ -80,15 +81,20 @@ class NodeGeometry:
             self.single.append(is_single)
             self.row.append(row)
             self.extra.append(extra)
+            self.dense.append(None)
             mu_sq = torch.empty(n_nodes + 1)
             for lo in range(0, n_nodes + 1, self.CHUNK):
                 mu = self.centroids(depth - 1, torch.arange(lo, min(lo + self.CHUNK, n_nodes + 1)))
                 mu_sq[lo : lo + len(mu)] = (mu * mu).sum(-1)
             self.sq.append(mu_sq)
+            if (n_nodes + 1) * store.shape[1] * store.element_size() <= self.DENSE_BYTES:
+                self.dense[-1] = self.centroids(depth - 1, torch.arange(n_nodes + 1))  # (N_d + 1, D), the pad row 0
         self.root = self.centroids(0, torch.arange(len(self.row[0]) - 1))  # (N_1, D): level 0 reads them all
 
     def centroids(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         """(E,) depth-``level+1`` node ids (``N_d``: the pad) -> (E, D) their centroids."""
+        if self.dense[level] is not None:
+            return self.dense[level].index_select(0, nodes)
         single, row = self.single[level].index_select(0, nodes), self.row[level].index_select(0, nodes)
         own = self.store.index_select(0, torch.where(single, row, torch.zeros_like(row)))
         mean = self.extra[level].index_select(0, torch.where(single, torch.zeros_like(row), row))
@@ -96,7 +102,7 @@ class NodeGeometry:
 
     def memory_bytes(self) -> int:
         """What the table adds to the model (the item store it points into is the leaf head's)."""
-        tensors = [t for t in (*self.single, *self.row, *self.extra, *self.sq, *self.logn, self.root) if t is not None]
+        tensors = [t for t in (*self.single, *self.row, *self.extra, *self.sq, *self.logn, *self.dense, self.root) if t is not None]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def log_count(self, children: torch.Tensor, level: int) -> torch.Tensor:
@@ -104,20 +110,26 @@ class NodeGeometry:
         keeps the residual geometry."""
         return self.logn[level].index_select(0, children.reshape(-1).clamp(min=-1) % len(self.logn[level])).view(children.shape)
 
-    def logits(self, level: int, query: torch.Tensor, children: torch.Tensor, scale) -> torch.Tensor:
+    def logits(self, level: int, query: torch.Tensor, children: torch.Tensor, scale, group: int = 1) -> torch.Tensor:
         """Logits of ``children`` (N, V_level) depth-``level+1`` node ids (``SIDTrie.children`` of the rows' prefixes, -1:
-        no such child) for ``query`` (N, D) -> (N, V_level): ``scale x (2 q.mu - |mu|^2) + log n`` where a child exists,
-        0 elsewhere (the trie mask removes those). Reads only the existing children (``index_select``: advanced indexing
-        was 5x slower at batch 1)."""
+        no such child) for ``query`` (N / group, D; ``group`` consecutive rows share one query, e.g. a query's beams) ->
+        (N, V_level): ``scale x (2 q.mu - |mu|^2) + log n`` where a child exists, 0 elsewhere (the trie mask removes
+        those). Reads only the existing children (``index_select``: advanced indexing was 5x slower at batch 1); a shared
+        query is one product with its rows' children instead of a copy per child."""
         sq, logn = self.sq[level], self.logn[level]
         N, V = children.shape
         if level == 0:  # every row's parent is the root: one product with its children
-            out = query.new_zeros(N, V)
+            out = query.new_zeros(len(query), V)
             out[:, self.trie.edge_code[0]] = scale * (2 * query @ self.root.T - sq[:-1]) + logn[:-1]
-            return out
-        flat = torch.nonzero(children.reshape(-1) >= 0).squeeze(1)  # (E,) positions of existing children
+            return out.repeat_interleave(group, 0) if group > 1 else out
+        flat = torch.nonzero(children.reshape(-1) >= 0).squeeze(1)  # (E,) positions of existing children, row-major
         node = children.reshape(-1).index_select(0, flat)  # (E,)
-        dots = (query.index_select(0, flat // V) * self.centroids(level, node)).sum(-1)  # (E,)
+        mu = self.centroids(level, node)  # (E, D)
+        if group == 1:
+            dots = (query.index_select(0, flat // V) * mu).sum(-1)  # (E,)
+        else:  # the children of one query's rows are one run of ``flat``
+            runs = torch.bincount(flat // (V * group), minlength=len(query)).tolist()
+            dots = torch.cat([block @ q for block, q in zip(mu.split(runs), query, strict=True)])
         values = scale * (2 * dots - sq.index_select(0, node)) + logn.index_select(0, node)
         return query.new_zeros(N * V).index_copy(0, flat, values).view(N, V)
 

@@ -184,3 +184,18 @@ def test_unconstrained_node_search_counts_dead_prefixes_and_names_only_catalog_i
     assert torch.isin(free.item_ids[ok], trie.leaf_item).all() and (trie.lookup(free.sids[ok]) == free.item_ids[ok]).all()
     masked = geometric_beam_search(model, ctx, trie=trie, beam_width=12, k=5, learned_weight=0.0)
     assert masked.invalid_rate == 0.0 and masked.dead_prefixes is None
+
+
+def test_the_dense_table_and_the_store_pointers_give_the_same_centroids(monkeypatch):
+    """Small levels keep one dense centroid table; large ones point one-item nodes into the item store: same numbers."""
+    books, emb, items, trie = tiny_catalog()
+    model = nodes_model(trie, books, emb, items)
+    rows = model.leaf.rows(trie.leaf_item)
+    dense = nodes.NodeGeometry(trie, model.leaf.emb, rows, 2)
+    monkeypatch.setattr(nodes.NodeGeometry, "DENSE_BYTES", 0)
+    pointers = nodes.NodeGeometry(trie, model.leaf.emb, rows, 2)
+    assert dense.dense[0] is not None and pointers.dense[0] is None
+    for level in (0, 1):
+        if dense.exact[level]:
+            every = torch.arange(trie.n_nodes(level + 1) + 1)
+            torch.testing.assert_close(dense.centroids(level, every), pointers.centroids(level, every))
