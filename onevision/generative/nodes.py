@@ -89,7 +89,8 @@ class NodeGeometry:
             self.sq.append(mu_sq)
             if (n_nodes + 1) * store.shape[1] * store.element_size() <= self.DENSE_BYTES:
                 self.dense[-1] = self.centroids(depth - 1, torch.arange(n_nodes + 1))  # (N_d + 1, D), the pad row 0
-        self.root = self.centroids(0, torch.arange(len(self.row[0]) - 1))  # (N_1, D): level 0 reads them all
+        # (N_1, D): level 0 reads them all (a view of the dense table when there is one)
+        self.root = self.dense[0][:-1] if self.dense[0] is not None else self.centroids(0, torch.arange(len(self.row[0]) - 1))
 
     def centroids(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         """(E,) depth-``level+1`` node ids (``N_d``: the pad) -> (E, D) their centroids."""
@@ -102,7 +103,9 @@ class NodeGeometry:
 
     def memory_bytes(self) -> int:
         """What the table adds to the model (the item store it points into is the leaf head's)."""
-        tensors = [t for t in (*self.single, *self.row, *self.extra, *self.sq, *self.logn, *self.dense, self.root) if t is not None]
+        tensors = [t for t in (*self.single, *self.row, *self.extra, *self.sq, *self.logn, *self.dense) if t is not None]
+        if self.dense[0] is None:
+            tensors.append(self.root)
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def log_count(self, children: torch.Tensor, level: int) -> torch.Tensor:

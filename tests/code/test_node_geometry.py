@@ -172,8 +172,9 @@ def test_a_table_first_built_by_a_search_trains():
 
 
 def test_unconstrained_node_search_counts_dead_prefixes_and_names_only_catalog_items():
-    """Without the trie mask a missing child scores 0 and may survive; it must stay dead at the next level (not read as
-    the root's first child) and expand to no item."""
+    """Without the trie mask a missing child scores 0 and may survive; it is counted dead and expands to no item. (That a
+    dead prefix is not read as node 0's children at the next level is not observable here: only items with their own
+    SIDs come back either way.)"""
     rng = np.random.default_rng(3)
     books, emb, items, trie = tiny_catalog(3, n_items=6)
     model = nodes_model(trie, books, emb, items)
