@@ -43,6 +43,7 @@ import torch
 from onevision.generative.model import Context, SIDGenerator, eval_mode, log_softmax_over
 from onevision.generative.nodes import node_geometry, trie_paths
 from onevision.generative.results import BeamSearchResult
+from onevision.generative.tensors import take_rows
 from onevision.generative.trie import SIDTrie
 
 MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rare and dropped)
@@ -65,17 +66,35 @@ def geometric_beam_search(
                        shopper_weight=shopper_weight)
 
 
-def shopper_scores(model: SIDGenerator, ctx: Context, trie: SIDTrie, weight: float | None = None) -> list[torch.Tensor] | None:
-    """Per geometric level, (N_{l+1}, B) the shopper term of every depth-(l+1) prefix for each query
-    (``weight x <lift_u, makeup(prefix)>``, see the module docstring); None when the weight is 0, the model has no
-    leaf head or every query is anonymous. Per query: one (N_l x A) product per level, no item is touched."""
+class ShopperTerm:
+    """The shopper's prefix term of the beam (see the module docstring): ``weight x <lift_u, makeup(child)>`` for the
+    children a level reads, nothing else. Per level it takes the cheaper of two routes: one (B x A) x (A x N_{l+1})
+    product over every depth-(l+1) prefix when the level has no more prefixes than the children read (the demo
+    catalogs' levels), else the makeup of the read children only, so a query's work stays bounded by its beam, never
+    by the catalog (a 1M-item catalog's deepest level)."""
+
+    def __init__(self, makeups: list[torch.Tensor], lift: torch.Tensor, weight: float):
+        self.makeups, self.lift, self.weight = makeups, lift, weight  # per level (N_{l+1}, A); (B, A)
+
+    def __call__(self, level: int, child: torch.Tensor, query_of: torch.Tensor) -> torch.Tensor:
+        """(R, V) child node ids (-1: no such prefix; it reads an arbitrary value the trie mask drops), (R,) query
+        row of each -> (R, V) the term."""
+        makeup, c = self.makeups[level], child.clamp(min=0)
+        if makeup.shape[0] <= c.numel():
+            table = self.weight * (self.lift @ makeup.T)  # (B, N): every prefix of the level for each query
+            return table.take(query_of.unsqueeze(1) * makeup.shape[0] + c)
+        rows = makeup.index_select(0, c.reshape(-1)).view(*c.shape, -1)  # (R, V, A)
+        return self.weight * torch.einsum("rva,ra->rv", rows, self.lift.index_select(0, query_of))
+
+
+def shopper_scores(model: SIDGenerator, ctx: Context, trie: SIDTrie, weight: float | None = None) -> ShopperTerm | None:
+    """The beam's shopper term (:class:`ShopperTerm`) for the queries of ``ctx``; None when the weight is 0, the model
+    has no leaf head or every query is anonymous (then it changes nothing)."""
     s = float(model.shopper_weight) if weight is None else float(weight)
     leaf = model.leaf
     if not s or leaf is None or ctx.user is None or not bool((ctx.user > 0).any()):
         return None
-    lift = leaf.user_lift(ctx.user)  # (B, A)
-    # a last row of zeros: a child id of -1 (no such prefix; the trie mask drops it anyway) reads 0
-    return [torch.cat([s * (leaf.subtree_makeup(trie, level + 1) @ lift.T), lift.new_zeros(1, len(lift))]) for level in range(model.cfg.geo_levels)]
+    return ShopperTerm([leaf.subtree_makeup(trie, level + 1) for level in range(model.cfg.geo_levels)], leaf.user_lift(ctx.user), s)
 
 
 def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True,
@@ -129,8 +148,8 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         else:
             allowed = child >= 0
             logp_plain = log_softmax_over(logits, allowed)
-            query_of = torch.arange(B).repeat_interleave(width).unsqueeze(1)  # (B*width, 1)
-            logp = log_softmax_over(logits + shopper[level][child, query_of], allowed)
+            query_of = torch.arange(B).repeat_interleave(width)  # (B*width,)
+            logp = log_softmax_over(logits + shopper(level, child, query_of), allowed)
         cand = (beam.unsqueeze(-1) + logp.view(B, width, V)).view(B, width * V)
         keep = beam_width if level_widths is None else max(1, int(level_widths[min(level, len(level_widths) - 1)]))
         keep = min(keep, width * V)
@@ -158,8 +177,8 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         dead_prefixes = float((generated < 0).float().mean()) if generated.numel() else 0.0
     nodes = nodes.masked_fill(dead, -1)
     # expand the leaves under each kept prefix: a contiguous run of sorted trie rows
-    start = trie.leaf_start[G][nodes.clamp(min=0)]  # (B, W)
-    count = torch.where(nodes >= 0, trie.leaf_count[G][nodes.clamp(min=0)], torch.zeros_like(nodes)).clamp(max=max_leaves)
+    start = take_rows(trie.leaf_start[G], nodes.clamp(min=0))  # (B, W)
+    count = torch.where(nodes >= 0, take_rows(trie.leaf_count[G], nodes.clamp(min=0)), torch.zeros_like(nodes)).clamp(max=max_leaves)
     m = torch.arange(max_leaves)
     leaves = (start.unsqueeze(-1) + m).reshape(B, -1)  # (B, W*ml)
     ok = (m < count.unsqueeze(-1)).reshape(B, -1)
@@ -171,7 +190,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     leaves = leaves.masked_fill(~ok, -1)
     prefix = prefix.masked_fill(~ok, float("-inf"))
     plain_prefix = plain_prefix.masked_fill(~ok, float("-inf"))
-    items = torch.where(ok, trie.leaf_item[leaves.clamp(min=0)], torch.full_like(leaves, -1))
+    items = torch.where(ok, take_rows(trie.leaf_item, leaves.clamp(min=0)), torch.full_like(leaves, -1))
     leaf = model.leaf if use_leaf else None
     if leaf is not None:
         users = ctx.user if ctx.user is not None else torch.zeros(B, dtype=torch.long)
@@ -185,7 +204,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
     out_items = items.gather(1, pos)
     finite = torch.isfinite(top)
     out_items = out_items.masked_fill(~finite, -1)
-    sids = trie.sids[chosen.clamp(min=0)].masked_fill(~finite.unsqueeze(-1), -1)
+    sids = take_rows(trie.sids, chosen.clamp(min=0)).masked_fill(~finite.unsqueeze(-1), -1)
     plain_top = plain_prefix.gather(1, pos).masked_fill(~finite, float("-inf")) if shopper is not None else None
     if n < k:
         pad = k - n
@@ -215,7 +234,7 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
     children = trie_paths(trie, flat, G) if trie is not None else None
     allowed = [c >= 0 for c in children] if children is not None else [None] * G
     shopper = shopper_scores(model, ctx, trie) if trie is not None and shopper else None
-    query_of = torch.arange(B).repeat_interleave(M).unsqueeze(1)  # (BM, 1)
+    query_of = torch.arange(B).repeat_interleave(M)  # (BM,)
     with torch.no_grad(), eval_mode(model):
         if lam != 0.0:
             memory, mask = model.encode(ctx)
@@ -227,6 +246,6 @@ def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Te
             logits = model.level_logits(None if h is None else h[:, level], level, resid=resid[:, level], learned_weight=lam,
                                         shift=shift, query=query, children=None if geom is None else children[level], nodes=geom)
             if shopper is not None:  # the search's shopper term, over the same children
-                logits = logits + shopper[level][children[level], query_of]
+                logits = logits + shopper(level, children[level], query_of)
             total += log_softmax_over(logits, allowed[level]).gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(B, M).masked_fill(~valid, float("-inf"))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onevision.generative.model import ACTION_ORDER
+from onevision.generative.tensors import take_rows
 
 N_FEATURES = 13
 
@@ -160,7 +161,7 @@ class LeafScorer(nn.Module):
 
     def profile(self, user_rows: torch.Tensor) -> Profile:
         u = user_rows.clamp(min=0, max=self.user_cat.shape[0] - 1)
-        return Profile(self.user_cat[u], self.user_brand[u], self.user_price[u], self.user_order_cat[u])
+        return Profile(take_rows(self.user_cat, u), take_rows(self.user_brand, u), take_rows(self.user_price, u), take_rows(self.user_order_cat, u))
 
     def fill_views(self, view_item_ids: np.ndarray, view_embeddings: np.ndarray) -> None:
         """The catalog views' embeddings per item (at most ``n_views`` each; items without a view use the fused embedding)."""
@@ -187,7 +188,7 @@ class LeafScorer(nn.Module):
     def rows(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Item ids (any shape) -> store rows; -1 for ids the store does not hold (and for -1)."""
         pos = torch.searchsorted(self.item_ids, item_ids.clamp(min=0)).clamp(max=len(self.item_ids) - 1)
-        return torch.where((self.item_ids[pos] == item_ids) & (item_ids >= 0), pos, torch.full_like(pos, -1))
+        return torch.where((take_rows(self.item_ids, pos) == item_ids) & (item_ids >= 0), pos, torch.full_like(pos, -1))
 
     # ------------------------------------------------------------------ the shopper's prefix term
     def user_lift(self, user_rows: torch.Tensor) -> torch.Tensor:
@@ -217,12 +218,12 @@ class LeafScorer(nn.Module):
         valid = cand >= 0
         c = cand.clamp(min=0)
         q = F.normalize(query.float(), dim=-1)
-        cos = torch.einsum("bd,bmd->bm", q, self.emb[c])  # (B, M)
+        cos = torch.einsum("bd,bmd->bm", q, take_rows(self.emb, c))  # (B, M)
         neg = torch.finfo(cos.dtype).min
         best = cos.masked_fill(~valid, neg).max(1, keepdim=True).values
         pbest = prefix_score.masked_fill(~valid, neg).max(1, keepdim=True).values
         prefix_gap = (prefix_score - pbest).clamp(min=-30.0).masked_fill(~valid, 0.0)
-        cat = self.category[c]  # (B, M)
+        cat = take_rows(self.category, c)  # (B, M)
         weights = torch.softmax((cos / VOTE_TEMPERATURE).masked_fill(~valid, neg), dim=1)  # (B, M)
         mass = torch.zeros(len(q), self.n_categories).scatter_add_(1, cat, weights * valid)  # (B, C) similarity mass per category
         vote = mass.gather(1, cat)  # (B, M)
@@ -230,16 +231,16 @@ class LeafScorer(nn.Module):
         C, NB = self.n_categories, self.n_brands
         n = profile.cat.sum(1, keepdim=True).clamp(min=0)  # (B, 1) weighted events
         cat_lift = torch.log((profile.cat.gather(1, cat).clamp(min=0) + 1) / (n + C)) + math.log(C)
-        brand_lift = torch.log((profile.brand.gather(1, self.brand[c]).clamp(min=0) + 1) / (n + NB)) + math.log(NB)
+        brand_lift = torch.log((profile.brand.gather(1, take_rows(self.brand, c)).clamp(min=0) + 1) / (n + NB)) + math.log(NB)
         no = profile.order_cat.sum(1, keepdim=True)
         order_share = profile.order_cat.gather(1, cat).clamp(min=0) / no.clamp(min=1)
-        price = self.price_ratio[c]
+        price = take_rows(self.price_ratio, c)
         user_price = profile.price.unsqueeze(1) / n.clamp(min=1.0)
-        view_cos = torch.einsum("bd,bmvd->bmv", q, self.view_emb[c]).masked_fill(~self.view_ok[c], -1.0).max(-1).values  # (B, M)
+        view_cos = torch.einsum("bd,bmvd->bmv", q, take_rows(self.view_emb, c)).masked_fill(~take_rows(self.view_ok, c), -1.0).max(-1).values  # (B, M)
         view_best = view_cos.masked_fill(~valid, neg).max(1, keepdim=True).values
         feats = torch.stack(
             [cos, cos - best, prefix_gap, vote, cat_lift, brand_lift, price, price * user_price, torch.log1p(n).expand_as(cos),
-             self.popularity[c], order_share, view_cos, view_cos - view_best],
+             take_rows(self.popularity, c), order_share, view_cos, view_cos - view_best],
             dim=-1,
         )  # (B, M, F)
         return feats.masked_fill(~valid.unsqueeze(-1), 0.0)

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from onevision.generative.tensors import take_rows
+
 DENSE_LIMIT = 1 << 24  # cells per level kept as a dense bool mask (16 MB)
 
 
@@ -123,7 +125,7 @@ class SIDTrie:
         """(M,) depth-``level`` node ids -> (M, V_level) bool: codes that continue a catalog SID."""
         dense = self.dense[level]
         if dense is not None:
-            return dense[nodes]  # (M, V)
+            return take_rows(dense, nodes)  # (M, V)
         indptr, codes = self.indptr[level], self.edge_code[level]
         start, count = indptr[nodes], indptr[nodes + 1] - indptr[nodes]  # (M,)
         rows = torch.repeat_interleave(torch.arange(len(nodes)), count)  # (E_sel,)
@@ -143,7 +145,7 @@ class SIDTrie:
             n_parents, V = self.n_nodes(level), self.codebook_sizes[level]
             tables[level] = self._children_csr(level, torch.arange(n_parents)) if n_parents * V * 8 <= DENSE_LIMIT else None
         table = tables[level]
-        return table[nodes] if table is not None else self._children_csr(level, nodes)
+        return take_rows(table, nodes) if table is not None else self._children_csr(level, nodes)
 
     def _children_csr(self, level: int, nodes: torch.Tensor) -> torch.Tensor:
         indptr, codes = self.indptr[level], self.edge_code[level]

@@ -65,3 +65,25 @@ def test_no_leaf_head_or_no_grid_means_no_shopper_term(val_orders):
         model.shopper_weight.fill_(1.0)
         assert probe_module.choose_shopper_weight(model, DATA, config(weights, 0.0)) == {}
         assert float(model.shopper_weight) == 0.0
+
+
+def test_the_shopper_term_reads_the_same_values_by_either_route():
+    """ShopperTerm takes a product over every prefix of a level when that is cheaper, else the makeup of the read
+    children only (bounded by the beam on a large catalog): both give weight x <lift of the query, makeup of the child>."""
+    from onevision.generative.geosearch import ShopperTerm
+
+    gen = torch.Generator().manual_seed(0)
+    makeup = torch.rand(7, 5, generator=gen)  # 7 prefixes at this depth, 3 brands + 2 categories
+    lift = torch.randn(2, 5, generator=gen)  # 2 queries
+    child = torch.tensor([[0, 3, -1, 6], [2, -1, -1, 5], [1, 4, 0, -1]])  # 3 beams, 4 codes
+    query_of = torch.tensor([0, 0, 1])
+    term = ShopperTerm([makeup], lift, 1.5)
+    dense = term(0, child, query_of)  # 7 prefixes <= 12 children read: the whole-level product
+    term.makeups = [torch.cat([makeup, torch.rand(20, 5, generator=gen)])]  # 27 prefixes > 12: the children's rows
+    sparse = term(0, child, query_of)
+    for r in range(3):
+        for v in range(4):
+            if child[r, v] >= 0:
+                want = 1.5 * float(lift[query_of[r]] @ makeup[child[r, v]])
+                assert dense[r, v].item() == pytest.approx(want, abs=1e-5)
+                assert sparse[r, v].item() == pytest.approx(want, abs=1e-5)
