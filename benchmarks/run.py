@@ -8,14 +8,16 @@ machine, commit and run time at the top, each comparison as ratios, from one run
 2. **the systems on the same TEST queries** (``metrics/evaluate.json`` of that flow): OneVision shipped, pruned
    and its ablations vs MCA vs kNN: quality, batch-1 p50/p95/p99 after warm-up, batched throughput, each as a
    ratio to MCA; a quality-vs-latency plot;
-3. **catalog scaling** (synthetic catalogs, ``benchmarks/geo_scaling.py`` and ``benchmarks/mca_scaling.py``):
+3. **dynamic pruning**: the flow's calibrated point (VAL loss with its paired-bootstrap bound, the TEST check)
+   and more sweeps of the same grid (full: two, quick: one): does the same point win again;
+4. **catalog scaling** (synthetic catalogs, ``benchmarks/geo_scaling.py`` and ``benchmarks/mca_scaling.py``):
    OneVision's decode vs exact recall and MCA's cascade with Flat, IVF and HNSW indexes, ANN recall, memory;
    a cost-vs-catalog-size plot;
-4. **constrained vs unconstrained decoding** at the same beam, batch 1 and batched (``benchmarks/beam_search.py``
+5. **constrained vs unconstrained decoding** at the same beam, batch 1 and batched (``benchmarks/beam_search.py``
    on the trained model);
-5. **serving memory**: peak RSS of a process that loads the shipped retriever and answers queries, and what its
+6. **serving memory**: peak RSS of a process that loads the shipped retriever and answers queries, and what its
    model holds;
-6. **GPU**: skipped without a CUDA device (CI never has one).
+7. **GPU**: skipped without a CUDA device (CI never has one).
 
 Full mode (the page the README links): fresh throwaway projects, one uninterrupted ``onevision retrain`` per
 profile (small and default), 10k / 100k / 1M items. ``--quick`` (CI): the trained project at ``--root``
@@ -109,6 +111,24 @@ def systems_section(root: Path) -> list[dict]:
     return rows
 
 
+def pruning_section(root: Path, reruns: int) -> dict:
+    """The flow's calibration (``metrics/pruning.json``: the chosen point, its VAL loss with the paired-bootstrap bound,
+    the TEST check) and ``reruns`` more sweeps of the same grid on the same VAL queries (nothing written): the point
+    each chooses, to see whether timing noise moves the choice."""
+    from onevision.config import PARAMS_FILE, load_config
+    from onevision.generative.calibrate import sweep
+
+    cal = json.loads((root / "metrics" / "pruning.json").read_text())
+    best, test = cal["chosen"], cal.get("test") or {}
+    cfg = load_config(root / PARAMS_FILE)
+    choices = [best["label"]]
+    for _ in range(reruns):
+        choices.append(sweep(cfg, root, test=False)["chosen"]["label"])
+    return {"points": len(cal["points"]), "chosen": best["label"], "val_speedup": best["speedup"], "val_loss": best["loss"],
+            "val_loss_hi": best.get("loss_hi"), "test_speedup": test.get("speedup"), "test_loss": test.get("loss"),
+            "choices": choices, "agreement": max(choices.count(c) for c in choices)}
+
+
 def serving_memory(root: Path, queries: int = 200) -> dict:
     """Peak RSS of a fresh process that loads the shipped retriever and answers ``queries`` batch-1 searches."""
     code = f"""
@@ -193,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 projects.append((root, profile, _retrain(root, profile, isolate=True)))
         info["flows"] = [flow_section(root, profile, seconds) for root, profile, seconds in projects]
         info["systems"] = {profile: systems_section(root) for root, profile, _ in projects}
+        info["pruning"] = {profile: pruning_section(root, reruns=1 if args.quick else 2) for root, profile, _ in projects}
         info["serving_memory"] = {profile: serving_memory(root) for root, profile, _ in projects}
         first = projects[0][0]
         quick = ["--quick"] if args.quick else []

@@ -407,6 +407,14 @@ class PruningSweepConfig(Section):
         "'orders': simulated orders where a simulator exists, else the logged orders the list shows; a metric the project cannot measure is dropped with a warning.",
     )
     max_relative_loss: float = Field(0.01, ge=0, lt=1, description="Largest allowed relative loss of each guarded metric against the unpruned model on the same queries.")
+    loss_bound: bool = Field(
+        True, description="Bound the upper end of each guarded loss's paired-bootstrap 95 % interval over the VAL queries, not its point estimate "
+        "(a point is chosen only when the sample shows its loss is within max_relative_loss).",
+    )
+    latency_tolerance: float = Field(
+        0.05, ge=0, lt=1, description="Eligible points within this share of the fastest one's latency tie on speed (batch-1 timing moves by about as much "
+        "between reruns); of those the one with the most retained quality is chosen, so reruns choose the same point.",
+    )
     select_latency: Literal["batch1_p50_ms", "batch1_p95_ms", "batched_ms_per_query"] = Field(
         "batch1_p50_ms", description="Latency the chosen point minimises (decoding, per query): batch-1 median / p95, or batched time per query."
     )

@@ -21,7 +21,12 @@ share over the guarded metrics (``min point / unpruned``). The Pareto set is
 that of faiss's ``OperatingPoints`` (no other point is both better and faster);
 the chosen point is the fastest whose loss on every guarded metric is at most
 ``max_relative_loss`` (the unpruned point qualifies trivially, so there is
-always one). It is then checked head to head against the unpruned model on
+always one); with ``loss_bound`` the loss that must stay within it is the upper
+end of its paired-bootstrap 95 % interval over the VAL queries, and points
+within ``latency_tolerance`` of the fastest eligible one tie on speed (the one
+that retains most quality wins), so reruns, whose batch-1 timings move by a
+few per cent, choose the same point. Knobs that change nothing in this model's
+search (:func:`effective_config`) are dropped from the grid before it runs. It is then checked head to head against the unpruned model on
 TEST queries: quality on the same queries, and batch-1 latency measured with
 interleaved calls so both see the same machine load.
 
@@ -37,6 +42,7 @@ import itertools
 import logging
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +55,7 @@ from onevision import atomic, markdown, paths
 from onevision.config import Config, PruningSweepConfig
 from onevision.evaluation.cost import limit_threads
 from onevision.evaluation.harness import load_test_set, logged_metrics, relevance_metrics, simulated_metrics
-from onevision.evaluation.metrics import json_safe, latency_summary, pareto_front, resolve_metric
+from onevision.evaluation.metrics import bootstrap_ci, json_safe, latency_summary, pareto_front, resolve_metric
 from onevision.generative.decode import beam_search
 from onevision.generative.pruning import NO_PRUNING, PruningConfig, save_pruning
 from onevision.generative.retriever import OneVisionRetriever
@@ -66,8 +72,22 @@ QUALITY_KEYS = ("hr@10", "ndcg@10", "mrr", "sim_clicks_per_1k", "sim_orders_per_
 # --------------------------------------------------------------------------- the grid and the choice
 
 
-def sweep_grid(sweep: PruningSweepConfig) -> list[PruningConfig]:
-    """Every combination of the swept knob values, the no-pruning point first, each config once."""
+def effective_config(config: PruningConfig, model=None) -> PruningConfig:
+    """``config`` without the knobs that change nothing in ``model``'s search (None: every knob counts). A geometric
+    model expands a kept prefix's items at once and normalises every level over the trie, so early exit and
+    renormalisation do nothing there, and its context encoder runs only with the decoder (learned weight > 0), so
+    without it the visual tokens do nothing either. Points that decode alike would otherwise tie, and timing noise
+    alone would pick among them."""
+    if model is None or not model.cfg.geo_levels:
+        return config
+    decoder = float(model.learned_weight) != 0.0
+    out = dataclasses.replace(config, early_exit=False, renormalise=False, **({} if decoder else {"visual_keep_mass": 1.0}))
+    return out if out.active else NO_PRUNING
+
+
+def sweep_grid(sweep: PruningSweepConfig, model=None) -> list[PruningConfig]:
+    """Every combination of the swept knob values that decodes differently in ``model``
+    (:func:`effective_config`), the no-pruning point first, each config once."""
     points = [NO_PRUNING]
     for mass, margin, widths, exit_ in itertools.product(sweep.visual_keep_mass, sweep.beam_margin, sweep.level_beam_widths, sweep.early_exit):
         point = PruningConfig(
@@ -77,6 +97,7 @@ def sweep_grid(sweep: PruningSweepConfig) -> list[PruningConfig]:
             level_beam_widths=tuple(widths) if widths is not None else None,
             early_exit=exit_,
         )
+        point = effective_config(point, model)
         if not point.active:
             point = NO_PRUNING  # min_visual_tokens alone changes nothing
         if point not in points:
@@ -102,12 +123,29 @@ def resolve_guards(guarded: list[str], measured: dict[str, float]) -> tuple[list
     return kept or ["hr@10"], [m for m in keys if m not in kept]
 
 
-def score_points(points: list[dict[str, Any]], guarded: list[str], baseline: int = 0) -> None:
-    """Add ``loss`` (per guarded metric, vs the baseline point) and ``quality`` (worst retained share) to each point."""
+def score_points(points: list[dict[str, Any]], guarded: list[str], baseline: int = 0, seed: int = 0) -> None:
+    """Add ``loss`` (per guarded metric, vs the baseline point), ``retained`` (worst retained share) and, where the points
+    carry per-query ``values``, ``loss_hi``: the upper end of the loss's paired-bootstrap 95 % interval (same queries)."""
     base = points[baseline]["quality"]
     for point in points:
         point["loss"] = {m: relative_loss(point["quality"].get(m), base.get(m)) for m in guarded}
         point["retained"] = min(1.0 - loss for loss in point["loss"].values())
+        values, base_values = point.get("values"), points[baseline].get("values")
+        if values is not None and base_values is not None:
+            point["loss_hi"] = {m: loss_upper_bound(values.get(m), base_values.get(m), seed) for m in guarded}
+
+
+def loss_upper_bound(values: np.ndarray | None, reference: np.ndarray | None, seed: int = 0) -> float:
+    """Upper end of the paired-bootstrap 95 % interval of ``1 - mean(values) / mean(reference)`` over the same queries
+    (inf when a metric is missing; 0 for identical lists, whose loss no resample can move)."""
+    if values is None or reference is None or len(values) != len(reference) or not len(values):
+        return math.inf
+    if np.array_equal(values, reference):
+        return 0.0
+    if float(np.mean(reference)) <= 0:
+        return relative_loss(float(np.mean(values)), float(np.mean(reference)))
+    _, hi = bootstrap_ci((values, reference), lambda v, r: 1.0 - v.mean() / max(r.mean(), 1e-12), seed=seed)
+    return hi
 
 
 def pareto_set(points: list[dict[str, Any]], latency_key: str) -> list[int]:
@@ -115,12 +153,19 @@ def pareto_set(points: list[dict[str, Any]], latency_key: str) -> list[int]:
     return pareto_front([(p["retained"], p["latency"][latency_key]) for p in points])
 
 
-def choose_point(points: list[dict[str, Any]], max_relative_loss: float, latency_key: str, baseline: int = 0) -> int:
-    """The fastest point whose loss on every guarded metric is within the bound; the baseline when none is faster."""
-    eligible = [i for i, p in enumerate(points) if all(loss <= max_relative_loss + 1e-12 for loss in p["loss"].values())]
+def choose_point(points: list[dict[str, Any]], max_relative_loss: float, latency_key: str, baseline: int = 0, *,
+                 bound: bool = False, latency_tolerance: float = 0.0) -> int:
+    """The fastest point whose loss on every guarded metric is within ``max_relative_loss`` (``bound``: the upper end of
+    its paired-bootstrap interval, ``loss_hi``; else the point estimate); points within ``latency_tolerance`` of the
+    fastest such point's latency tie on speed: the one of them with the most retained quality wins, then the first in
+    the grid (the order is fixed, the timings are not). The baseline when none is faster."""
+    key = "loss_hi" if bound else "loss"
+    eligible = [i for i, p in enumerate(points) if all(loss <= max_relative_loss + 1e-12 for loss in p.get(key, p["loss"]).values())]
     if baseline not in eligible:
         eligible.append(baseline)
-    return min(eligible, key=lambda i: (points[i]["latency"][latency_key], i != baseline, i))
+    fastest = min(points[i]["latency"][latency_key] for i in eligible)
+    tied = [i for i in eligible if points[i]["latency"][latency_key] <= fastest * (1.0 + latency_tolerance)]
+    return min(tied, key=lambda i: (-points[i]["retained"], i))
 
 
 # --------------------------------------------------------------------------- decoding and timing
@@ -191,12 +236,20 @@ def time_batch1(retriever, data: DecodeSet, *, k: int, configs: list[PruningConf
 
 def quality_of(ranked: np.ndarray, test, cfg: Config, shown: int) -> dict[str, float]:
     """The evaluation's relevance, simulator and search-log replay metrics for one ranked list per query."""
+    return quality_and_values(ranked, test, cfg, shown)[0]
 
-    rel, _ = relevance_metrics(ranked, test, [10])
-    sim, _ = simulated_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
-    logged, _ = logged_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
+
+def quality_and_values(ranked: np.ndarray, test, cfg: Config, shown: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """:func:`quality_of` and the per-query values of its :data:`QUALITY_KEYS` that are means over queries (keyed like
+    the metrics, per-1k metrics scaled alike), for paired bootstrap bounds."""
+    rel, rel_q = relevance_metrics(ranked, test, [10])
+    sim, sim_q = simulated_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
+    logged, logged_q = logged_metrics(ranked, test, shown, cfg.evaluate, seed=cfg.seed)
     out = {**rel, **{k: v for k, v in {**sim, **logged}.items() if not k.endswith(("_ci_lo", "_ci_hi"))}}
-    return {key: float(out[key]) for key in out if key in QUALITY_KEYS or key.startswith("sim_")}
+    quality = {key: float(out[key]) for key in out if key in QUALITY_KEYS or key.startswith("sim_")}
+    values = {key: rel_q[key] for key in ("hr@10", "ndcg@10", "mrr") if key in rel_q}
+    values.update({f"{name}_per_1k": 1e3 * np.asarray(v, np.float64) for name, v in {**sim_q, **logged_q}.items()})
+    return quality, values
 
 
 def measure_point(retriever, data: DecodeSet, *, config: PruningConfig, cfg: Config, k: int, shown: int) -> dict[str, Any]:
@@ -206,12 +259,13 @@ def measure_point(retriever, data: DecodeSet, *, config: PruningConfig, cfg: Con
     shared machine's load drifts over a sweep by more than pruning saves, the ratio of the two does not.
     """
     ranked, invalid, timing = decode_batched(retriever, data, k, config, cfg.pruning.batch_size)
+    quality, values = quality_and_values(ranked, data.test, cfg, shown)
     latency: dict[str, Any] = dict(timing)
     configs = [config] if config == NO_PRUNING else [NO_PRUNING, config]
     timed = time_batch1(retriever, data, k=k, configs=configs, n_calls=cfg.pruning.latency_queries, warmup=cfg.pruning.warmup)
     latency.update({f"raw_{key}": v for key, v in timed[-1].items()})
     latency["paired_speedup"] = {key: timed[0][key] / timed[-1][key] for key in ("batch1_p50_ms", "batch1_p95_ms")}
-    return {"label": config.label(), "config": config.to_dict(), "quality": quality_of(ranked, data.test, cfg, shown),
+    return {"label": config.label(), "config": config.to_dict(), "quality": quality, "values": values,
             "invalid_sid_rate": invalid, "latency": latency}
 
 
@@ -266,55 +320,67 @@ def speedups(base: dict[str, float], point: dict[str, float]) -> dict[str, float
 
 def calibrate_pruning(cfg: Config, root: Path) -> dict[str, Any]:
     """Stage ``calibrate_pruning``: returns the summary metrics; writes the files listed in the module docstring."""
+    root = Path(root)
+    result = sweep(cfg, root)
+    chosen, best = PruningConfig.from_dict(result["chosen"]["config"]), result["chosen"]
+    save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": result["val_queries"], "k": result["k"],
+                                "speedup": best["speedup"], "quality_loss": best["loss"], "quality_loss_hi": best.get("loss_hi")})
+    atomic.write_json(root / METRICS_FILE, json_safe(result))
+    points = result["points"]
+    plot_pareto(points, [i for i, p in enumerate(points) if p["pareto"]], chosen_i=points.index(best), latency_key=result["select_latency"],
+                max_loss=result["max_relative_loss"], path=root / PLOT)
+    atomic.write_text(root / REPORT, markdown_report(result))
+    return json_safe(summary(result))
 
+
+def sweep(cfg: Config, root: Path, *, test: bool = True) -> dict[str, Any]:
+    """Decode the VAL sample at every point of the grid, choose one (module docstring) and, with ``test``, check it head to
+    head on TEST; writes nothing (the stage writes; benchmarks/pruning_stability.py reruns this to see the choice hold)."""
     t0 = time.perf_counter()
     root = Path(root)
-    sweep = cfg.pruning
+    sweep_cfg = cfg.pruning
     k, shown = decode_k(cfg)
     retriever = OneVisionRetriever.load(root, "dpo", cfg=cfg)
-    grid = sweep_grid(sweep) if sweep.enabled else [NO_PRUNING]
-    val = decode_set(retriever, sample_queries(cfg, root, "val", sweep.val_queries))
+    grid = sweep_grid(sweep_cfg, retriever.model) if sweep_cfg.enabled else [NO_PRUNING]
+    val = decode_set(retriever, sample_queries(cfg, root, "val", sweep_cfg.val_queries))
     log.info("calibrate_pruning: %d points on %d VAL queries, k=%d, beam width %d", len(grid), len(val), k, retriever.beam_width)
     points = []
-    with limit_threads(sweep.threads):
+    with limit_threads(sweep_cfg.threads):
         for config in tqdm(grid, desc="pruning sweep", unit="point"):
             points.append(measure_point(retriever, val, config=config, cfg=cfg, k=k, shown=shown))
         adjust_batch1(points)
-        guarded, unmeasured = resolve_guards(sweep.guarded_metrics, points[0]["quality"])
+        guarded, unmeasured = resolve_guards(sweep_cfg.guarded_metrics, points[0]["quality"])
         if unmeasured:
             log.warning("calibrate_pruning: %s not measured in this project (no simulator or no order log): not guarded; "
                         "guarding %s", ", ".join(unmeasured), ", ".join(guarded))
-        score_points(points, guarded)
-        latency_key = sweep.select_latency
+        score_points(points, guarded, seed=cfg.seed)
+        latency_key = sweep_cfg.select_latency
         front = pareto_set(points, latency_key)
-        chosen_i = choose_point(points, sweep.max_relative_loss, latency_key)
+        chosen_i = choose_point(points, sweep_cfg.max_relative_loss, latency_key, bound=sweep_cfg.loss_bound,
+                                latency_tolerance=sweep_cfg.latency_tolerance)
         chosen = PruningConfig.from_dict(points[chosen_i]["config"])
-        test = None
-        if sweep.test_queries > 0:
-            test_set = decode_set(retriever, sample_queries(cfg, root, "test", sweep.test_queries))
-            test = head_to_head(retriever, test_set, chosen=chosen, cfg=cfg, k=k, shown=shown, guarded=guarded)
+        head = None
+        if test and sweep_cfg.test_queries > 0:
+            test_set = decode_set(retriever, sample_queries(cfg, root, "test", sweep_cfg.test_queries))
+            head = head_to_head(retriever, test_set, chosen=chosen, cfg=cfg, k=k, shown=shown, guarded=guarded)
     for i, point in enumerate(points):
+        point.pop("values", None)  # per-query arrays: only the bounds are kept
         point["pareto"] = i in front
         point["speedup"] = speedups(points[0]["latency"], point["latency"])
     best = points[chosen_i]
     bad = [p["label"] for p in points if p["invalid_sid_rate"] > 0]
     if bad:
         raise RuntimeError(f"pruning produced invalid SIDs at {bad}: a bug, the trie guarantee must hold")
-    _log_choice(points, chosen_i, front=front, sweep=sweep, latency_key=latency_key, test=test)
-    result = {
-        "k": k, "shown": shown, "val_queries": len(val), "beam_width": retriever.beam_width, "enabled": sweep.enabled,
-        "guarded_metrics": guarded, "unmeasured_guards": unmeasured, "max_relative_loss": sweep.max_relative_loss, "select_latency": latency_key,
+    _log_choice(points, chosen_i, front=front, sweep=sweep_cfg, latency_key=latency_key, test=head)
+    return {
+        "k": k, "shown": shown, "val_queries": len(val), "beam_width": retriever.beam_width, "enabled": sweep_cfg.enabled,
+        "guarded_metrics": guarded, "unmeasured_guards": unmeasured, "max_relative_loss": sweep_cfg.max_relative_loss,
+        "loss_bound": sweep_cfg.loss_bound, "latency_tolerance": sweep_cfg.latency_tolerance, "select_latency": latency_key,
         "points": points, "pareto": [points[i]["label"] for i in front],
         "chosen": best, "unpruned": points[0],
-        "speedup": best["speedup"], "quality_loss": best["loss"],
-        "test": test, "seconds": round(time.perf_counter() - t0, 1),
+        "speedup": best["speedup"], "quality_loss": best["loss"], "quality_loss_hi": best.get("loss_hi"),
+        "test": head, "seconds": round(time.perf_counter() - t0, 1),
     }
-    save_pruning(chosen, root, {"label": best["label"], "calibrated_on": "val", "val_queries": len(val), "k": k,
-                                "speedup": best["speedup"], "quality_loss": best["loss"]})
-    atomic.write_json(root / METRICS_FILE, json_safe(result))
-    plot_pareto(points, front, chosen_i=chosen_i, latency_key=latency_key, max_loss=sweep.max_relative_loss, path=root / PLOT)
-    atomic.write_text(root / REPORT, markdown_report(result))
-    return json_safe(summary(result))
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -324,6 +390,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                            "val_queries": result["val_queries"], "k": result["k"], "seconds": result["seconds"]}
     out.update({f"val_speedup_{k}": v for k, v in best["speedup"].items()})
     out.update({f"val_loss_{m}": v for m, v in best["loss"].items()})
+    out.update({f"val_loss_hi_{m}": v for m, v in (best.get("loss_hi") or {}).items()})
     out.update({f"val_{m}": best["quality"][m] for m in ("hr@10", "ndcg@10", "sim_orders_per_1k", "logged_orders_per_1k") if m in best["quality"]})
     if result["test"]:
         test = result["test"]
@@ -396,10 +463,14 @@ def markdown_report(result: dict[str, Any]) -> str:
         "# Dynamic pruning calibration",
         "",
         f"{len(result['points'])} points on {result['val_queries']} VAL queries (k={result['k']}, beam width {result['beam_width']}); "
-        f"chosen: the fastest point by {key} whose relative loss on {', '.join(guarded)} is at most {100 * result['max_relative_loss']:g}%.",
+        f"chosen: the fastest point by {key} whose relative loss on {', '.join(guarded)} is at most {100 * result['max_relative_loss']:g}%"
+        + (" at the upper end of its paired-bootstrap 95 % interval" if result.get("loss_bound") else "")
+        + (f"; points within {100 * result['latency_tolerance']:g} % of the fastest such point's latency tie, and the one with the most "
+           "retained quality wins" if result.get("latency_tolerance") else "") + ".",
         "",
         f"**Chosen: `{best['label']}`**: speed-up {', '.join(f'{k} {v:.2f}x' for k, v in best['speedup'].items())}; "
-        f"loss {', '.join(f'{m} {_fmt(v, True)}' for m, v in best['loss'].items())}.",
+        f"loss {', '.join(f'{m} {_fmt(v, True)}' for m, v in best['loss'].items())}"
+        + (f" (95 % upper bound {', '.join(f'{m} {_fmt(v, True)}' for m, v in best['loss_hi'].items())})" if best.get("loss_hi") else "") + ".",
         "",
     ]
     test = result.get("test")
@@ -410,9 +481,12 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"loss {', '.join(f'{m} {_fmt(v, True)}' for m, v in test['loss'].items())}.",
             "",
         ]
-    cols = ["point", "pareto", *guarded, *(f"loss {m}" for m in guarded), "ndcg@10", "b1 p50 ms", "b1 p95 ms", "batched ms/q", "speed-up"]
+    hi = [m for m in guarded if all("loss_hi" in p for p in result["points"])]
+    cols = ["point", "pareto", *guarded, *(f"loss {m}" for m in guarded), *(f"loss {m} (95 % hi)" for m in hi), "ndcg@10", "b1 p50 ms",
+            "b1 p95 ms", "batched ms/q", "speed-up"]
     rows = [[f"**{p['label']}**" if p is best else p["label"], "yes" if p["pareto"] else "",
              *(_fmt(p["quality"].get(m)) for m in guarded), *(_fmt(p["loss"][m], True) for m in guarded),
+             *(_fmt(p["loss_hi"][m], True) for m in hi),
              _fmt(p["quality"].get("ndcg@10")), _fmt(p["latency"]["batch1_p50_ms"]), _fmt(p["latency"]["batch1_p95_ms"]),
              _fmt(p["latency"]["batched_ms_per_query"]), _fmt(p["speedup"].get(key))]
             for p in sorted(result["points"], key=lambda p: p["latency"][key])]

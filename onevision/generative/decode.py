@@ -20,17 +20,23 @@ candidates; SIDs are unique per item, so these are ``k`` distinct items.
 
 ``pruning`` (onevision.generative.pruning) trades exactness for speed: fewer
 visual tokens, fewer beams, early exit of settled beams; a config that prunes
-nothing runs the plain search below unchanged.
+nothing runs the plain search below unchanged. A geometric model
+(onevision.generative.geosearch) reads the per-level widths, the score margin
+and the visual tokens (its decoder's context, when the decoder runs); early
+exit changes nothing there (a kept prefix's items are expanded at once).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
 
 from onevision.generative.geosearch import geometric_beam_search
 from onevision.generative.model import Context, SIDGenerator, eval_mode
-from onevision.generative.pruning import PruningConfig, pruned_beam_search
+from onevision.generative.pruning import PruningConfig, pruned_beam_search, select_visual_tokens
 from onevision.generative.results import BeamSearchResult
 from onevision.generative.trie import SIDTrie
 
@@ -60,9 +66,14 @@ def beam_search(
     if not constrained and pruning is not None and pruning.active:
         raise ValueError("dynamic pruning needs the constrained search (it counts catalog items under prefixes)")
     if model.cfg.geo_levels:
-        widths = pruning.level_beam_widths if pruning is not None and pruning.active else None
+        on = pruning is not None and pruning.active
+        widths = pruning.level_beam_widths if on else None
+        select = None
+        if on and pruning.prunes_visual:
+            select = functools.partial(select_visual_tokens, keep_mass=pruning.visual_keep_mass, min_tokens=pruning.min_visual_tokens)
         return geometric_beam_search(model, ctx, trie=trie, beam_width=max(beam_width, k), k=k, constrained=constrained,
-                                     level_widths=None if widths is None else tuple(max(int(w), k) for w in widths))
+                                     level_widths=None if widths is None else tuple(max(int(w), k) for w in widths),
+                                     beam_margin=pruning.beam_margin if on else math.inf, visual_select=select)
     if pruning is not None and pruning.active:
         return pruned_beam_search(model, ctx, trie=trie, beam_width=beam_width, k=k, pruning=pruning)
     # Every kept prefix has at least one catalog continuation, so keeping >= k beams per level

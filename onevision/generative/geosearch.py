@@ -38,6 +38,8 @@ against): prefixes that continue no catalog SID survive in the beam and expand t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from onevision.generative.model import Context, SIDGenerator, eval_mode, log_softmax_over
@@ -53,17 +55,20 @@ MAX_LEAVES = 8  # items expanded per kept prefix (collisions beyond this are rar
 def geometric_beam_search(
     model: SIDGenerator, ctx: Context, *, trie: SIDTrie, beam_width: int, k: int, max_leaves: int = MAX_LEAVES,
     learned_weight: float | None = None, use_leaf: bool = True, level_widths: tuple[int, ...] | None = None, geo_weight: float = 1.0,
-    constrained: bool = True, shopper_weight: float | None = None,
+    constrained: bool = True, shopper_weight: float | None = None, beam_margin: float = math.inf, visual_select=None,
 ) -> BeamSearchResult:
     """Top-``k`` items per query (see the module docstring). ``learned_weight`` None: the model's own
     (chosen on VAL); ``use_leaf`` False: rank by the beam score alone (an ablation); ``level_widths``: beams
     kept after each geometric level (dynamic pruning), never fewer than needed for ``k`` items; ``geo_weight``
     0: the learned term alone (an ablation); ``constrained`` False: no trie mask (see the module docstring);
-    ``shopper_weight`` None: the model's own (0 without a leaf head: the shopper term reads its user store)."""
+    ``shopper_weight`` None: the model's own (0 without a leaf head: the shopper term reads its user store);
+    ``beam_margin`` (dynamic pruning): after each level a query keeps only the beams within that many nats of its best,
+    and never fewer than it takes for the items under them to number ``k``; ``visual_select``: the visual tokens the
+    decoder's context encoder reads (onevision.generative.pruning.select_visual_tokens; nothing without the decoder)."""
     with eval_mode(model):
         return _search(model, ctx, trie=trie, beam_width=beam_width, k=k, max_leaves=max_leaves, learned_weight=learned_weight,
                        use_leaf=use_leaf, level_widths=level_widths, geo_weight=geo_weight, constrained=constrained,
-                       shopper_weight=shopper_weight)
+                       shopper_weight=shopper_weight, beam_margin=beam_margin, visual_select=visual_select)
 
 
 class ShopperTerm:
@@ -98,7 +103,7 @@ def shopper_scores(model: SIDGenerator, ctx: Context, trie: SIDTrie, weight: flo
 
 
 def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_leaf, level_widths, geo_weight, constrained=True,
-            shopper_weight=None) -> BeamSearchResult:
+            shopper_weight=None, beam_margin=math.inf, visual_select=None) -> BeamSearchResult:
     cfg = model.cfg
     G, L = cfg.geo_levels, cfg.n_levels
     lam = float(model.learned_weight) if learned_weight is None else float(learned_weight)
@@ -111,7 +116,7 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         lam = 1.0
     shift = None
     if learned:
-        memory, mem_mask = model.encode(ctx)
+        memory, mem_mask = model.encode(ctx, visual_select)
         cross = model.cross_kv(memory)
         caches: list[dict] = [{} for _ in model.decoder]
         if model.tied:
@@ -163,6 +168,12 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
             nodes = child.view(B, width * V).gather(1, idx)
         else:
             nodes = trie.child(level, nodes.gather(1, parent).reshape(-1), code.reshape(-1)).view(B, keep)
+        if math.isfinite(beam_margin) and keep > 1:
+            n_keep = margin_keep(beam, trie.subtree_size(level + 1, nodes), beam_margin, k)  # (B,)
+            keep = int(n_keep.max())
+            dead_beam = torch.arange(keep) >= n_keep.unsqueeze(1)  # (B, keep) a query that keeps fewer than the widest
+            beam, plain = beam[:, :keep].masked_fill(dead_beam, float("-inf")), plain[:, :keep].masked_fill(dead_beam, float("-inf"))
+            nodes, parent, code = nodes[:, :keep].masked_fill(dead_beam, -1), parent[:, :keep], code[:, :keep]
         if geom is None or not all(geom.exact[level + 1 :]):  # the residual, for the levels that score codebooks
             resid = resid.gather(1, parent.unsqueeze(-1).expand(-1, -1, resid.shape[-1])) - model.codebook(level)[code]
         if learned and level < G - 1:
@@ -213,6 +224,18 @@ def _search(model, ctx, *, trie, beam_width, k, max_leaves, learned_weight, use_
         out_items = torch.cat([out_items, out_items.new_full((B, pad), -1)], dim=1)
         plain_top = None if plain_top is None else torch.cat([plain_top, plain_top.new_full((B, pad), float("-inf"))], dim=1)
     return BeamSearchResult(sids=sids, scores=top, item_ids=out_items, dead_prefixes=dead_prefixes, prefix_scores=plain_top)
+
+
+def margin_keep(beam: torch.Tensor, items: torch.Tensor, margin: float, k: int) -> torch.Tensor:
+    """Score-margin pruning: (B, W) beam scores best first (-inf: dead), (B, W) catalog items under each prefix ->
+    (B,) beams each query keeps: those within ``margin`` nats of its best, and at least the fewest best beams whose
+    items number ``k`` (or all the beam holds), so the search never returns fewer items than it could."""
+    finite = torch.isfinite(beam)
+    n_margin = (beam >= beam[:, :1] - margin).sum(1)
+    cum = (items * finite).cumsum(1)  # (B, W)
+    target = cum[:, -1:].clamp(max=k)
+    n_cover = (cum < target).sum(1) + 1
+    return torch.maximum(n_margin, n_cover).clamp(min=1, max=beam.shape[1])
 
 
 def candidate_prefix_scores(model: SIDGenerator, ctx: Context, *, sids: torch.Tensor, learned_weight: float | None = None,

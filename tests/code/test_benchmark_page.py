@@ -8,7 +8,9 @@ from benchmarks.__main__ import main as bench_main
 from benchmarks.page import write_page
 
 
-def _info(flow_s: float = 150.0, rerun_s: float = 12.0, overhead: float = 4.0, p50_1m: float = 2.6) -> dict:
+def _info(flow_s: float = 150.0, rerun_s: float = 12.0, overhead: float = 4.0, p50_1m: float = 2.6,
+          choices: tuple[str, ...] = ("w16,64", "w16,64", "m3+w16,64")) -> dict:
+    choices = list(choices)
     system = lambda name, hr, p50: {"system": name, "hr@10": hr, "ndcg@10": 0.7, "orders_per_1k": 240.0, "p50_ms": p50, "p95_ms": p50 * 1.3,  # noqa: E731
                                     "p99_ms": p50 * 1.6, "qps_batched": 900.0, "hr@10/mca": round(hr / 0.87, 3), "orders_per_1k/mca": 1.0,
                                     "p50_ms/mca": round(p50 / 1.3, 3), "ndcg@10/mca": 1.0}
@@ -29,6 +31,9 @@ def _info(flow_s: float = 150.0, rerun_s: float = 12.0, overhead: float = 4.0, p
         "mca_scaling": {"rows": [{"n_items": 1_000_000, "index": "HNSW32", "nprobe": None, "ann_recall": 0.97, "build_s": 300.0, "index_mb": 700.0, "b1_p50_ms": 3.0, "qps": 400.0},
                                  {"n_items": 1_000_000, "index": "IVF1000,Flat", "nprobe": 16, "ann_recall": 0.37, "build_s": 60.0, "index_mb": 520.0, "b1_p50_ms": 9.5, "qps": 300.0},
                                  {"n_items": 10_000, "index": "Flat", "nprobe": None, "ann_recall": 1.0, "build_s": 0.1, "index_mb": 5.0, "b1_p50_ms": 1.2, "qps": 900.0}]},
+        "pruning": {"small": {"points": 10, "chosen": "w16,64", "val_speedup": {"batch1_p50_ms": 1.6}, "val_loss": {"hr@10": 0.004, "sim_orders_per_1k": 0.002},
+                              "val_loss_hi": {"hr@10": 0.009, "sim_orders_per_1k": 0.008}, "test_speedup": {"batch1_p50_ms": 1.55},
+                              "test_loss": {"hr@10": 0.0, "sim_orders_per_1k": 0.007}, "choices": choices, "agreement": max(choices.count(c) for c in choices)}},
         "gpu": {"skipped": True, "note": "no CUDA device on this machine (CI never has one): GPU section skipped"},
         "run_seconds": 95.0,
     }
@@ -38,8 +43,12 @@ def test_the_page_has_every_section_its_ratios_and_plots(tmp_path):
     out = tmp_path / "results.md"
     write_page(_info(), out)
     text = out.read_text()
-    for heading in ("## 1. The retrain flow", "## 2. The systems", "## 3. Catalog scaling", "## 4. Constrained", "## 5. Serving memory", "## 6. GPU", "## Targets"):
+    for heading in ("## 1. The retrain flow", "## 2. The systems", "## 3. Dynamic pruning", "## 4. Catalog scaling", "## 5. Constrained",
+                    "## 6. Serving memory", "## 7. GPU", "## Targets"):
         assert heading in text
+    pruned = next(ln for ln in text.splitlines() if "`w16,64`, `w16,64`, `m3+w16,64`" in ln)
+    assert [c.strip() for c in pruned.strip("|").split("|")][:6] == ["small", "10", "`w16,64`", "1.60x", "hr@10 +0.40 %, sim_orders_per_1k +0.20 %",
+                                                                     "hr@10 +0.90 %, sim_orders_per_1k +0.80 %"] and "2 of 3" in pruned
     assert "Commit abc1234" in text and "Test CPU, 2 cores" in text and "run time 1.6 min" in text
     assert "| onevision " in text and "1.009" in text  # HR@10 / MCA of the shipped row
     # OneVision at 1M against MCA's fastest index with ANN recall >= 0.95 (HNSW here, not the 0.37-recall IVF)
@@ -60,9 +69,9 @@ def test_targets_are_recorded_as_met_or_missed_from_the_numbers(tmp_path):
     ok = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and ("met" in ln or "missed" in ln)]
     assert ok and all("**missed**" not in ln for ln in ok)
     bad = tmp_path / "bad.md"
-    write_page(_info(flow_s=400.0, rerun_s=45.0, overhead=30.0, p50_1m=5.0), bad)
+    write_page(_info(flow_s=400.0, rerun_s=45.0, overhead=30.0, p50_1m=5.0, choices=("w16,64", "w32,100", "m3")), bad)
     missed = [ln for ln in bad.read_text().splitlines() if "**missed**" in ln]
-    assert len(missed) == 5  # flow, rerun, constrained overhead, 1M vs 10k, 1M vs MCA
+    assert len(missed) == 6  # flow, rerun, pruning choice, constrained overhead, 1M vs 10k, 1M vs MCA
 
 
 def test_the_command_explains_itself(capsys):

@@ -278,3 +278,51 @@ def test_sweep_grid_is_the_product_with_no_pruning_first():
     assert grid[0] == NO_PRUNING and len(grid) == 8
     expected = {(m, b, e) for m, b, e in itertools.product([1.0, 0.8], [math.inf, 2.0], [False, True])}
     assert {(p.visual_keep_mass, p.beam_margin, p.early_exit) for p in grid} == expected
+
+
+def test_noisy_near_ties_choose_the_point_that_keeps_more_quality():
+    """Two eligible points whose batch-1 timings differ by less than the tolerance tie on speed: the one that keeps
+    more quality wins whichever of them a rerun's timing noise makes faster."""
+    for fast, slow in ((5.0, 5.1), (5.1, 5.0)):
+        points = synthetic_points([(0.500, 40.0, 10.0), (0.497, 39.7, fast), (0.500, 39.95, slow), (0.49, 39.0, 2.0)])
+        assert choose_point(points, 0.01, "batch1_p50_ms", latency_tolerance=0.05) == 2
+    assert choose_point(points, 0.01, "batch1_p50_ms") == 2 and choose_point(synthetic_points(
+        [(0.500, 40.0, 10.0), (0.497, 39.7, 5.0), (0.500, 39.95, 5.1)]), 0.01, "batch1_p50_ms") == 1  # no tolerance: the fastest
+
+
+def test_the_bootstrap_bound_keeps_out_a_point_whose_loss_the_sample_cannot_rule_out():
+    """Loss point estimates within 1 % but with one noisy metric: eligibility on the upper end of the paired bootstrap
+    interval keeps it out; identical lists have a bound of exactly 0."""
+    rng = np.random.default_rng(0)
+    base_hr = (rng.random(400) < 0.8).astype(float)
+    same = base_hr.copy()
+    noisy = base_hr.copy()
+    noisy[rng.choice(np.flatnonzero(base_hr == 1), 22, replace=False)] = 0.0  # loses 22 hits, gains 18: a point loss of
+    noisy[rng.choice(np.flatnonzero(base_hr == 0), 18, replace=False)] = 1.0  # about 1 %, an upper bound far above it
+    orders = rng.random(400)
+    points = [{"quality": {"hr@10": v.mean(), "sim_orders_per_1k": 1e3 * orders.mean()}, "latency": {"batch1_p50_ms": ms},
+               "values": {"hr@10": v, "sim_orders_per_1k": 1e3 * orders}} for v, ms in ((base_hr, 10.0), (same, 6.0), (noisy, 4.0))]
+    score_points(points, ["hr@10", "sim_orders_per_1k"])
+    assert points[1]["loss_hi"] == {"hr@10": 0.0, "sim_orders_per_1k": 0.0}
+    assert points[2]["loss"]["hr@10"] < 0.02 < points[2]["loss_hi"]["hr@10"]
+    assert choose_point(points, 0.02, "batch1_p50_ms") == 2  # the point estimate lets it in
+    assert choose_point(points, 0.02, "batch1_p50_ms", bound=True) == 1  # the bound does not
+
+
+def test_knobs_a_geometric_model_never_reads_leave_the_grid():
+    """Without its decoder a geometric model reads neither visual tokens nor early exit: the grid keeps only the
+    points that decode differently (the margin and the widths), instead of ties that timing noise would choose among."""
+    from types import SimpleNamespace
+
+    from onevision.generative.calibrate import effective_config
+
+    cfg = load_config(DEFAULT_PARAMS, overrides=["pruning.visual_keep_mass=[1.0,0.75]", "pruning.beam_margin=[null,3.0]",
+                                              "pruning.level_beam_widths=[null,[16,64]]", "pruning.early_exit=[false,true]"])
+    geo = SimpleNamespace(cfg=SimpleNamespace(geo_levels=2), learned_weight=torch.zeros(()))
+    grid = sweep_grid(cfg.pruning, geo)
+    assert grid[0] == NO_PRUNING and len(grid) == 4  # none, m3, w16,64, m3+w16,64
+    assert all(p.visual_keep_mass == 1.0 and not p.early_exit for p in grid)
+    geo.learned_weight.fill_(1.0)  # with the decoder on, visual tokens shorten its context: they count again
+    assert len(sweep_grid(cfg.pruning, geo)) == 8
+    assert effective_config(PruningConfig(early_exit=True), geo) == NO_PRUNING
+    assert len(sweep_grid(cfg.pruning)) == 16  # the autoregressive decoder reads every knob

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -235,3 +236,30 @@ def test_a_checkpoint_of_format_2_loads_with_no_shopper_term(tmp_path):
     meta = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**meta, "format": 2}))
     assert float(load_checkpoint(tmp_path).model.shopper_weight) == 0.0
+
+
+def test_score_margin_pruning_keeps_k_items_and_only_narrows_the_beam():
+    """beam_margin: a query keeps the beams within the margin of its best and never fewer than it takes for k items;
+    an infinite margin changes nothing, a zero margin still returns k distinct catalog items, ranked, none scored above
+    the full beam's best."""
+    from onevision.generative.geosearch import margin_keep
+
+    beam = torch.tensor([[0.0, -0.5, -2.0, -9.0], [0.0, -9.0, -9.5, float("-inf")]])
+    items = torch.tensor([[1, 1, 1, 1], [3, 1, 1, 0]])
+    assert margin_keep(beam, items, 1.0, 1).tolist() == [2, 1]
+    assert margin_keep(beam, items, 1.0, 4).tolist() == [4, 2]  # k items: row 1 needs 2 beams (3 + 1), row 0 all four
+    assert margin_keep(beam, items, 0.0, 100).tolist() == [4, 3]  # all the beam holds (the dead beam adds nothing)
+    rng = np.random.default_rng(3)
+    books, emb, items_, trie = tiny_catalog(3, n_items=70)
+    model = geo_model(trie, books)
+    ctx = contexts(rng, emb[:6] + 0.3 * rng.normal(size=(6, D)).astype(np.float32))
+    full = geometric_beam_search(model, ctx, trie=trie, beam_width=8, k=5, use_leaf=False)
+    same = geometric_beam_search(model, ctx, trie=trie, beam_width=8, k=5, use_leaf=False, beam_margin=math.inf)
+    assert torch.equal(full.item_ids, same.item_ids)
+    tight = geometric_beam_search(model, ctx, trie=trie, beam_width=8, k=5, use_leaf=False, beam_margin=0.0)
+    assert (tight.item_ids >= 0).all() and tight.invalid_rate == 0.0
+    assert all(len(set(r.tolist())) == 5 for r in tight.item_ids)
+    assert (tight.scores[:, 0] <= full.scores[:, 0] + 1e-5).all()  # a narrower beam never finds a better prefix
+    assert (tight.scores[:, :-1] >= tight.scores[:, 1:]).all()
+    wide = geometric_beam_search(model, ctx, trie=trie, beam_width=8, k=5, use_leaf=False, beam_margin=1e9)
+    assert torch.equal(wide.item_ids, full.item_ids)  # a margin no beam trails by keeps the whole beam
