@@ -62,7 +62,7 @@ def systems(info: dict, out: Path) -> list[str]:
     for profile, rows in info["systems"].items():
         lines += ["", f"**{profile}**", "", table([{"system": r["system"], "HR@10": _f(r["hr@10"]), "NDCG@10": _f(r["ndcg@10"], 4),
                                                     "orders/1k": _f(r["orders_per_1k"], 1), "p50 ms": _f(r["p50_ms"], 2), "p95 ms": _f(r["p95_ms"], 2),
-                                                    "p99 ms": _f(r["p99_ms"], 2), "QPS batched": _f(r["qps_batched"], 0),
+                                                    "p99 ms": _f(r["p99_ms"], 2), f"QPS, batch {r.get('batch_size') or '?'}": _f(r["qps_batched"], 0),
                                                     "HR@10 / MCA": _f(r["hr@10/mca"]), "orders / MCA": _f(r["orders_per_1k/mca"]),
                                                     "p50 / MCA": _f(r["p50_ms/mca"])} for r in rows], align="lrrrrrrrrrr")]
         plt = pyplot()

@@ -92,9 +92,11 @@ def flow_section(root: Path, profile: str, flow_seconds: float | None) -> dict:
 
 def systems_section(root: Path) -> list[dict]:
     """The systems of the flow's evaluation, same TEST queries, each as a ratio to MCA."""
+    from onevision.config import PARAMS_FILE, load_config
     from onevision.evaluation.metrics import ORDERS, resolve_metric
 
     ev = json.loads((root / "metrics" / "evaluate.json").read_text())
+    batch = load_config(root / PARAMS_FILE).evaluate.batch_size
     base = ev.get("mca", {})
     orders = resolve_metric(ORDERS, base) if base else "sim_orders_per_1k"
     rows = []
@@ -103,7 +105,8 @@ def systems_section(root: Path) -> list[dict]:
         if not r:
             continue
         row = {"system": name, "hr@10": r.get("hr@10"), "ndcg@10": r.get("ndcg@10"), "orders_per_1k": r.get(orders),
-               "p50_ms": r.get("latency_p50_ms"), "p95_ms": r.get("latency_p95_ms"), "p99_ms": r.get("latency_p99_ms"), "qps_batched": r.get("qps")}
+               "p50_ms": r.get("latency_p50_ms"), "p95_ms": r.get("latency_p95_ms"), "p99_ms": r.get("latency_p99_ms"), "qps_batched": r.get("qps"),
+               "batch_size": batch}
         for key, ref in (("hr@10", "hr@10"), ("ndcg@10", "ndcg@10"), ("orders_per_1k", orders), ("p50_ms", "latency_p50_ms")):
             b = base.get(ref)
             row[f"{key}/mca"] = round(row[key] / b, 3) if isinstance(row[key], (int, float)) and b else None

@@ -248,20 +248,20 @@ def test_chooser_picks_the_fastest_point_within_the_bound():
         (0.500, 38.0, 3.0),   # 4 orders loss 5 %: out
         (0.499, 39.8, 7.0),   # 5 within, slower than 2
     ])
-    assert choose_point(points, 0.01, "batch1_p50_ms") == 2
-    assert choose_point(points, 0.05, "batch1_p50_ms") == 4
-    assert choose_point(points, 0.0, "batch1_p50_ms") == 0
+    assert choose_point(points, 0.01, latency_key="batch1_p50_ms") == 2
+    assert choose_point(points, 0.05, latency_key="batch1_p50_ms") == 4
+    assert choose_point(points, 0.0, latency_key="batch1_p50_ms") == 0
 
 
 def test_chooser_falls_back_to_no_pruning_when_nothing_qualifies():
     points = synthetic_points([(0.5, 40.0, 10.0), (0.4, 40.0, 5.0), (0.5, 30.0, 6.0), (0.5, 40.0, 12.0)])
-    assert choose_point(points, 0.01, "batch1_p50_ms") == 0  # 3 qualifies but is slower
+    assert choose_point(points, 0.01, latency_key="batch1_p50_ms") == 0  # 3 qualifies but is slower
 
 
 def test_pareto_set():
     points = synthetic_points([(0.5, 40.0, 10.0), (0.49, 40.0, 5.0), (0.45, 40.0, 6.0), (0.40, 40.0, 2.0), (0.5, 40.0, 11.0), (0.3, 40.0, 3.0)])
     assert pareto_set(points, "batch1_p50_ms") == [3, 1, 0]  # fastest first; 2, 4, 5 are dominated
-    chosen = choose_point(points, 0.05, "batch1_p50_ms")
+    chosen = choose_point(points, 0.05, latency_key="batch1_p50_ms")
     assert chosen == 1 and chosen in pareto_set(points, "batch1_p50_ms")  # the choice is always on the front
 
 
@@ -285,9 +285,9 @@ def test_noisy_near_ties_choose_the_point_that_keeps_more_quality():
     more quality wins whichever of them a rerun's timing noise makes faster."""
     for fast, slow in ((5.0, 5.1), (5.1, 5.0)):
         points = synthetic_points([(0.500, 40.0, 10.0), (0.497, 39.7, fast), (0.500, 39.95, slow), (0.49, 39.0, 2.0)])
-        assert choose_point(points, 0.01, "batch1_p50_ms", latency_tolerance=0.05) == 2
-    assert choose_point(points, 0.01, "batch1_p50_ms") == 2 and choose_point(synthetic_points(
-        [(0.500, 40.0, 10.0), (0.497, 39.7, 5.0), (0.500, 39.95, 5.1)]), 0.01, "batch1_p50_ms") == 1  # no tolerance: the fastest
+        assert choose_point(points, 0.01, latency_key="batch1_p50_ms", latency_tolerance=0.05) == 2
+    assert choose_point(points, 0.01, latency_key="batch1_p50_ms") == 2 and choose_point(synthetic_points(
+        [(0.500, 40.0, 10.0), (0.497, 39.7, 5.0), (0.500, 39.95, 5.1)]), 0.01, latency_key="batch1_p50_ms") == 1  # no tolerance: the fastest
 
 
 def test_the_bootstrap_bound_keeps_out_a_point_whose_loss_the_sample_cannot_rule_out():
@@ -305,8 +305,8 @@ def test_the_bootstrap_bound_keeps_out_a_point_whose_loss_the_sample_cannot_rule
     score_points(points, ["hr@10", "sim_orders_per_1k"])
     assert points[1]["loss_hi"] == {"hr@10": 0.0, "sim_orders_per_1k": 0.0}
     assert points[2]["loss"]["hr@10"] < 0.02 < points[2]["loss_hi"]["hr@10"]
-    assert choose_point(points, 0.02, "batch1_p50_ms") == 2  # the point estimate lets it in
-    assert choose_point(points, 0.02, "batch1_p50_ms", bound=True) == 1  # the bound does not
+    assert choose_point(points, 0.02, latency_key="batch1_p50_ms") == 2  # the point estimate lets it in
+    assert choose_point(points, 0.02, latency_key="batch1_p50_ms", bound=True) == 1  # the bound does not
 
 
 def test_knobs_a_geometric_model_never_reads_leave_the_grid():
