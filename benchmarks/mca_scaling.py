@@ -109,7 +109,8 @@ def index_spec(index_type: str, n: int) -> str:
 
 def bench_index(n: int, index_type: str, parts, queries: np.ndarray, users: np.ndarray, exact_ids: np.ndarray | None,
                 args, cfg: MCAConfig) -> tuple[list[dict], np.ndarray]:
-    """Build one index type and time the cascade on it (IVF: once per nprobe).
+    """Build one index type and time the cascade on it (IVF: once per nprobe; HNSW: once per efSearch, which faiss
+    raises to the recall size k when smaller).
 
     Returns the rows and the last recall sets (the exact ground truth when index_type is Flat).
     """
@@ -121,13 +122,15 @@ def bench_index(n: int, index_type: str, parts, queries: np.ndarray, users: np.n
              "index_mb": mem["peak_rss_delta_mb"]}
     sizes = CascadeSizes(recall_k=cfg.recall_k, prerank_k=cfg.prerank_k, neighbours=cfg.neighbours)
     rows, found = [], None
-    for nprobe in args.nprobe if spec.upper().startswith("IVF") else [None]:
-        if nprobe is not None:
-            index.set_search_params(nprobe=nprobe)
+    ivf, hnsw = spec.upper().startswith("IVF"), spec.upper().startswith("HNSW")
+    settings = [(p, None) for p in args.nprobe] if ivf else ([(None, e) for e in args.ef_search] if hnsw and args.ef_search else [(None, None)])
+    for nprobe, ef_search in settings:
+        if nprobe is not None or ef_search is not None:
+            index.set_search_params(nprobe=nprobe, ef_search=ef_search)
         cascade = MCACascade(encoder=None, index=index, catalog=catalog, stats=stats, prerank=prerank, ranker=ranker,
                              ranker_features=ranker.names, sizes=sizes)
         row, found = time_cascade(cascade, queries, users, exact_ids, args)
-        rows.append({**build, "nprobe": nprobe, **row})
+        rows.append({**build, "nprobe": nprobe, "ef_search": ef_search if hnsw else None, **row})
     del index
     gc.collect()
     return rows, found
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--latency-queries", type=int, default=50, help="Timed batch-1 calls.")
     parser.add_argument("--nprobe", default="16,64", help="Comma-separated IVF lists visited per query (one row each).")
+    parser.add_argument("--ef-search", default="", help="Comma-separated HNSW efSearch values (one row each; empty: mca.ef_search; "
+                        "faiss searches with max(efSearch, recall k)).")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--recall-k", type=int, default=500)
     parser.add_argument("--prerank-k", type=int, default=100)
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = RESULTS / ("mca_scaling_quick" if args.quick else "mca_scaling")
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
+    args.ef_search = [int(e) for e in args.ef_search.split(",") if e.strip()]
     with limit_threads(args.threads):
         return run(args)
 
@@ -228,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 exact_ids = found
             rows += new_rows
             for row in new_rows:
-                print(f"  {row['index']:<14} nprobe {row['nprobe'] or '-':<4} build {row['build_s']:6.1f} s  recall {row['batch_recall_ms']:.3f} ms/q  "
+                print(f"  {row['index']:<14} nprobe {row['nprobe'] or '-':<4} ef {row['ef_search'] or '-':<5} build {row['build_s']:6.1f} s  recall {row['batch_recall_ms']:.3f} ms/q  "
                       f"prerank {row['batch_prerank_ms']:.3f}  rank {row['batch_rank_ms']:.3f}  b1 p50 {row['b1_p50_ms']:.2f} ms  "
                       f"ANN recall {row['ann_recall']:.3f}  QPS {row['qps']:.0f}", flush=True)
         del parts, queries
@@ -236,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "threads": args.threads or "library defaults",
         "sizes": sizes, "index_types": index_types, "dim": args.dim, "queries": args.queries, "batch_size": args.batch_size,
-        "recall_k": cfg.recall_k, "prerank_k": cfg.prerank_k, "nprobe": args.nprobe, "ranker_iters": args.ranker_iters,
+        "recall_k": cfg.recall_k, "prerank_k": cfg.prerank_k, "nprobe": args.nprobe, "ef_search": args.ef_search, "ranker_iters": args.ranker_iters,
         "faiss": faiss.__version__, "gpus": faiss.get_num_gpus(), "python": sys.version.split()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "total_s": time.perf_counter() - t_all,
     }
@@ -256,13 +262,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"faiss {meta['faiss']} ({meta['gpus']} GPUs), {meta['machine']}, threads: {meta['threads']}. Encoder excluded (constant in N). "
         f"Produced by `benchmarks/mca_scaling.py` in {meta['total_s']:.0f} s.",
         "",
-        markdown_table([{"items": f"{r['n_items']:,}", "index": r["index"], "nprobe": r["nprobe"] or "–", "build s": f"{r['build_s']:.1f}",
+        markdown_table([{"items": f"{r['n_items']:,}", "index": r["index"], "nprobe": r["nprobe"] or "–", "efSearch": r.get("ef_search") or "–", "build s": f"{r['build_s']:.1f}",
                          "build peak RSS MB": f"{r['index_mb']:.0f}", "ANN recall@R": f"{r['ann_recall']:.3f}",
                          "recall ms/q": f"{r['batch_recall_ms']:.3f}", "prerank ms/q": f"{r['batch_prerank_ms']:.3f}",
                          "rank ms/q": f"{r['batch_rank_ms']:.3f}", "QPS (batched)": f"{r['qps']:.0f}",
                          "b1 p50 ms": f"{r['b1_p50_ms']:.2f}", "b1 p95 ms": f"{r['b1_p95_ms']:.2f}", "b1 p99 ms": f"{r['b1_p99_ms']:.2f}",
                          "b1 recall p50": f"{r['b1_recall_p50_ms']:.2f}", "b1 prerank p50": f"{r['b1_prerank_p50_ms']:.2f}",
-                         "b1 rank p50": f"{r['b1_rank_p50_ms']:.2f}"} for r in rows], align="rl" + "r" * 14),
+                         "b1 rank p50": f"{r['b1_rank_p50_ms']:.2f}"} for r in rows], align="rl" + "r" * 15),
     ]
     lines += [
         "",

@@ -36,6 +36,13 @@ def _family(index: str) -> str:
     return re.sub(r"\d+", "", index.split(",")[0]) or index
 
 
+def _search_param(row: dict) -> str:
+    """An index row's speed/recall knob: IVF lists visited or HNSW candidates (faiss uses max(efSearch, k))."""
+    if row.get("nprobe"):
+        return f"nprobe {row['nprobe']}"
+    return f"efSearch {row['ef_search']}" if row.get("ef_search") else "-"
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
 
@@ -114,7 +121,7 @@ def scaling(info: dict, out: Path) -> list[str]:
                      "exact recall p50 ms": _f(r["exact_recall_b1_p50_ms"]), "exact / OneVision": _f(r["exact_recall_over_onevision_b1"]),
                      "trie MB": _f(r["trie_mb"], 1), "item store MB": _f(r["item_store_mb"], 1),
                      "node table MB": _f(r.get("node_table_mb"), 1)} for r in geo], align="rrrrrrrr"), "",
-             table([{"items": _f(r["n_items"]), "index": r["index"], "nprobe": r["nprobe"] or "-", "ANN recall": _f(r["ann_recall"]),
+             table([{"items": _f(r["n_items"]), "index": r["index"], "search": _search_param(r), "ANN recall": _f(r["ann_recall"]),
                      "build s": _f(r["build_s"], 1), "index MB": _f(r["index_mb"], 0), "cascade p50 ms": _f(r["b1_p50_ms"]),
                      "QPS batched": _f(r["qps"], 0)} for r in mca], align="rlrrrrrr")]
     ov = {r["items"]: r["onevision_b1_p50_ms"] for r in geo}
