@@ -26,7 +26,8 @@ end of its paired-bootstrap 95 % interval over the VAL queries, and points
 within ``latency_tolerance`` of the fastest eligible one tie on speed (the one
 that retains most quality wins), so reruns, whose batch-1 timings move by a
 few per cent, choose the same point. Knobs that change nothing in this model's
-search (:func:`effective_config`) are dropped from the grid before it runs. It is then checked head to head against the unpruned model on
+search (:func:`effective_config`) are dropped from the grid before it runs.
+It is then checked head to head against the unpruned model on
 TEST queries: quality on the same queries, and batch-1 latency measured with
 interleaved calls so both see the same machine load.
 
